@@ -1,0 +1,29 @@
+# ganforge: `make run` runs the whole pipeline on embedded defaults; `make test` runs the tests.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+export DVC_NO_ANALYTICS := 1
+# Prefect's ephemeral server needs 11-17 s to start on 2 busy cores; its 20 s default is too tight.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+
+.PHONY: install run test bench clean-s3 stop
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	# Every version pinned in constraints.txt: the resolver has nothing to search or backtrack.
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/run.sh
+
+test: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks
+
+stop:
+	-$(BIN)/ganforge s3 stop

@@ -1,0 +1,1 @@
+"""Prefect flows: orchestration only (retries, artifacts, fan-out); the work is in gan_core."""

@@ -1,0 +1,17 @@
+"""Prepare stage: the configured dataset -> data/prepared/<dataset>.npz."""
+
+from prefect import flow, get_run_logger
+
+from gan_core.config import load_params
+from gan_core.stages import run_prepare
+
+
+@flow(name="prepare", log_prints=True)
+def prepare_flow(params_path: str = "params.yaml") -> dict:
+    summary = run_prepare(load_params(params_path))
+    get_run_logger().info("prepared %s", summary)
+    return summary
+
+
+if __name__ == "__main__":
+    prepare_flow()

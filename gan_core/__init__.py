@@ -1,0 +1,1 @@
+"""ganforge library: config, data, models, training, evaluation, sampling, generation, storage."""

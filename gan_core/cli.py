@@ -1,0 +1,116 @@
+"""`ganforge ...`: argument parsing only; every command calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gan_core.config import load_params
+
+COMMANDS = {}
+
+
+def command(fn):
+    COMMANDS[fn.__name__.removeprefix("cmd_").replace("_", "-")] = fn
+    return fn
+
+
+@command
+def cmd_prepare(args) -> object:
+    from gan_core.stages import run_prepare
+    return run_prepare(load_params(args.params))
+
+
+@command
+def cmd_train(args) -> object:
+    from gan_core.stages import run_train
+    return run_train(load_params(args.params), resume=args.resume)
+
+
+@command
+def cmd_evaluate(args) -> object:
+    from gan_core.stages import run_evaluate
+    return run_evaluate(load_params(args.params))
+
+
+@command
+def cmd_generate(args) -> object:
+    from gan_core.stages import Layout, bucket_from_env, default_version, run_generate, run_publish
+    params = load_params(args.params)
+    summary = run_generate(params, Layout().generated(params))
+    if args.no_publish:
+        return summary
+    return run_publish(params, summary, args.version or default_version(), args.bucket or bucket_from_env())
+
+
+@command
+def cmd_list(args) -> object:
+    from gan_core import storage
+    from gan_core.stages import bucket_from_env
+    bucket = args.bucket or bucket_from_env()
+    if args.name is None:
+        return storage.list_datasets(bucket)
+    versions = storage.list_versions(bucket, args.name)
+    keys = None if args.long else ("version", "created_at", "sample_count", "acceptance_rate")
+    return [m if keys is None else {k: m.get(k) for k in keys} for m in versions]
+
+
+@command
+def cmd_download(args) -> object:
+    from gan_core import storage
+    from gan_core.stages import bucket_from_env
+    path = storage.download_dataset(args.bucket or bucket_from_env(), args.name, args.version, Path(args.to))
+    return str(path)
+
+
+@command
+def cmd_s3(args) -> object:
+    from gan_core import s3server
+    action = {"start": s3server.start_embedded, "stop": s3server.stop_embedded,
+              "status": s3server.status_embedded}[args.action]
+    return action(Path(args.state_dir))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ganforge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("prepare", "train", "evaluate", "generate"):
+        stage = sub.add_parser(name, help=f"run the {name} stage on params.yaml")
+        stage.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub.choices["train"].add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
+    gen = sub.choices["generate"]
+    gen.add_argument("--no-publish", action="store_true", help="write shards locally only")
+    gen.add_argument("--version", help="dataset version to publish (default: UTC time)")
+    gen.add_argument("--bucket", help="S3 bucket (default: $GANFORGE_BUCKET or 'ganforge')")
+    lst = sub.add_parser("list", help="published datasets, or the versions of one")
+    lst.add_argument("name", nargs="?")
+    lst.add_argument("--long", action="store_true", help="whole manifests (provenance, params, metrics)")
+    lst.add_argument("--bucket")
+    down = sub.add_parser("download", help="download a dataset version and verify every shard")
+    down.add_argument("name")
+    down.add_argument("--version", default="latest")
+    down.add_argument("--to", required=True, help="target folder; the data lands in TO/NAME/VERSION")
+    down.add_argument("--bucket")
+    s3 = sub.add_parser("s3", help="the embedded SeaweedFS S3 server")
+    s3.add_argument("action", choices=["start", "stop", "status"])
+    s3.add_argument("--state-dir", default=".ganforge", help="where its data, pid and s3.env live")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as exc:
+        # Library errors are written to be read: print them without a traceback.
+        print(f"ganforge {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Typed parameters: params.yaml parsed and validated in exactly one place."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    # Unknown keys are typos until proven otherwise; NaN/inf are never meaningful here.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class PrepareConfig(Section):
+    dataset: str = Field("digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    source: str = "bundled:digits"  # "bundled:digits", a folder of images, or an .npz file
+    holdout_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    seed: int = Field(0, ge=0)
+
+
+class ModelConfig(Section):
+    latent_dim: int = Field(64, ge=1)
+    mapping_layers: int = Field(2, ge=1)
+    mapping_dim: int = Field(128, ge=1)
+    g_channels: int = Field(128, ge=1)  # width of the first decoder block; halves per block
+    d_channels: int = Field(64, ge=1)  # width of the first feature layer; doubles per layer
+    d_hidden: int = Field(128, ge=1)
+    conditional: bool = True
+
+
+class TrainConfig(Section):
+    epochs: int = Field(240, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr_g: float = Field(2e-4, gt=0.0)
+    lr_d: float = Field(2e-4, gt=0.0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=0.5)
+    augment: bool = True
+    checkpoint_every: int = Field(1000, ge=1)  # steps
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    threads: int = Field(0, ge=0)  # 0: every core this process may use
+
+
+class EvaluateConfig(Section):
+    num_samples: int = Field(1000, ge=10)
+    seed: int = Field(1, ge=0)
+    grid_rows: int = Field(10, ge=1)  # samples per class in the sample grid
+    evaluators: list[str] = ["discriminator"]
+
+
+class RejectionConfig(Section):
+    enabled: bool = False
+    target_acceptance: float = Field(0.5, gt=0.0, le=1.0)
+    burn_in: int = Field(10000, ge=1)
+
+
+class GenerateConfig(Section):
+    name: str = Field("digits-synthetic", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    num_samples: int = Field(10000, ge=1)
+    shard_size: int = Field(5000, ge=1)
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(500, ge=1)
+    rejection: RejectionConfig = RejectionConfig()
+
+
+class Params(Section):
+    prepare: PrepareConfig = PrepareConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    generate: GenerateConfig = GenerateConfig()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _none_is_default(cls, value):
+        # An empty YAML section ("train:") parses as None; treat it as "all defaults".
+        return {} if value is None else value
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {key}"
+    got = error.get("input")
+    if isinstance(got, float) and math.isnan(got):
+        got = "nan"
+    return f"{key}: {error['msg'].lower()} (got {got!r})"
+
+
+def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = f": {exc.problem}" if getattr(exc, "problem", None) else ""
+        raise ConfigError(f"{path}: not valid YAML{where}{problem}") from None
+    return parse_params(raw, str(path))

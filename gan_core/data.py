@@ -1,0 +1,159 @@
+"""Datasets: load the bundled digits, an image folder or an .npz; split; save and load prepared arrays."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images as uint8 (N, C, H, W) with integer labels (-1 when unlabelled)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def resolution(self) -> int:
+        return self.images.shape[-1]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1 if self.labels.min() >= 0 else 0
+
+
+def load_bundled_digits() -> ImageSet:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # scikit-learn stores intensities 0..16; stretch to the full 8-bit range.
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return ImageSet(images[:, None], digits.target.astype(np.int64))
+
+
+def _check_square_pow2(images: np.ndarray, source: str) -> None:
+    height, width = images.shape[-2:]
+    if height != width or height < 8 or height & (height - 1):
+        raise DataError(f"{source}: images must be square with a power-of-two side >= 8 (got {height}x{width})")
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = "L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+            return np.asarray(img.convert(mode))
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+
+
+def load_image_folder(folder: Path) -> ImageSet:
+    """Images in `folder`; a sub-folder per class gives labels, a flat folder gives none."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no PNG or JPEG images found")
+    classes = sorted({p.parent.relative_to(folder).as_posix() for p in files})
+    labelled = classes != ["."]
+    arrays, labels = [], []
+    for path in files:
+        array = _read_image(path)
+        if arrays and array.shape != arrays[0].shape:
+            raise DataError(f"{path}: size {array.shape} differs from {files[0].name} {arrays[0].shape}")
+        arrays.append(array)
+        labels.append(classes.index(path.parent.relative_to(folder).as_posix()) if labelled else -1)
+    stacked = np.stack(arrays)
+    images = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+    _check_square_pow2(images, str(folder))
+    return ImageSet(np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64))
+
+
+def load_npz(path: Path) -> ImageSet:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "images" not in npz:
+                raise DataError(f"{path}: needs an 'images' array (N,H,W), (N,H,W,C) or (N,C,H,W)")
+            images = npz["images"]
+            labels = npz["labels"] if "labels" in npz else np.full(len(images), -1)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+        images = images.transpose(0, 3, 1, 2)
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
+        raise DataError(f"{path}: 'images' must be a non-empty (N,H,W[,C]) array (got shape {images.shape})")
+    if images.dtype != np.uint8:
+        raise DataError(f"{path}: 'images' must be uint8 0..255 (got {images.dtype})")
+    if len(labels) != len(images):
+        raise DataError(f"{path}: {len(labels)} labels for {len(images)} images")
+    _check_square_pow2(images, str(path))
+    return ImageSet(np.ascontiguousarray(images), labels.astype(np.int64))
+
+
+def load_source(source: str) -> ImageSet:
+    if source == "bundled:digits":
+        return load_bundled_digits()
+    path = Path(source)
+    if path.is_dir():
+        return load_image_folder(path)
+    if path.suffix == ".npz" and path.is_file():
+        return load_npz(path)
+    raise DataError(f"prepare.source: {source!r} is not 'bundled:digits', an image folder or an .npz file")
+
+
+def split(data: ImageSet, holdout_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """A seeded split, stratified by label so that every class is in both halves."""
+    rng = np.random.default_rng(seed)
+    holdout = []
+    for label in np.unique(data.labels):
+        members = rng.permutation(np.flatnonzero(data.labels == label))
+        holdout.extend(members[: int(round(len(members) * holdout_fraction))])
+    is_holdout = np.zeros(len(data.labels), dtype=bool)
+    is_holdout[holdout] = True
+    if is_holdout.all() or not is_holdout.any():
+        raise DataError(f"{len(data.labels)} images are too few to split with holdout_fraction={holdout_fraction}")
+    pick = lambda mask: ImageSet(data.images[mask], data.labels[mask])  # noqa: E731
+    return pick(~is_holdout), pick(is_holdout)
+
+
+def save_prepared(path: Path, train: ImageSet, holdout: ImageSet) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as handle:
+        np.savez(handle, train_images=train.images, train_labels=train.labels,
+                 holdout_images=holdout.images, holdout_labels=holdout.labels)
+    os.replace(tmp, path)
+
+
+def load_prepared(path: Path) -> tuple[ImageSet, ImageSet]:
+    if not Path(path).is_file():
+        raise DataError(f"{path}: prepared dataset not found; run the prepare stage first")
+    with np.load(path, allow_pickle=False) as npz:
+        return (ImageSet(npz["train_images"], npz["train_labels"]),
+                ImageSet(npz["holdout_images"], npz["holdout_labels"]))
+
+
+def prepare_dataset(source: str, out_path: Path, holdout_fraction: float, seed: int) -> dict:
+    data = load_source(source)
+    train, holdout = split(data, holdout_fraction, seed)
+    save_prepared(Path(out_path), train, holdout)
+    return {"train": len(train.labels), "holdout": len(holdout.labels), "resolution": data.resolution,
+            "channels": data.channels, "classes": data.num_classes}

@@ -1,0 +1,115 @@
+"""Batch generation: seeded samples, discriminator scores, optional rejection, streamed to Parquet shards."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from gan_core.config import GenerateConfig
+from gan_core.sampling import (RejectionRule, SampleBatch, TrainedModel, burn_in, fit_rejection_rule,
+                               generate_and_score, logit_to_score, shard_seeds)
+
+SCHEMA = pa.schema([
+    pa.field("image", pa.binary(), nullable=False),   # PNG bytes
+    pa.field("label", pa.int64(), nullable=False),    # -1 when unconditional
+    pa.field("seed", pa.int64(), nullable=False),     # regenerates the sample alone
+    pa.field("d_score", pa.float64(), nullable=False),  # discriminator probability of "real"
+])
+
+
+def encode_png(images) -> list[bytes]:
+    """[-1, 1] float images (N, C, H, W) -> PNG bytes, grey or RGB by channel count."""
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    pixels = pixels.permute(0, 2, 3, 1).numpy()
+    out = []
+    for array in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def shard_sizes(num_samples: int, shard_size: int) -> list[int]:
+    count = math.ceil(num_samples / shard_size)
+    return [min(shard_size, num_samples - i * shard_size) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    index: int
+    path: Path
+    rows: int
+    candidates: int
+
+
+def _accepted(batch: SampleBatch, rule: RejectionRule | None) -> SampleBatch:
+    if rule is None:
+        return batch
+    return batch.select(np.flatnonzero(batch.coins < rule.accept_probability(batch.logits)))
+
+
+def _to_table(batch: SampleBatch) -> pa.Table:
+    return pa.table({"image": encode_png(batch.images), "label": batch.labels.astype(np.int64),
+                     "seed": batch.seeds.astype(np.int64), "d_score": logit_to_score(batch.logits)}, schema=SCHEMA)
+
+
+def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConfig,
+                   rule: RejectionRule | None, out_dir: Path) -> ShardResult:
+    """Write shard `index` with exactly `rows` samples; its seeds are its own, so shards run in any order."""
+    path = Path(out_dir) / shard_name(index)
+    tmp = path.with_name(f".{path.name}.tmp")
+    written = candidates = 0
+    with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
+        while written < rows:
+            # Ask for what is missing, scaled up by the expected acceptance (bounded to one batch).
+            want = rows - written if rule is None else cfg.batch_size
+            batch = generate_and_score(model, shard_seeds(cfg.seed, index, candidates, min(want, cfg.batch_size)))
+            candidates += len(batch.seeds)
+            kept = _accepted(batch, rule)
+            kept = kept.select(np.arange(min(len(kept.seeds), rows - written)))
+            if len(kept.seeds):
+                writer.write_table(_to_table(kept))
+                written += len(kept.seeds)
+    os.replace(tmp, path)
+    return ShardResult(index, path, written, candidates)
+
+
+def rejection_rule(model: TrainedModel, cfg: GenerateConfig) -> RejectionRule | None:
+    if not cfg.rejection.enabled:
+        return None
+    logits = burn_in(model, cfg.seed, cfg.rejection.burn_in, cfg.batch_size)
+    return fit_rejection_rule(logits, cfg.rejection.target_acceptance)
+
+
+def generate_dataset(model: TrainedModel, cfg: GenerateConfig, out_dir: Path) -> dict:
+    """All shards of one dataset into `out_dir`; returns what the manifest records about them."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rule = rejection_rule(model, cfg)
+    results = [generate_shard(model, i, rows, cfg, rule, out_dir)
+               for i, rows in enumerate(shard_sizes(cfg.num_samples, cfg.shard_size))]
+    return summarize(results, rule, cfg)
+
+
+def summarize(results: list[ShardResult], rule: RejectionRule | None, cfg: GenerateConfig) -> dict:
+    rows = sum(r.rows for r in results)
+    candidates = sum(r.candidates for r in results)
+    rejection = {"enabled": rule is not None, "target_acceptance": cfg.rejection.target_acceptance,
+                 "burn_in": cfg.rejection.burn_in}
+    if rule is not None:
+        rejection |= {"max_logit": rule.max_logit, "gamma": rule.gamma}
+    return {"sample_count": rows, "candidates": candidates, "acceptance_rate": rows / candidates,
+            "rejection": rejection, "shard_files": [str(r.path) for r in sorted(results, key=lambda r: r.index)]}

@@ -1,0 +1,126 @@
+"""The seed article's generator and discriminator, sized from ModelConfig and the data's shape."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from gan_core.config import ModelConfig
+
+BASE_RESOLUTION = 4  # the linear projection's feature map is 4x4; each decoder block doubles it
+
+
+@dataclass(frozen=True)
+class DataShape:
+    resolution: int
+    channels: int
+    num_classes: int  # 0: unconditional
+
+    @property
+    def num_blocks(self) -> int:
+        blocks = math.log2(self.resolution / BASE_RESOLUTION)
+        if blocks < 1 or blocks != int(blocks):
+            raise ValueError(f"resolution must be a power of two >= 8 (got {self.resolution})")
+        return int(blocks)
+
+
+class PixelNorm(nn.Module):
+    # Per-sample normalisation (ProGAN): unlike BatchNorm, a sample does not depend on its
+    # batch-mates, so every sample regenerates from its seed alone.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.2)
+
+
+class MappingNetwork(nn.Module):
+    """The seed's encoder and latent-space mapper: z (and a class embedding) -> latent code w."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, cfg.latent_dim) if num_classes else None
+        width = cfg.latent_dim * (2 if self.embed is not None else 1)
+        layers: list[nn.Module] = [PixelNorm()]
+        for _ in range(cfg.mapping_layers):
+            layers += [nn.Linear(width, cfg.mapping_dim), _act()]
+            width = cfg.mapping_dim
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(labels)], dim=1)
+        return self.net(z)
+
+
+class DecoderBlock(nn.Module):
+    """Doubles resolution: a transposed convolution plus the seed's "growing" upsample-and-convolve path."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.deconv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
+        self.grow = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                  nn.Conv2d(in_channels, out_channels, 3, padding=1))
+        self.refine = nn.Sequential(_act(), PixelNorm(), nn.Conv2d(out_channels, out_channels, 3, padding=1),
+                                    _act(), PixelNorm())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Summing the learned deconvolution with nearest upsampling damps checkerboard artefacts.
+        return self.refine(self.deconv(x) + self.grow(x))
+
+
+def _block_widths(first: int, count: int, shrink: bool) -> list[int]:
+    return [max(first // 2**i, 16) if shrink else first * 2**i for i in range(count + 1)]
+
+
+class Generator(nn.Module):
+    """z -> mapping network -> linear projection to 4x4 -> decoder blocks -> image in [-1, 1]."""
+
+    def __init__(self, cfg: ModelConfig, shape: DataShape):
+        super().__init__()
+        self.latent_dim = cfg.latent_dim
+        self.num_classes = shape.num_classes if cfg.conditional else 0
+        widths = _block_widths(cfg.g_channels, shape.num_blocks, shrink=True)
+        self.mapping = MappingNetwork(cfg, self.num_classes)
+        self.project = nn.Linear(cfg.mapping_dim, widths[0] * BASE_RESOLUTION**2)
+        self.first = nn.Sequential(_act(), PixelNorm())
+        self.decoder = nn.Sequential(*(DecoderBlock(a, b) for a, b in zip(widths, widths[1:])))
+        self.to_image = nn.Conv2d(widths[-1], shape.channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.mapping(z, labels)
+        x = self.project(w).view(len(z), -1, BASE_RESOLUTION, BASE_RESOLUTION)
+        return torch.tanh(self.to_image(self.decoder(self.first(x))))
+
+
+class Discriminator(nn.Module):
+    """Feature layers -> hidden layer -> one logit of "real" (1 = real, 0 = generated)."""
+
+    def __init__(self, cfg: ModelConfig, shape: DataShape):
+        super().__init__()
+        self.num_classes = shape.num_classes if cfg.conditional else 0
+        widths = _block_widths(cfg.d_channels, shape.num_blocks, shrink=False)
+        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(shape.channels, widths[0], 3, padding=1)), _act()]
+        for a, b in zip(widths, widths[1:]):
+            layers += [spectral_norm(nn.Conv2d(a, b, 4, stride=2, padding=1)), _act()]
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.hidden = nn.Sequential(spectral_norm(nn.Linear(widths[-1] * BASE_RESOLUTION**2, cfg.d_hidden)), _act())
+        self.output = spectral_norm(nn.Linear(cfg.d_hidden, 1))
+        # Projection discriminator (Miyato & Koyama 2018): the class enters as an inner product.
+        self.embed = spectral_norm(nn.Embedding(self.num_classes, cfg.d_hidden)) if self.num_classes else None
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.hidden(self.features(images))
+        logit = self.output(h).squeeze(1)
+        if self.embed is not None:
+            logit = logit + (self.embed(labels) * h).sum(dim=1)
+        return logit
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,129 @@
+"""Seeded sampling from a trained model, discriminator scores, and discriminator rejection sampling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gan_core import checkpoint as ckpt
+from gan_core.config import ModelConfig
+from gan_core.models import DataShape, Discriminator, Generator
+
+SHARD_BITS = 24  # candidates per shard: seeds of shard k are (base << 40) | (k << 24) | j
+
+
+@dataclass
+class TrainedModel:
+    generator: Generator  # the EMA generator: what sampling uses
+    discriminator: Discriminator
+    shape: DataShape
+    meta: dict
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+
+def load_model(directory: Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """Load an exported model; safetensors only, every file checked against its recorded sha256."""
+    meta = ckpt.read_meta(directory)
+    if meta.get("format") != "ganforge-checkpoint/1":
+        raise ckpt.CheckpointError(f"{directory}: not a ganforge checkpoint (format {meta.get('format')!r})")
+    shape = DataShape(**meta["shape"])
+    cfg = ModelConfig(**meta["model"])
+    generator, discriminator = Generator(cfg, shape), Discriminator(cfg, shape)
+    generator.load_state_dict(ckpt.load_tensors(directory, "ema"))
+    discriminator.load_state_dict(ckpt.load_tensors(directory, "discriminator"))
+    return TrainedModel(generator.to(device).eval(), discriminator.to(device).eval(), shape, meta)
+
+
+def shard_seeds(base_seed: int, shard: int, start: int, count: int) -> np.ndarray:
+    if not 0 <= base_seed < 2**23 or not 0 <= shard < 2**16 or start + count > 2**SHARD_BITS:
+        raise ValueError(f"seed space exhausted: seed={base_seed}, shard={shard}, candidates={start + count}")
+    return (base_seed << 40) | (shard << SHARD_BITS) | np.arange(start, start + count, dtype=np.int64)
+
+
+def latents_for_seeds(seeds: np.ndarray, latent_dim: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """z, label and rejection coin of each sample from its seed alone, so any sample regenerates by itself."""
+    z = torch.empty(len(seeds), latent_dim)
+    coins = torch.empty(len(seeds))
+    rng = torch.Generator()
+    for row, seed in enumerate(seeds.tolist()):
+        rng.manual_seed(seed)
+        torch.randn(latent_dim, generator=rng, out=z[row])
+        torch.rand(1, generator=rng, out=coins[row:row + 1])
+    labels = torch.as_tensor(seeds % num_classes if num_classes else np.full(len(seeds), -1), dtype=torch.long)
+    return z, labels, coins.numpy()
+
+
+@dataclass
+class SampleBatch:
+    seeds: np.ndarray
+    images: torch.Tensor
+    labels: np.ndarray
+    logits: np.ndarray
+    coins: np.ndarray  # uniform(0, 1) per seed, for the rejection decision
+
+    def select(self, keep: np.ndarray) -> "SampleBatch":
+        return SampleBatch(self.seeds[keep], self.images[torch.as_tensor(keep)], self.labels[keep],
+                           self.logits[keep], self.coins[keep])
+
+
+@torch.inference_mode()
+def generate_and_score(model: TrainedModel, seeds: np.ndarray) -> "SampleBatch":
+    """Images in [-1, 1] (on the CPU), labels, the discriminator's logit of "real" and each seed's coin."""
+    z, labels, coins = latents_for_seeds(seeds, model.generator.latent_dim, model.shape.num_classes)
+    z, device_labels = z.to(model.device), labels.to(model.device)
+    cond = device_labels if model.shape.num_classes else None
+    images = model.generator(z, cond)
+    logits = model.discriminator(images, cond)
+    return SampleBatch(seeds, images.float().cpu(), labels.numpy(), logits.float().cpu().numpy(), coins)
+
+
+# --- discriminator rejection sampling (Azadi et al., ICLR 2019) ---------------------------------
+
+@dataclass(frozen=True)
+class RejectionRule:
+    """Accept x with probability sigmoid(F(x)), F = d - M - log(1 - exp(d - M - eps)) - gamma."""
+
+    max_logit: float
+    gamma: float
+    eps: float = 1e-6
+
+    def shifted(self, logits: np.ndarray, gamma: float | None = None) -> np.ndarray:
+        # Logits above the burn-in maximum are clipped to it: M stays fixed after burn-in so that
+        # every sample's decision depends on its seed only (the paper updates M as it goes).
+        d = np.minimum(logits.astype(np.float64), self.max_logit) - self.max_logit
+        f = d - np.log1p(-np.exp(d - self.eps))
+        return f - (self.gamma if gamma is None else gamma)
+
+    def accept_probability(self, logits: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.shifted(logits)))
+
+
+def fit_rejection_rule(burn_in_logits: np.ndarray, target_acceptance: float) -> RejectionRule:
+    """Estimate M from burn-in logits and choose gamma so the expected acceptance is the target."""
+    rule = RejectionRule(max_logit=float(np.max(burn_in_logits)), gamma=0.0)
+    base = rule.shifted(burn_in_logits)
+    low, high = float(base.min()) - 50.0, float(base.max()) + 50.0
+    for _ in range(100):  # bisection: acceptance falls as gamma grows
+        gamma = (low + high) / 2
+        rate = float(np.mean(1.0 / (1.0 + np.exp(-(base - gamma)))))
+        low, high = (gamma, high) if rate > target_acceptance else (low, gamma)
+    return RejectionRule(max_logit=rule.max_logit, gamma=(low + high) / 2)
+
+
+def burn_in(model: TrainedModel, base_seed: int, count: int, batch_size: int) -> np.ndarray:
+    """Discriminator logits on `count` samples from a seed range reserved for burn-in."""
+    reserved = 2**16 - 1  # the last shard index is never used for output
+    logits = [generate_and_score(model, shard_seeds(base_seed, reserved, start, min(batch_size, count - start))).logits
+              for start in range(0, count, batch_size)]
+    return np.concatenate(logits)
+
+
+def logit_to_score(logits: torch.Tensor | np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+

@@ -1,0 +1,250 @@
+"""GAN training: the D step, the G step, EMA, and a loop with exact resume from safetensors checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from gan_core import checkpoint as ckpt
+from gan_core.augment import diff_augment
+from gan_core.config import Params, TrainConfig
+from gan_core.data import DataError, ImageSet, load_prepared
+from gan_core.models import DataShape, Discriminator, Generator, count_parameters
+
+LOG_EVERY = 20  # steps per row of the loss log
+LOG_COLUMNS = ["step", "d_loss", "g_loss", "d_real", "d_fake"]
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+
+
+def to_unit_range(images) -> torch.Tensor:
+    """uint8 0..255 -> float -1..1, the generator's tanh range."""
+    return torch.as_tensor(images).float().div_(127.5).sub_(1.0)
+
+
+@dataclass
+class GanState:
+    G: Generator
+    D: Discriminator
+    G_ema: Generator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    noise: torch.Generator  # draws z and augmentations on the training device
+    step: int = 0
+
+
+def build_state(params: Params, shape: DataShape, device: torch.device) -> GanState:
+    cfg = params.train
+    torch.manual_seed(cfg.seed)  # weight initialisation
+    G = Generator(params.model, shape).to(device)
+    D = Discriminator(params.model, shape).to(device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    fused = device.type == "cuda"
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    return GanState(G, D, G_ema, opt_g, opt_d, noise)
+
+
+def _maybe_augment(x: torch.Tensor, state: GanState, cfg: TrainConfig) -> torch.Tensor:
+    return diff_augment(x, state.noise) if cfg.augment else x
+
+
+def d_step(state: GanState, real: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig) -> dict[str, float]:
+    """Discriminator update: cross-entropy with 1 = real (one-sided label smoothing) and 0 = generated."""
+    z = torch.randn(len(real), state.G.latent_dim, device=real.device, generator=state.noise)
+    with torch.no_grad():
+        fake = state.G(z, labels)
+    logits_real = state.D(_maybe_augment(real, state, cfg), labels)
+    logits_fake = state.D(_maybe_augment(fake, state, cfg), labels)
+    loss = (F.binary_cross_entropy_with_logits(logits_real, torch.full_like(logits_real, 1 - cfg.label_smoothing))
+            + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
+    state.opt_d.zero_grad(set_to_none=True)
+    loss.backward()
+    state.opt_d.step()
+    return {"train/d_loss": loss.item(), "train/d_real": torch.sigmoid(logits_real).mean().item(),
+            "train/d_fake": torch.sigmoid(logits_fake).mean().item()}
+
+
+def g_step(state: GanState, labels: torch.Tensor | None, batch_size: int, cfg: TrainConfig) -> dict[str, float]:
+    """Generator update with the non-saturating loss: make D call generated samples real."""
+    device = next(state.G.parameters()).device
+    z = torch.randn(batch_size, state.G.latent_dim, device=device, generator=state.noise)
+    logits = state.D(_maybe_augment(state.G(z, labels), state, cfg), labels)
+    loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    state.opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    state.opt_g.step()
+    return {"train/g_loss": loss.item()}
+
+
+@torch.no_grad()
+def update_ema(state: GanState, decay: float) -> None:
+    # Warm-up: early on the average would be dominated by the random initial weights.
+    decay = min(decay, (1 + state.step) / (10 + state.step))
+    ema, live = list(state.G_ema.parameters()), list(state.G.parameters())
+    torch._foreach_lerp_(ema, live, 1.0 - decay)
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    state = opt.state_dict()
+    tensors = {f"{index}.{key}": value for index, entry in state["state"].items()
+               for key, value in entry.items()}
+    return tensors, state["param_groups"]
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    entries: dict[int, dict] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        entries.setdefault(int(index), {})[key] = value
+    opt.load_state_dict({"state": entries, "param_groups": groups})
+
+
+def model_meta(params: Params, shape: DataShape, state: GanState) -> dict:
+    return {"format": "ganforge-checkpoint/1", "model": params.model.model_dump(),
+            "shape": {"resolution": shape.resolution, "channels": shape.channels, "num_classes": shape.num_classes},
+            "step": state.step,
+            "parameters": {"generator": count_parameters(state.G), "discriminator": count_parameters(state.D)}}
+
+
+def save_training_state(directory: Path, params: Params, shape: DataShape, state: GanState, log: list) -> None:
+    """Everything an exact resume needs: weights, EMA, both optimizers, the step and the RNG state."""
+    opt_g, groups_g = _optimizer_tensors(state.opt_g)
+    opt_d, groups_d = _optimizer_tensors(state.opt_d)
+    rng = {"noise": state.noise.get_state(), "torch_cpu": torch.get_rng_state()}
+    meta = {**model_meta(params, shape, state), "train": params.train.model_dump(),
+            "opt_groups": {"opt_g": groups_g, "opt_d": groups_d}, "log": log}
+    ckpt.save_checkpoint(directory, {"generator": state.G.state_dict(), "discriminator": state.D.state_dict(),
+                                     "ema": state.G_ema.state_dict(), "opt_g": opt_g, "opt_d": opt_d, "rng": rng},
+                         meta)
+
+
+def load_training_state(directory: Path, state: GanState) -> list:
+    device = next(state.G.parameters()).device
+    meta = ckpt.read_meta(directory)
+    state.G.load_state_dict(ckpt.load_tensors(directory, "generator", device))
+    state.D.load_state_dict(ckpt.load_tensors(directory, "discriminator", device))
+    state.G_ema.load_state_dict(ckpt.load_tensors(directory, "ema", device))
+    _load_optimizer(state.opt_g, ckpt.load_tensors(directory, "opt_g", device), meta["opt_groups"]["opt_g"])
+    _load_optimizer(state.opt_d, ckpt.load_tensors(directory, "opt_d", device), meta["opt_groups"]["opt_d"])
+    rng = ckpt.load_tensors(directory, "rng")
+    state.noise.set_state(rng["noise"])
+    torch.set_rng_state(rng["torch_cpu"])
+    state.step = int(meta["step"])
+    return list(meta["log"])
+
+
+def latest_good_checkpoint(root: Path) -> Path | None:
+    """The newest step-* folder whose files all match their recorded hashes; corrupt ones are skipped."""
+    for directory in sorted(Path(root).glob("step-*"), reverse=True):
+        try:
+            meta = ckpt.read_meta(directory)
+            if all(ckpt.sha256_file(directory / name) == digest for name, digest in meta["files"].items()):
+                return directory
+        except (ckpt.CheckpointError, OSError, KeyError):
+            continue
+    return None
+
+
+def export_model(out_dir: Path, params: Params, shape: DataShape, state: GanState, extra: dict) -> None:
+    """The published model: G, D and EMA weights plus meta.json; no optimizer state."""
+    ckpt.save_checkpoint(out_dir, {"generator": state.G.state_dict(), "discriminator": state.D.state_dict(),
+                                   "ema": state.G_ema.state_dict()}, {**model_meta(params, shape, state), **extra})
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+def _epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
+    # A pure function of (seed, epoch): a resumed run sees exactly the batches it would have seen.
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def _write_loss_log(path: Path, log: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        writer.writeheader()
+        writer.writerows(log)
+
+
+def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path | None = None,
+          loss_log: Path | None = None, resume: bool = False, stop_after: int | None = None,
+          progress: bool = True) -> dict:
+    """Train on a prepared dataset; export the model to `out_dir`. `stop_after` ends early (tests, resume)."""
+    cfg = params.train
+    set_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    data, _ = load_prepared(prepared)
+    shape = DataShape(data.resolution, data.channels, data.num_classes if params.model.conditional else 0)
+    if cfg.batch_size > len(data.labels):
+        raise DataError(f"train.batch_size ({cfg.batch_size}) exceeds the {len(data.labels)} training images")
+    state = build_state(params, shape, device)
+    log: list[dict] = []
+    if resume and checkpoint_dir and (found := latest_good_checkpoint(checkpoint_dir)):
+        log = load_training_state(found, state)
+    steps_per_epoch = len(data.labels) // cfg.batch_size
+    total = cfg.epochs * steps_per_epoch
+    started = time.perf_counter()
+    _run_steps(state, data, params, device, total, stop_after, checkpoint_dir, shape, log, progress)
+    seconds = time.perf_counter() - started
+    if loss_log:
+        _write_loss_log(loss_log, log)
+    summary = {"steps": state.step, "total_steps": total, "device": device.type, "seconds": round(seconds, 1),
+               "parameters": {"generator": count_parameters(state.G), "discriminator": count_parameters(state.D)}}
+    if state.step == total:
+        export_model(out_dir, params, shape, state, {"train": cfg.model_dump(), "summary": summary})
+    return summary
+
+
+def _run_steps(state: GanState, data: ImageSet, params: Params, device: torch.device, total: int,
+               stop_after: int | None, checkpoint_dir: Path | None, shape: DataShape, log: list,
+               progress: bool) -> None:
+    cfg = params.train
+    images = to_unit_range(data.images).to(device)  # the whole dataset stays resident on the device
+    labels = torch.as_tensor(data.labels).to(device) if shape.num_classes else None
+    steps_per_epoch = len(images) // cfg.batch_size
+    end = total if stop_after is None else min(total, stop_after)
+    window: list[dict] = []
+    with tqdm(total=total, initial=state.step, disable=not progress, desc="train", unit="step") as bar:
+        while state.step < end:
+            epoch, within = divmod(state.step, steps_per_epoch)
+            index = _epoch_order(cfg.seed, epoch, len(images))[within * cfg.batch_size:(within + 1) * cfg.batch_size]
+            index = index.to(device)
+            batch_labels = labels[index] if labels is not None else None
+            stats = d_step(state, images[index], batch_labels, cfg)
+            stats |= g_step(state, batch_labels, cfg.batch_size, cfg)
+            update_ema(state, cfg.ema_decay)
+            state.step += 1
+            window.append(stats)
+            if state.step % LOG_EVERY == 0 or state.step == total:
+                row = {"step": state.step} | {k.split("/")[1]: round(sum(w[k] for w in window) / len(window), 5)
+                                              for k in window[0]}
+                log.append(row)
+                window.clear()
+                bar.set_postfix(d=row["d_loss"], g=row["g_loss"])
+            if checkpoint_dir and (state.step % cfg.checkpoint_every == 0 or state.step == end):
+                save_training_state(Path(checkpoint_dir) / f"step-{state.step:09d}", params, shape, state, log)
+            bar.update(1)

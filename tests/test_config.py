@@ -1,0 +1,61 @@
+"""params.yaml parsing: defaults, and errors that name the key before any work starts."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gan_core.config import ConfigError, Params, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repo_params_parse_and_match_defaults():
+    params = load_params(ROOT / "params.yaml")
+    assert params.train.batch_size == 64
+    assert params.generate.rejection.enabled is False
+    # params.yaml spells out every default, so the file and the code cannot drift apart silently.
+    assert params == Params()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("train:\n  lr_g: -1\n", "train.lr_g: input should be greater than 0 (got -1)"),
+    ("train:\n  lr_gg: 0.1\n", "unknown key train.lr_gg"),
+    ("model:\n  latent_dim: 0\n", "model.latent_dim"),
+    ("train:\n  batch_size: sixty\n", "train.batch_size"),
+    ("train:\n  lr_d: .nan\n", "train.lr_d"),
+    ("generate:\n  rejection:\n    target_acceptance: 1.5\n", "generate.rejection.target_acceptance"),
+    ("prepare:\n  dataset: ../etc\n", "prepare.dataset"),
+    ("evaluate:\n  num_samples: -5\n", "evaluate.num_samples"),
+    ("trian:\n  epochs: 1\n", "unknown key trian"),
+])
+def test_bad_values_name_the_key(tmp_path, text, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_params(write(tmp_path, text))
+    assert fragment in str(info.value)
+    assert str(tmp_path / "params.yaml") in str(info.value)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 3: mapping values are not allowed"):
+        load_params(write(tmp_path, "train:\n  epochs: 1\n    lr_g: 2\n"))
+
+
+def test_missing_file_and_empty_sections(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    params = load_params(write(tmp_path, "train:\nmodel:\n"))
+    assert params.train == Params().train
+
+
+def test_override_keeps_other_defaults(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["train"]["epochs"] = 3
+    params = load_params(write(tmp_path, yaml.safe_dump(raw)))
+    assert params.train.epochs == 3 and params.train.lr_g == 2e-4
