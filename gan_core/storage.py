@@ -1,0 +1,396 @@
+"""Publish, list and download versioned file sets (datasets, checkpoints) on S3."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import boto3
+import botocore.loaders
+import botocore.session
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+log = logging.getLogger(__name__)
+MANIFEST = "_manifest.json"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_WORKERS = 4
+TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20, max_concurrency=4)
+
+
+class StorageError(ValueError):
+    """A publication or download was refused or failed; the message says which object."""
+
+
+class VersionExistsError(StorageError):
+    pass
+
+
+class VersionNotFoundError(StorageError):
+    pass
+
+
+class IntegrityError(StorageError):
+    pass
+
+
+def s3_client():
+    """An S3 client from the standard AWS chain; botocore reads AWS_ENDPOINT_URL(_S3) itself."""
+    config = Config(retries={"mode": "standard", "total_max_attempts": 5}, connect_timeout=5, read_timeout=60,
+                    s3={"addressing_style": "path"},
+                    # parallel files x parallel parts, with room to spare
+                    max_pool_connections=2 * MAX_WORKERS * TRANSFER.max_request_concurrency)
+    # A session per client, as boto3's default session is not safe to share between threads,
+    # but one model loader for all: parsing the S3 model again costs ~0.1 s per client.
+    session = botocore.session.get_session()
+    session.register_component("data_loader", _model_loader())
+    return boto3.session.Session(botocore_session=session).client("s3", config=config)
+
+
+@functools.cache
+def _model_loader():
+    return botocore.loaders.create_loader()
+
+
+def validate_name(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
+        raise StorageError(f"{kind} {value!r} is invalid: use letters, digits, '.', '_' and '-' "
+                           "(at most 128, starting with a letter or digit)")
+    return value
+
+
+def version_prefix(prefix: str, name: str, version: str) -> str:
+    return f"{prefix}/{validate_name('name', name)}/{validate_name('version', version)}"
+
+
+def _uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def _is_missing(e: ClientError) -> bool:
+    return e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
+def _exists(client, bucket: str, key: str) -> bool:
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except ClientError as e:
+        if _is_missing(e):
+            return False
+        raise
+    return True
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """sha256 hex and byte size of a local file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            h.update(chunk)
+    return h.hexdigest(), os.path.getsize(path)
+
+
+# --- publishing ---------------------------------------------------------------------------
+
+def publish_files(paths: list[Path], *, bucket: str, prefix: str, name: str, version: str,
+                  manifest: dict, entries_field: str = "files",
+                  describe: Callable[[Path], dict] | None = None, client=None) -> str:
+    """Upload files into PREFIX/NAME/VERSION/, then write _manifest.json last; return its s3:// URI.
+
+    The manifest is the commit marker: it is written with If-None-Match, only after every
+    file is uploaded, and lists each file's key, size, sha256 plus describe(path).
+    """
+    client = client or s3_client()
+    folder = version_prefix(prefix, name, version)
+    paths = _check_files(paths)
+    body = {**manifest, "name": name, "version": version}
+    body.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    _refuse_secrets(json.dumps(body, sort_keys=True))  # also fails early on non-JSON values
+    manifest_key = f"{folder}/{MANIFEST}"
+    if _exists(client, bucket, manifest_key):
+        raise VersionExistsError(f"{_uri(bucket, folder)}/ already exists: choose another version")
+    body[entries_field] = entries = _upload_all(client, bucket, folder, paths, describe)
+    try:
+        _put_manifest(client, bucket, manifest_key, json.dumps(body, indent=2, sort_keys=True).encode())
+    except VersionExistsError:
+        _delete_unlisted(client, bucket, manifest_key, entries_field, [e["key"] for e in entries])
+        raise
+    return _uri(bucket, folder) + "/"
+
+
+def _check_files(paths: list[Path]) -> list[Path]:
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise StorageError("nothing to publish: no files given")
+    names = [validate_name("file name", p.name) for p in paths]
+    if len(set(names)) != len(names):
+        raise StorageError(f"file names must be unique within a version: {sorted(names)}")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise StorageError(f"cannot publish missing files: {missing}")
+    return paths
+
+
+def _refuse_secrets(text: str) -> None:
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if secret and secret in text:
+        raise StorageError("the manifest contains the AWS secret key: remove it from the params")
+
+
+def _upload_all(client, bucket: str, folder: str, paths: list[Path], describe) -> list[dict]:
+    uploaded: list[str] = []
+
+    def upload(path: Path) -> dict:
+        key = f"{folder}/{path.name}"
+        sha256, size = file_digest(path)
+        entry = {"key": key, "bytes": size, "sha256": sha256, **(describe(path) if describe else {})}
+        client.upload_file(str(path), bucket, key, Config=TRANSFER)
+        uploaded.append(key)
+        return entry
+
+    try:
+        return _run_all(upload, paths)
+    except Exception as e:
+        _delete_orphans(client, bucket, folder, uploaded)
+        raise StorageError(f"publishing {_uri(bucket, folder)}/ failed, no manifest written: {e}") from e
+
+
+def _run_all(fn: Callable, items: list) -> list:
+    """fn over items in threads, results in order; on an error, skip what has not started."""
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_WORKERS, len(items)))) as pool:
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _best_effort(cleanup: Callable) -> Callable:
+    """Cleanup after a failure must never hide the error being raised."""
+    @functools.wraps(cleanup)
+    def quiet(*args, **kwargs) -> None:
+        try:
+            cleanup(*args, **kwargs)
+        except Exception as e:
+            log.warning("%s failed: %s", cleanup.__name__, e)
+    return quiet
+
+
+@_best_effort
+def _delete_orphans(client, bucket: str, folder: str, keys: list[str]) -> None:
+    # Only while no manifest exists: a concurrent publisher of this version may have won.
+    if keys and _existing_bytes(client, bucket, f"{folder}/{MANIFEST}") is None:
+        _delete_keys(client, bucket, keys)
+
+
+@_best_effort
+def _delete_unlisted(client, bucket: str, manifest_key: str, field: str, keys: list[str]) -> None:
+    # We lost the race for this version: our files that the winner does not list would be
+    # read by folder readers (pandas) as if they belonged to it.
+    winner = json.loads(_existing_bytes(client, bucket, manifest_key) or b"{}")
+    listed = {e.get("key") for e in winner.get(field, []) if isinstance(e, dict)}
+    _delete_keys(client, bucket, [k for k in keys if k not in listed])
+
+
+def _delete_keys(client, bucket: str, keys: list[str]) -> None:
+    if keys:
+        client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys]})
+
+
+def _existing_bytes(client, bucket: str, key: str) -> bytes | None:
+    try:
+        return _get_bytes(client, bucket, key)
+    except ClientError as e:
+        if _is_missing(e):
+            return None
+        raise
+
+
+def _put_manifest(client, bucket: str, key: str, body: bytes) -> None:
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
+                          IfNoneMatch="*")
+    except ClientError as e:
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status not in (409, 412):  # 409: another conditional write of it is in flight
+            raise
+        # A retried request whose first attempt succeeded also gets 412: that one is ours.
+        if _existing_bytes(client, bucket, key) != body:
+            raise VersionExistsError(f"{_uri(bucket, key)} was written by another publisher first") from e
+
+
+def publish_dataset(shard_paths: list[Path], *, bucket: str, name: str, version: str, manifest: dict,
+                    prefix: str = "datasets", client=None) -> str:
+    """Publish Parquet shards as s3://BUCKET/PREFIX/NAME/VERSION/; return that folder's URI."""
+    return publish_files(shard_paths, bucket=bucket, prefix=prefix, name=name, version=version,
+                         manifest=manifest, entries_field="shards", describe=_parquet_rows, client=client)
+
+
+def _parquet_rows(path: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    return {"rows": pq.ParquetFile(path).metadata.num_rows}
+
+
+# --- reading ------------------------------------------------------------------------------
+
+def _get_bytes(client, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def read_manifest(bucket: str, name: str, version: str, prefix: str = "datasets", client=None) -> dict:
+    return json.loads(_read_manifest_bytes(client or s3_client(), bucket, prefix, name, version))
+
+
+def _read_manifest_bytes(client, bucket: str, prefix: str, name: str, version: str) -> bytes:
+    folder = version_prefix(prefix, name, version)
+    try:
+        return _get_bytes(client, bucket, f"{folder}/{MANIFEST}")
+    except ClientError as e:
+        if _is_missing(e):
+            raise VersionNotFoundError(f"{_uri(bucket, folder)}/ has no {MANIFEST}: "
+                                       "no such complete version") from e
+        raise
+
+
+def _subfolders(client, bucket: str, prefix: str) -> list[str]:
+    names = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+    return names
+
+
+def list_versions(bucket: str, name: str, prefix: str = "datasets", client=None) -> list[dict]:
+    """Manifests of the complete versions of NAME, oldest first (created_at, then version)."""
+    client = client or s3_client()
+    candidates = [v for v in _subfolders(client, bucket, f"{prefix}/{validate_name('name', name)}/")
+                  if NAME_RE.match(v) and ".." not in v]
+
+    def manifest_or_none(version: str) -> dict | None:
+        try:
+            return json.loads(_read_manifest_bytes(client, bucket, prefix, name, version))
+        except VersionNotFoundError:
+            return None  # still being published, or abandoned
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        manifests = [m for m in pool.map(manifest_or_none, candidates) if m is not None]
+    return sorted(manifests, key=lambda m: (str(m.get("created_at", "")), m["version"]))
+
+
+def list_datasets(bucket: str, prefix: str = "datasets", client=None) -> list[str]:
+    """Names under PREFIX/ with at least one complete version, sorted."""
+    client = client or s3_client()
+    names = [n for n in _subfolders(client, bucket, f"{prefix}/") if NAME_RE.match(n) and ".." not in n]
+    return sorted(n for n in names if _has_complete_version(client, bucket, prefix, n))
+
+
+def _has_complete_version(client, bucket: str, prefix: str, name: str) -> bool:
+    versions = _subfolders(client, bucket, f"{prefix}/{name}/")
+    return any(_exists(client, bucket, f"{prefix}/{name}/{v}/{MANIFEST}") for v in versions)
+
+
+def resolve_version(bucket: str, name: str, version: str = "latest", prefix: str = "datasets",
+                    client=None) -> str:
+    """VERSION itself if complete, or the newest complete version for "latest"."""
+    client = client or s3_client()
+    if version != "latest":
+        _read_manifest_bytes(client, bucket, prefix, name, version)
+        return version
+    versions = list_versions(bucket, name, prefix, client)
+    if not versions:
+        raise VersionNotFoundError(f"{prefix[:-1] if prefix.endswith('s') else prefix} '{name}' has no "
+                                   f"complete version in {_uri(bucket, prefix)}/{name}/")
+    return versions[-1]["version"]
+
+
+# --- downloading --------------------------------------------------------------------------
+
+def download_files(bucket: str, name: str, version: str, to_dir: Path, *, prefix: str,
+                   entries_field: str = "files", client=None) -> Path:
+    """Download a complete version into TO_DIR/NAME/VERSION, every file's sha256 verified.
+
+    Files land in a temporary folder inside to_dir that is renamed into place only when all
+    of them match the manifest, so a failure leaves nothing behind.
+    """
+    client = client or s3_client()
+    version = resolve_version(bucket, name, version, prefix, client)
+    raw = _read_manifest_bytes(client, bucket, prefix, name, version)
+    entries = _checked_entries(json.loads(raw), entries_field, bucket, version_prefix(prefix, name, version))
+    to_dir = Path(to_dir)
+    to_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{version}-", dir=to_dir))
+    try:
+        _run_all(lambda entry: _download_verified(client, bucket, entry, tmp), entries)
+        (tmp / MANIFEST).write_bytes(raw)
+        return _install(tmp, to_dir / name / version)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _checked_entries(manifest: dict, field: str, bucket: str, folder: str) -> list[dict]:
+    """The manifest's file entries, refusing any key that would land outside the version folder."""
+    entries = manifest.get(field)
+    if not isinstance(entries, list) or not entries:
+        raise IntegrityError(f"{_uri(bucket, folder)}/{MANIFEST} lists no {field}")
+    seen = set()
+    for entry in entries:
+        key = entry.get("key") if isinstance(entry, dict) else None
+        base = key[len(folder) + 1:] if isinstance(key, str) and key.startswith(folder + "/") else ""
+        if not NAME_RE.match(base) or ".." in base or base in seen:
+            raise IntegrityError(f"{_uri(bucket, folder)}/{MANIFEST}: refusing entry {key!r}: "
+                                 f"not a distinct file directly inside {folder}/")
+        if not isinstance(entry.get("bytes"), int) or not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256"))):
+            raise IntegrityError(f"{_uri(bucket, folder)}/{MANIFEST}: entry {key!r} lacks bytes or sha256")
+        seen.add(base)
+    return entries
+
+
+def _download_verified(client, bucket: str, entry: dict, folder: Path) -> None:
+    key = entry["key"]
+    dest = folder / key.rsplit("/", 1)[1]
+    try:
+        client.download_file(bucket, key, str(dest), Config=TRANSFER)
+    except ClientError as e:
+        if _is_missing(e):
+            raise IntegrityError(f"{_uri(bucket, key)} is listed in the manifest but missing") from e
+        raise
+    sha256, size = file_digest(dest)
+    if (sha256, size) != (entry["sha256"], entry["bytes"]):
+        raise IntegrityError(f"{_uri(bucket, key)} does not match its manifest: got {size} bytes, "
+                             f"sha256 {sha256}; expected {entry['bytes']} bytes, sha256 {entry['sha256']}")
+
+
+def _install(tmp: Path, final: Path) -> Path:
+    """Rename tmp to final, replacing an earlier download of the same version."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.exists():
+        os.rename(tmp, final)
+        return final
+    old = tmp.with_name(tmp.name + "-old")
+    os.rename(final, old)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def download_dataset(bucket: str, name: str, version: str, to_dir: Path, prefix: str = "datasets",
+                     client=None) -> Path:
+    """Download s3://BUCKET/PREFIX/NAME/VERSION ("latest" allowed) into TO_DIR/NAME/VERSION."""
+    return download_files(bucket, name, version, to_dir, prefix=prefix, entries_field="shards", client=client)
