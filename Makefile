@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 # Prefect's ephemeral server needs 11-17 s to start on 2 busy cores; its 20 s default is too tight.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+# No network here but the package registries: telemetry would only log failures.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: install run test bench clean-s3 stop
 

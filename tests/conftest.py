@@ -43,3 +43,15 @@ def s3_env(s3_server, monkeypatch, tmp_path) -> S3Env:
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     return S3Env(bucket=s3_server.bucket, endpoint=s3_server.endpoint, client=s3_client())
+
+
+# --- Prefect ---
+# One Prefect test server for the whole run: it costs 10-13 s to start on 2 cores.
+
+@pytest.fixture(scope="session")
+def prefect_api_url():
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()

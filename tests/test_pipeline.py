@@ -1,0 +1,115 @@
+"""The whole path through real DVC, real Prefect and real SeaweedFS, on a tiny config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from gan_core import storage
+from tests.helpers import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore", "gan_core", "flows"]
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and done.returncode:
+        raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def make_project(target: Path, params: dict) -> None:
+    """A fresh git + DVC project holding ganforge's pipeline, as a user's clone would."""
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target / name)
+    (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def tiny_project_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    params["generate"]["name"] = "pipeline-test"
+    return params
+
+
+@pytest.fixture(scope="module")
+def pipeline_env(s3_server, prefect_api_url, tmp_path_factory) -> dict:
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_", "DVC_"))}
+    env |= s3_server.env() | {
+        "PREFECT_API_URL": prefect_api_url, "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"), "DVC_SITE_CACHE_DIR": str(home / "dvc-site"),
+        "AWS_CONFIG_FILE": str(home / "aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-creds"),
+        "PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    return env
+
+
+@pytest.fixture(scope="module")
+def project(pipeline_env, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    make_project(root, tiny_project_params())
+    run(["git", "init", "-q"], root, pipeline_env)
+    run(["git", "add", "-A"], root, pipeline_env)
+    run(["git", "commit", "-qm", "init"], root, pipeline_env)
+    run(["dvc", "repro"], root, pipeline_env)
+    return root
+
+
+def test_repro_publishes_a_readable_verified_dataset(project, pipeline_env, s3_server, s3_env, tmp_path):
+    client = s3_server.client()
+    versions = storage.list_versions(s3_server.bucket, "pipeline-test", client=client)
+    assert len(versions) == 1
+    manifest = versions[0]
+    assert manifest["sample_count"] == 120 and len(manifest["shards"]) == 3
+    assert manifest["params"]["train"]["epochs"] == 2
+    assert 0.0 <= manifest["metrics"]["d_auc"] <= 1.0
+    meta = json.loads((project / "models" / "digits" / "meta.json").read_text())
+    assert manifest["generator_sha256"] == meta["files"]["ema.safetensors"]
+    uri = f"s3://{s3_server.bucket}/datasets/pipeline-test/{manifest['version']}/"
+    # As a user with .ganforge/s3.env sourced: endpoint and keys from the environment only.
+    frame = pd.read_parquet(uri)
+    assert len(frame) == 120 and list(frame.columns) == ["image", "label", "seed", "d_score"]
+    assert frame["image"].iloc[0].startswith(b"\x89PNG")
+    out = run(["ganforge", "download", "pipeline-test", "--to", str(tmp_path)], project, pipeline_env)
+    folder = Path(json.loads(out.stdout))
+    assert sorted(p.name for p in folder.iterdir()) == ["_manifest.json", "part-00000.parquet",
+                                                         "part-00001.parquet", "part-00002.parquet"]
+    metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    assert set(metrics["d_score_real"]) == {"mean", "p10", "p50", "p90"}
+
+
+def test_repro_reruns_exactly_what_changed(project, pipeline_env):
+    again = run(["dvc", "repro"], project, pipeline_env)
+    assert "Running stage" not in again.stdout
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run(["dvc", "repro"], project, pipeline_env)
+    ran = {line.split("'")[1] for line in changed.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train", "evaluate", "generate"}
+
+
+def test_bad_params_stop_before_work(project, pipeline_env):
+    lock = (project / "dvc.lock").read_text()
+    (project / "params.yaml").write_text((project / "params.yaml").read_text().replace("lr_g:", "lr_gg:"))
+    failed = run(["python", "-m", "flows.train"], project, pipeline_env, check=False)
+    assert failed.returncode != 0
+    assert "unknown key train.lr_gg" in failed.stdout + failed.stderr
+    assert (project / "dvc.lock").read_text() == lock
