@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# Every version pinned in constraints.txt: the resolver has nothing to search or backtrack.
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -qq --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed
