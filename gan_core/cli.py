@@ -50,11 +50,16 @@ def cmd_list(args) -> object:
     from gan_core import storage
     from gan_core.stages import bucket_from_env
     bucket = args.bucket or bucket_from_env()
-    if args.name is None:
-        return storage.list_datasets(bucket)
-    versions = storage.list_versions(bucket, args.name)
-    keys = None if args.long else ("version", "created_at", "sample_count", "acceptance_rate")
-    return [m if keys is None else {k: m.get(k) for k in keys} for m in versions]
+    if args.name:
+        versions = storage.list_versions(bucket, args.name)
+        short = ("version", "created_at", "sample_count", "acceptance_rate")
+        return versions if args.long else [{k: m.get(k) for k in short} for m in versions]
+    names = storage.list_datasets(bucket)
+    if not args.long:
+        return names
+    # Every dataset's manifests less their shard lists: provenance, params and metrics at a glance.
+    return {name: [{k: v for k, v in m.items() if k != "shards"} for m in storage.list_versions(bucket, name)]
+            for name in names}
 
 
 @command
@@ -86,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--bucket", help="S3 bucket (default: $GANFORGE_BUCKET or 'ganforge')")
     lst = sub.add_parser("list", help="published datasets, or the versions of one")
     lst.add_argument("name", nargs="?")
-    lst.add_argument("--long", action="store_true", help="whole manifests (provenance, params, metrics)")
+    lst.add_argument("--long", action="store_true",
+                     help="manifests with provenance (git revision, dirty, DVC hashes, params) and metrics; "
+                          "without NAME, of every dataset (shard lists left out)")
     lst.add_argument("--bucket")
     down = sub.add_parser("download", help="download a dataset version and verify every shard")
     down.add_argument("name")

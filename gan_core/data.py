@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+BUNDLED_DIGITS = "bundled:digits"
 
 
 class DataError(ValueError):
@@ -65,22 +66,30 @@ def _read_image(path: Path) -> np.ndarray:
 
 def load_image_folder(folder: Path) -> ImageSet:
     """Images in `folder`; a sub-folder per class gives labels, a flat folder gives none."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{folder}: no PNG or JPEG images found")
     classes = sorted({p.parent.relative_to(folder).as_posix() for p in files})
+    if "." in classes and len(classes) > 1:
+        raise DataError(f"{folder}: images both at the top level ({files[0].name}) and in sub-folders: "
+                        "use one sub-folder per class, or none")
     labelled = classes != ["."]
     arrays, labels = [], []
     for path in files:
         array = _read_image(path)
         if arrays and array.shape != arrays[0].shape:
-            raise DataError(f"{path}: size {array.shape} differs from {files[0].name} {arrays[0].shape}")
+            raise DataError(f"{path}: {_describe_shape(array.shape)} differs from "
+                            f"{files[0]}: {_describe_shape(arrays[0].shape)}; resize them all to one size")
         arrays.append(array)
         labels.append(classes.index(path.parent.relative_to(folder).as_posix()) if labelled else -1)
     stacked = np.stack(arrays)
     images = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
     _check_square_pow2(images, str(folder))
     return ImageSet(np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64))
+
+
+def _describe_shape(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[0]} {'RGB' if len(shape) == 3 else 'grey'}"
 
 
 def load_npz(path: Path) -> ImageSet:
@@ -109,14 +118,16 @@ def load_npz(path: Path) -> ImageSet:
 
 
 def load_source(source: str) -> ImageSet:
-    if source == "bundled:digits":
+    if source == BUNDLED_DIGITS:
         return load_bundled_digits()
     path = Path(source)
     if path.is_dir():
         return load_image_folder(path)
     if path.suffix == ".npz" and path.is_file():
         return load_npz(path)
-    raise DataError(f"prepare.source: {source!r} is not 'bundled:digits', an image folder or an .npz file")
+    if not path.exists():
+        raise DataError(f"prepare.source: {source} not found (did you `dvc pull` or `dvc add` it?)")
+    raise DataError(f"prepare.source: {source!r} is not {BUNDLED_DIGITS!r}, an image folder or an .npz file")
 
 
 def split(data: ImageSet, holdout_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:

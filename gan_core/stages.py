@@ -9,10 +9,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from gan_core import storage
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params
-from gan_core.data import prepare_dataset
+from gan_core.data import BUNDLED_DIGITS, DataError, prepare_dataset
 from gan_core.evaluate import evaluate, read_metrics
 from gan_core.generate import generate_dataset
 from gan_core.sampling import load_model
@@ -47,6 +49,20 @@ class Layout:
     def plots(self) -> Path:
         return self.root / "plots"
 
+    @property
+    def raw(self) -> Path:
+        """The user's datasets (`dvc add data/raw/NAME`); dvc.yaml's prepare stage depends on all of it."""
+        return self.root / "data" / "raw"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "dvc.lock"
+
+    def outputs(self, params: Params) -> list[Path]:
+        """What the pipeline itself writes: none of it makes the work tree dirty."""
+        return [self.lock, self.prepared(params).parent, self.model(params).parent,
+                self.checkpoints(params).parent, self.generated(params).parent, self.metrics.parent, self.plots]
+
 
 def bucket_from_env() -> str:
     return os.environ.get("GANFORGE_BUCKET", DEFAULT_BUCKET)
@@ -54,7 +70,15 @@ def bucket_from_env() -> str:
 
 def run_prepare(params: Params, layout: Layout = Layout()) -> dict:
     cfg = params.prepare
+    check_source_is_tracked(cfg.source, layout)
     return prepare_dataset(cfg.source, layout.prepared(params), cfg.holdout_fraction, cfg.seed)
+
+
+def check_source_is_tracked(source: str, layout: Layout = Layout()) -> None:
+    # dvc.yaml's prepare stage depends on data/raw: a source elsewhere would change unnoticed.
+    if source != BUNDLED_DIGITS and not Path(source).resolve().is_relative_to(layout.raw.resolve()):
+        raise DataError(f"prepare.source: {source} is outside {layout.raw}/, the folder dvc.yaml tracks: "
+                        f"move it to {layout.raw}/NAME and `dvc add` it there")
 
 
 def run_train(params: Params, layout: Layout = Layout(), resume: bool = False, progress: bool = True) -> dict:
@@ -74,13 +98,60 @@ def run_generate(params: Params, out_dir: Path, layout: Layout = Layout()) -> di
     return generate_dataset(model, params.generate, out_dir)
 
 
-def git_revision(root: Path = Path(".")) -> dict:
+def git_revision(root: Path = Path("."), exclude: list[Path] = ()) -> dict:
+    """HEAD, and whether anything but the `exclude`d paths differs from it (untracked files included)."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+    pathspec = ["--", "."] + [f":(exclude){Path(p).relative_to(root).as_posix()}" for p in exclude]
     try:
-        return {"revision": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+        revision = git("rev-parse", "HEAD").strip()
+        changed = [line[3:] for line in git("status", "--porcelain", *pathspec).splitlines()]
     except (subprocess.CalledProcessError, FileNotFoundError):
-        return {"revision": None, "dirty": None}
+        return {"revision": None, "dirty": None, "changed": []}
+    return {"revision": revision, "dirty": bool(changed), "changed": changed[:20]}
+
+
+def dvc_hash(path: Path, locked: dict[str, str], root: Path = Path(".")) -> dict:
+    """DVC's md5 of a file or folder as it is now, and whether dvc.lock records that same hash."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+    from dvc_objects.fs.memory import MemoryFileSystem
+
+    relpath = Path(path).relative_to(root).as_posix()
+    md5 = None
+    if Path(path).exists():
+        _, _, obj = build(HashFileDB(MemoryFileSystem(), "/"), str(path), LocalFileSystem(), "md5", dry_run=True)
+        md5 = obj.hash_info.value
+    return {"path": relpath, "md5": md5, "in_dvc_lock": md5 is not None and locked.get(relpath) == md5}
+
+
+def locked_outputs(lock: Path) -> dict[str, str]:
+    """dvc.lock's md5 of every stage output, by path."""
+    try:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    except FileNotFoundError:
+        return {}
+    return {out["path"]: out.get("md5") for stage in stages.values() for out in stage.get("outs", [])}
+
+
+def source_hash(source: str) -> dict:
+    """The md5 that `dvc add` recorded for the raw source in its .dvc file, when it has one."""
+    dvc_file = Path(source + ".dvc")
+    if source == BUNDLED_DIGITS or not dvc_file.is_file():
+        return {"path": source, "md5": None}
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return {"path": source, "md5": outs[0].get("md5")}
+
+
+def provenance(params: Params, layout: Layout = Layout()) -> dict:
+    """What a published manifest came from: code revision, DVC hashes of its data and model, params."""
+    locked = locked_outputs(layout.lock)
+    return {"git": git_revision(layout.root, exclude=layout.outputs(params)),
+            "dvc": {"source": source_hash(params.prepare.source),
+                    "data": dvc_hash(layout.prepared(params), locked, layout.root),
+                    "model": dvc_hash(layout.model(params), locked, layout.root)},
+            "params": params.model_dump(mode="json")}
 
 
 def default_version(now: dt.datetime | None = None) -> str:
@@ -92,7 +163,7 @@ def build_manifest(params: Params, summary: dict, version: str, layout: Layout =
     return {"name": params.generate.name, "version": version,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "generator_sha256": model_meta.get("files", {}).get("ema.safetensors"),
-            "git": git_revision(layout.root), "params": params.model_dump(mode="json"),
+            **provenance(params, layout),
             "sample_count": summary["sample_count"], "acceptance_rate": summary["acceptance_rate"],
             "rejection": summary["rejection"], "metrics": read_metrics(layout.metrics)}
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: an S3 endpoint (embedded SeaweedFS unless one is configured),
-# `dvc repro`, then where the dataset is and how to get it.
+# `dvc repro`, `dvc push` of data and models to the same S3, then where the dataset is and how to get it.
 set -euo pipefail
 
 if [[ -z "${AWS_ENDPOINT_URL:-}${AWS_ENDPOINT_URL_S3:-}" ]]; then
@@ -10,10 +10,18 @@ if [[ -z "${AWS_ENDPOINT_URL:-}${AWS_ENDPOINT_URL_S3:-}" ]]; then
   echo "S3: embedded SeaweedFS at $AWS_ENDPOINT_URL (stop it with: make stop)"
 fi
 
+bucket="${GANFORGE_BUCKET:-ganforge}"
+if [[ "$bucket" != ganforge ]]; then
+  # .dvc/config names the default bucket; config.local (never committed) overrides it for this clone.
+  dvc remote modify --local storage url "s3://$bucket/dvc-store"
+fi
+
 dvc repro
+# Prepared data, models and the user's data/raw to the remote: another clone with the same S3 and
+# this dvc.lock gets them back with `dvc pull`.
+dvc push
 
 name=$(python -c "from gan_core.config import load_params; print(load_params().generate.name)")
-bucket="${GANFORGE_BUCKET:-ganforge}"
 version=$(python - "$bucket" "$name" <<'PY'
 import sys
 from gan_core.storage import resolve_version
@@ -28,4 +36,5 @@ Dataset published: s3://$bucket/datasets/$name/$version/
   ganforge download $name --version latest --to downloads
   python -c "import pandas as pd; print(pd.read_parquet('s3://$bucket/datasets/$name/$version/'))"
 Metrics: metrics/eval.json (dvc metrics show)   Samples: plots/samples.png
+Data and models pushed to s3://$bucket/dvc-store: commit dvc.lock, and another clone gets them with \`dvc pull\`.
 MSG

@@ -55,3 +55,25 @@ def prefect_api_url():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield PREFECT_API_URL.value()
+
+
+# --- DVC projects ---
+# The environment of a user's shell in a clone: the test S3 and Prefect, DVC and AWS isolated from
+# this machine's config, a git identity for commits.
+
+@pytest.fixture(scope="session")
+def pipeline_env(s3_server, prefect_api_url, tmp_path_factory) -> dict:
+    import os
+    import sys
+    from pathlib import Path
+
+    home = tmp_path_factory.mktemp("home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_", "DVC_"))}
+    env |= s3_server.env() | {
+        "PREFECT_API_URL": prefect_api_url, "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"), "DVC_SITE_CACHE_DIR": str(home / "dvc-site"),
+        "AWS_CONFIG_FILE": str(home / "aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-creds"),
+        "PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    return env

@@ -1,9 +1,20 @@
-"""Tiny configurations and data shared by the tests."""
+"""Tiny configurations, small real data and throwaway git + DVC projects shared by the tests."""
 
+from __future__ import annotations
+
+import shutil
+import subprocess
 from pathlib import Path
+
+import numpy as np
+import yaml
 
 from gan_core.config import Params
 from gan_core.data import prepare_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore", "data/raw/.gitkeep",
+                 "gan_core", "flows", "scripts"]
 
 TINY = {
     "model": {"latent_dim": 8, "mapping_dim": 16, "g_channels": 16, "d_channels": 8, "d_hidden": 16},
@@ -27,3 +38,66 @@ def prepared_digits(directory: Path) -> Path:
     if not path.exists():
         prepare_dataset("bundled:digits", path, 0.3, 0)
     return path
+
+
+def write_digit_images(folder: Path, per_class: int, rgb: bool, by_class: bool = True, size: int = 16) -> list[Path]:
+    """Real handwritten digits as PNGs, upscaled to size x size; RGB ones drawn in a random colour on a
+    random background per image. One sub-folder per class when by_class, else flat (unlabelled)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    paths = []
+    for label in range(10):
+        for i, index in enumerate(np.flatnonzero(digits.target == label)[:per_class]):
+            ink = Image.fromarray(np.uint8(digits.images[index] * 255 / 16)).resize((size, size), Image.BILINEAR)
+            image = ink
+            if rgb:
+                alpha = np.asarray(ink, dtype=np.float64)[..., None] / 255
+                fg, bg = rng.uniform(0, 255, (2, 1, 1, 3))
+                image = Image.fromarray(np.uint8(np.rint(alpha * fg + (1 - alpha) * bg)), "RGB")
+            path = folder / str(label) / f"{i:03d}.png" if by_class else folder / f"{label}-{i:03d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            paths.append(path)
+    return paths
+
+
+# --- throwaway git + DVC projects, as a user's clone of this repository ---------------------
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and done.returncode:
+        raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def make_project(target: Path, params: dict) -> None:
+    """A fresh git + DVC project holding ganforge's pipeline, as a user's clone would."""
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target / name)
+    write_params(target, params)
+
+
+def write_params(project: Path, params: dict) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def tiny_project_params(name: str) -> dict:
+    """The repository's params.yaml with TINY's values, publishing under `name`."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    params["generate"]["name"] = name
+    return params
+
+
+def git_commit(project: Path, env: dict, message: str, paths: tuple[str, ...] = ("-A",)) -> None:
+    run(["git", "add", *paths], project, env)
+    run(["git", "commit", "-qm", message], project, env)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,60 +10,15 @@ import pytest
 import yaml
 
 from gan_core import storage
-from tests.helpers import TINY
-
-ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore", "gan_core", "flows"]
-
-
-def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if check and done.returncode:
-        raise AssertionError(f"{' '.join(cmd)} exited {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done
-
-
-def make_project(target: Path, params: dict) -> None:
-    """A fresh git + DVC project holding ganforge's pipeline, as a user's clone would."""
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, target / name)
-    (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def tiny_project_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    params["generate"]["name"] = "pipeline-test"
-    return params
-
-
-@pytest.fixture(scope="module")
-def pipeline_env(s3_server, prefect_api_url, tmp_path_factory) -> dict:
-    home = tmp_path_factory.mktemp("home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_", "DVC_"))}
-    env |= s3_server.env() | {
-        "PREFECT_API_URL": prefect_api_url, "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"), "DVC_SITE_CACHE_DIR": str(home / "dvc-site"),
-        "AWS_CONFIG_FILE": str(home / "aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-creds"),
-        "PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    return env
+from tests.helpers import git_commit, make_project, run, tiny_project_params
 
 
 @pytest.fixture(scope="module")
 def project(pipeline_env, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("project")
-    make_project(root, tiny_project_params())
+    make_project(root, tiny_project_params("pipeline-test"))
     run(["git", "init", "-q"], root, pipeline_env)
-    run(["git", "add", "-A"], root, pipeline_env)
-    run(["git", "commit", "-qm", "init"], root, pipeline_env)
+    git_commit(root, pipeline_env, "init")
     run(["dvc", "repro"], root, pipeline_env)
     return root
 
