@@ -98,7 +98,7 @@ def run_generate(params: Params, out_dir: Path, layout: Layout = Layout()) -> di
     return generate_dataset(model, params.generate, out_dir)
 
 
-def git_revision(root: Path = Path("."), exclude: list[Path] = ()) -> dict:
+def git_revision(root: Path = Path("."), exclude: tuple[Path, ...] | list[Path] = ()) -> dict:
     """HEAD, and whether anything but the `exclude`d paths differs from it (untracked files included)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,10 +66,6 @@ def prefect_api_url():
 
 @pytest.fixture(scope="session")
 def pipeline_env(s3_server, prefect_api_url, tmp_path_factory) -> dict:
-    import os
-    import sys
-    from pathlib import Path
-
     home = tmp_path_factory.mktemp("home")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_", "DVC_"))}
     env |= s3_server.env() | {
