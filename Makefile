@@ -8,7 +8,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # No network here but the package registries: telemetry would only log failures.
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install run test bench clean-s3 stop
+.PHONY: install run test bench clean-s3 serve stop
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,5 +27,10 @@ test: install
 bench: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks
 
+# A local Prefect server, a worker per work pool, the embedded S3 and every deployment, in the background.
+serve: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/serve.sh
+
+# Stops what serve and run started (Prefect server, workers, embedded S3), by their recorded pids.
 stop:
-	-$(BIN)/ganforge s3 stop
+	-PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/stop.sh

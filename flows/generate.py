@@ -1,35 +1,88 @@
-"""Generate stage: model -> Parquet shards -> published dataset version in S3 (manifest last)."""
+"""Generate stage: model -> Parquet shards (one mapped task each) -> a dataset version in S3, manifest last."""
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, task
+import os
+from pathlib import Path
 
-from gan_core.config import load_params
-from gan_core.stages import Layout, bucket_from_env, default_version, run_generate, run_publish
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.tasks import S3_RETRIES, fetch_model, prune, publish_once, published, report, scheduled_version
+from gan_core.config import Params, load_params
+from gan_core.stages import (Layout, ModelSource, bucket_from_env, local_model, override_params, plan_generation,
+                             run_publish, run_shard, summarize_shards)
+
+# A local Dask cluster: worker processes with one thread each, and one torch thread each
+# (distributed's nanny sets these too; here they are explicit, as two torch threads per
+# process on shared cores slow everyone down).
+LOCAL_DASK = {"n_workers": 2, "processes": True, "threads_per_worker": 1,
+              "env": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
+
+
+def task_runner_from_env():
+    """Threads here, or Dask: GANFORGE_DASK=local for a local cluster, or a scheduler's address.
+
+    A cluster of several hosts needs the project folder (model, shards) on a shared filesystem.
+    """
+    where = os.environ.get("GANFORGE_DASK")
+    if not where:
+        return ThreadPoolTaskRunner()
+    from prefect_dask import DaskTaskRunner
+
+    return DaskTaskRunner(cluster_kwargs=LOCAL_DASK) if where == "local" else DaskTaskRunner(address=where)
 
 
 @task
-def generate_shards(params_path: str) -> dict:
-    params = load_params(params_path)
-    return run_generate(params, Layout().generated(params))
+def plan(params: Params, model_dir: str, out_dir: str) -> dict:
+    return plan_generation(params, Path(model_dir), Path(out_dir))
 
 
-@task(retries=3, retry_delay_seconds=[2, 8, 30], retry_jitter_factor=0.5)
-def publish(params_path: str, summary: dict, version: str, bucket: str) -> str:
-    # Retried: uploads are the network side effect. Safe to repeat: no manifest until all shards are in.
-    return run_publish(load_params(params_path), summary, version, bucket)
+@task
+def generate_shard(params: Params, model_dir: str, index: int, rows: int, rule: dict | None, out_dir: str) -> dict:
+    # One shard file per task, from its own seeds: shards run anywhere, in any order. Paths in, paths out.
+    return run_shard(params, Path(model_dir), index, rows, rule, Path(out_dir))
 
 
-@flow(name="generate")
+@task(**S3_RETRIES)
+def publish(params: Params, summary: dict, version: str, bucket: str, prefix: str, model: ModelSource) -> str:
+    # Safe to repeat: no manifest until every shard is in.
+    return publish_once(lambda: run_publish(params, summary, version, bucket, model=model, prefix=prefix),
+                        bucket, prefix, params.generate.name, version)
+
+
+def generate_shards(params: Params, model_dir: Path, out_dir: Path) -> dict:
+    planned = plan(params, str(model_dir), str(out_dir))
+    indices, rows = zip(*planned["shards"])
+    shards = generate_shard.map(unmapped(params), unmapped(str(model_dir)), list(indices), list(rows),
+                                unmapped(planned["rule"]), unmapped(str(out_dir)))
+    return summarize_shards(params, shards.result(), planned["rule"])
+
+
+@flow(name="generate", task_runner=task_runner_from_env())
 def generate_flow(params_path: str = "params.yaml", version: str | None = None, publish_to_s3: bool = True,
-                  bucket: str | None = None) -> str | None:
-    summary = generate_shards(params_path)
-    logger = get_run_logger()
-    logger.info("generated %d samples (acceptance %.2f)", summary["sample_count"], summary["acceptance_rate"])
-    if not publish_to_s3:
-        return None
-    uri = publish(params_path, summary, version or default_version(), bucket or bucket_from_env())
-    logger.info("published %s", uri)
+                  bucket: str | None = None, prefix: str = "datasets", dataset_name: str | None = None,
+                  num_samples: int | None = None, rejection: bool | None = None, checkpoint: str | None = None,
+                  keep_last: int | None = None) -> str | None:
+    """checkpoint: None for the local models/<dataset>/, else "latest", a version or an s3:// URI of one.
+
+    version: by default the run's scheduled time, so that rerunning a scheduled run publishes nothing new.
+    """
+    params = override_params(load_params(params_path), {
+        "generate.name": dataset_name, "generate.num_samples": num_samples, "generate.rejection.enabled": rejection})
+    name, bucket, version = params.generate.name, bucket or bucket_from_env(), version or scheduled_version()
+    if publish_to_s3 and (uri := published(bucket, prefix, name, version)):
+        report("generate", name, {"dataset": uri, "note": "already published by an earlier run of this schedule"})
+        return uri
+    model = fetch_model(checkpoint, bucket, params.prepare.dataset) if checkpoint else local_model(params)
+    summary = generate_shards(params, model.directory, Layout().generated(params))
+    uri = publish(params, summary, version, bucket, prefix, model) if publish_to_s3 else None
+    if uri and keep_last:
+        prune(bucket, prefix, name, keep_last)
+    get_run_logger().info("%d samples (acceptance %.2f) -> %s", summary["sample_count"], summary["acceptance_rate"], uri)
+    report("generate", name, {"dataset": uri, "version": version, "model": model.uri or str(model.directory),
+                              **{k: summary[k] for k in ("sample_count", "acceptance_rate", "candidates")},
+                              "shards": len(summary["shard_files"]), "metrics": model.metrics})
     return uri
 
 

@@ -1,16 +1,45 @@
-"""Train stage: prepared data -> models/<dataset>/ (safetensors + meta.json) and plots/losses.csv."""
+"""Train stage: prepared data -> models/<dataset>/ (safetensors + meta.json); optionally published to S3."""
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 
-from gan_core.config import load_params
-from gan_core.stages import run_train
+from flows.evaluate import evaluate_flow
+from flows.prepare import prepare_flow
+from flows.tasks import S3_RETRIES, prune, publish_once, published, report, scheduled_version
+from gan_core.config import Params, load_params
+from gan_core.stages import bucket_from_env, run_publish_model, run_train
+from gan_core.storage import MODELS_PREFIX
+
+
+@task(**S3_RETRIES)
+def publish_model(params: Params, version: str, bucket: str, metrics: dict) -> str:
+    return publish_once(lambda: run_publish_model(params, version, bucket, metrics),
+                        bucket, MODELS_PREFIX, params.prepare.dataset, version)
 
 
 @flow(name="train")
-def train_flow(params_path: str = "params.yaml", resume: bool = False) -> dict:
+def train_flow(params_path: str = "params.yaml", resume: bool = False, prepare_data: bool = False,
+               publish: bool = False, bucket: str | None = None, version: str | None = None,
+               keep_last: int | None = None) -> dict:
+    """publish: evaluate the model, then publish it as s3://BUCKET/models/<dataset>/VERSION/ for other workers.
+
+    version: by default the run's scheduled time, so that rerunning a scheduled run trains nothing new.
+    """
+    params = load_params(params_path)
+    name, bucket, version = params.prepare.dataset, bucket or bucket_from_env(), version or scheduled_version()
+    if publish and (uri := published(bucket, MODELS_PREFIX, name, version)):
+        report("train", name, {"model": uri, "note": "already published by an earlier run of this schedule"})
+        return {"model_uri": uri}
+    if prepare_data:  # a fresh worker host has no prepared data yet
+        prepare_flow(params_path)
     # No retries: a failed training run is a bug or a bad config, and resuming is explicit.
-    summary = run_train(load_params(params_path), resume=resume)
+    summary = run_train(params, resume=resume)
     get_run_logger().info("trained %s", summary)
+    metrics = evaluate_flow(params_path) if publish else {}
+    if publish:
+        summary["model_uri"] = publish_model(params, version, bucket, metrics)
+        if keep_last:
+            prune(bucket, MODELS_PREFIX, name, keep_last)
+    report("train", name, {"model": summary.get("model_uri", "models/" + name), **summary, "metrics": metrics})
     return summary
 
 

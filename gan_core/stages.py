@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
 from gan_core import storage
 from gan_core.checkpoint import write_json_atomic
-from gan_core.config import Params
+from gan_core.config import Params, parse_params
 from gan_core.data import BUNDLED_DIGITS, DataError, prepare_dataset
 from gan_core.evaluate import evaluate, read_metrics
-from gan_core.generate import generate_dataset
-from gan_core.sampling import load_model
+from gan_core.generate import ShardResult, generate_dataset, generate_shard, rejection_rule, shard_sizes, summarize
+from gan_core.sampling import RejectionRule, load_model
 from gan_core.train import pick_device, train
 
 DEFAULT_BUCKET = "ganforge"
@@ -64,8 +65,38 @@ class Layout:
                 self.checkpoints(params).parent, self.generated(params).parent, self.metrics.parent, self.plots]
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """The model a stage uses: the local DVC output, or a published version fetched from S3."""
+
+    directory: Path
+    uri: str | None = None  # s3://BUCKET/models/NAME/VERSION/ when fetched
+    metrics: dict = field(default_factory=dict)  # its evaluation metrics
+
+
 def bucket_from_env() -> str:
     return os.environ.get("GANFORGE_BUCKET", DEFAULT_BUCKET)
+
+
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("GANFORGE_CACHE") or Path.home() / ".cache" / "ganforge") / "models"
+
+
+def override_params(params: Params, overrides: dict[str, object]) -> Params:
+    """Params with dotted keys replaced ({"generate.num_samples": 10}), validated again; None keeps a value."""
+    raw = params.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        if value is not None:
+            *sections, key = dotted.split(".")
+            node = raw
+            for section in sections:
+                node = node[section]
+            node[key] = value
+    return parse_params(raw, "flow parameters")
+
+
+def local_model(params: Params, layout: Layout = Layout()) -> ModelSource:
+    return ModelSource(layout.model(params), metrics=read_metrics(layout.metrics))
 
 
 def run_prepare(params: Params, layout: Layout = Layout()) -> dict:
@@ -86,8 +117,8 @@ def run_train(params: Params, layout: Layout = Layout(), resume: bool = False, p
                  loss_log=layout.plots / "losses.csv", resume=resume, progress=progress)
 
 
-def run_evaluate(params: Params, layout: Layout = Layout()) -> dict:
-    model = load_model(layout.model(params), pick_device(params.train.device))
+def run_evaluate(params: Params, layout: Layout = Layout(), model_dir: Path | None = None) -> dict:
+    model = load_model(model_dir or layout.model(params), pick_device(params.train.device))
     return evaluate(model, layout.prepared(params), params.evaluate, layout.metrics, layout.plots)
 
 
@@ -96,6 +127,28 @@ def run_generate(params: Params, out_dir: Path, layout: Layout = Layout()) -> di
     shutil.rmtree(out_dir, ignore_errors=True)
     model = load_model(layout.model(params), pick_device(params.train.device))
     return generate_dataset(model, params.generate, out_dir)
+
+
+# --- generation fanned out: a plan, one call per shard (any order, any host), a summary ----------
+
+def plan_generation(params: Params, model_dir: Path, out_dir: Path) -> dict:
+    """Empty `out_dir`; fit the rejection rule once; list each shard's (index, rows)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    Path(out_dir).mkdir(parents=True)
+    rule = rejection_rule(load_model(model_dir, pick_device(params.train.device)), params.generate)
+    cfg = params.generate
+    return {"rule": asdict(rule) if rule else None, "shards": list(enumerate(shard_sizes(cfg.num_samples, cfg.shard_size)))}
+
+
+def run_shard(params: Params, model_dir: Path, index: int, rows: int, rule: dict | None, out_dir: Path) -> dict:
+    model = load_model(model_dir, pick_device(params.train.device))
+    result = generate_shard(model, index, rows, params.generate, RejectionRule(**rule) if rule else None, out_dir)
+    return {**asdict(result), "path": str(result.path)}
+
+
+def summarize_shards(params: Params, results: list[dict], rule: dict | None) -> dict:
+    shards = [ShardResult(**{**r, "path": Path(r["path"])}) for r in results]
+    return summarize(shards, RejectionRule(**rule) if rule else None, params.generate)
 
 
 def git_revision(root: Path = Path("."), exclude: tuple[Path, ...] | list[Path] = ()) -> dict:
@@ -158,20 +211,53 @@ def default_version(now: dt.datetime | None = None) -> str:
     return (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
 
 
-def build_manifest(params: Params, summary: dict, version: str, layout: Layout = Layout()) -> dict:
-    model_meta = read_metrics(layout.model(params) / "meta.json")
+def build_manifest(params: Params, summary: dict, version: str, layout: Layout = Layout(),
+                   model: ModelSource | None = None) -> dict:
+    model = model or local_model(params, layout)
+    model_meta = read_metrics(model.directory / "meta.json")
     return {"name": params.generate.name, "version": version,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "generator_sha256": model_meta.get("files", {}).get("ema.safetensors"),
             **provenance(params, layout),
             "sample_count": summary["sample_count"], "acceptance_rate": summary["acceptance_rate"],
-            "rejection": summary["rejection"], "metrics": read_metrics(layout.metrics)}
+            "rejection": summary["rejection"], "model_uri": model.uri,
+            "metrics": model.metrics}
 
 
-def run_publish(params: Params, summary: dict, version: str, bucket: str, layout: Layout = Layout()) -> str:
-    manifest = build_manifest(params, summary, version, layout)
+def run_publish(params: Params, summary: dict, version: str, bucket: str, layout: Layout = Layout(),
+                model: ModelSource | None = None, prefix: str = "datasets") -> str:
+    manifest = build_manifest(params, summary, version, layout, model)
     shards = [Path(p) for p in summary["shard_files"]]
     uri = storage.publish_dataset(shards, bucket=bucket, name=params.generate.name, version=version,
-                                  manifest=manifest)
+                                  manifest=manifest, prefix=prefix)
     write_json_atomic(layout.generated(params) / "_published.json", {"uri": uri, "version": version})
     return uri
+
+
+# --- model hand-off through S3 ----------------------------------------------------------------
+
+def run_publish_model(params: Params, version: str, bucket: str, metrics: dict, layout: Layout = Layout(),
+                      prefix: str = storage.MODELS_PREFIX) -> str:
+    """Publish models/<dataset>/ as s3://BUCKET/models/<dataset>/VERSION/ with its evaluation metrics."""
+    manifest = {**provenance(params, layout), "metrics": metrics}
+    return storage.publish_model(layout.model(params), bucket=bucket, name=params.prepare.dataset,
+                                 version=version, manifest=manifest, prefix=prefix)
+
+
+def parse_checkpoint(checkpoint: str, bucket: str, name: str) -> tuple[str, str, str, str]:
+    """(bucket, prefix, name, version) of "latest", a version, or s3://BUCKET/PREFIX/NAME/VERSION/."""
+    if not checkpoint.startswith("s3://"):
+        return bucket, storage.MODELS_PREFIX, name, checkpoint
+    parts = checkpoint.removeprefix("s3://").strip("/").split("/")
+    if len(parts) < 4:
+        raise ValueError(f"checkpoint {checkpoint!r}: expected s3://BUCKET/PREFIX/NAME/VERSION")
+    return parts[0], "/".join(parts[1:-2]), parts[-2], parts[-1]
+
+
+def fetch_published_model(checkpoint: str, bucket: str, name: str) -> ModelSource:
+    """Resolve and download (or reuse from the cache) a published model; every file verified."""
+    bucket, prefix, name, version = parse_checkpoint(checkpoint, bucket, name)
+    directory = storage.fetch_model(bucket, name, version, model_cache_dir(), prefix=prefix)
+    manifest = json.loads((directory / storage.MANIFEST).read_text())
+    return ModelSource(directory, storage.version_uri(bucket, prefix, name, directory.name),
+                       manifest.get("metrics") or {})

@@ -78,6 +78,10 @@ def _uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
+def version_uri(bucket: str, prefix: str, name: str, version: str) -> str:
+    return _uri(bucket, version_prefix(prefix, name, version)) + "/"
+
+
 def _is_missing(e: ClientError) -> bool:
     return e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
@@ -394,3 +398,70 @@ def download_dataset(bucket: str, name: str, version: str, to_dir: Path, prefix:
                      client=None) -> Path:
     """Download s3://BUCKET/PREFIX/NAME/VERSION ("latest" allowed) into TO_DIR/NAME/VERSION."""
     return download_files(bucket, name, version, to_dir, prefix=prefix, entries_field="shards", client=client)
+
+
+# --- models -------------------------------------------------------------------------------
+
+MODELS_PREFIX = "models"
+
+
+def publish_model(model_dir: Path, *, bucket: str, name: str, version: str, manifest: dict,
+                  prefix: str = MODELS_PREFIX, client=None) -> str:
+    """Publish an exported model folder (safetensors + meta.json) as s3://BUCKET/models/NAME/VERSION/."""
+    files = sorted(p for p in Path(model_dir).iterdir() if p.is_file() and not p.name.startswith("."))
+    return publish_files(files, bucket=bucket, prefix=prefix, name=name, version=version, manifest=manifest,
+                         client=client)
+
+
+def fetch_model(bucket: str, name: str, version: str, cache_dir: Path, prefix: str = MODELS_PREFIX,
+                client=None) -> Path:
+    """A published model version ("latest" allowed) in CACHE_DIR/NAME/VERSION, every file verified.
+
+    A cached copy is reused only while its manifest is byte-identical to the published one
+    and each of its files still matches its sha256.
+    """
+    client = client or s3_client()
+    version = resolve_version(bucket, name, version, prefix, client)
+    cached = Path(cache_dir) / name / version
+    raw = _read_manifest_bytes(client, bucket, prefix, name, version)
+    entries = _checked_entries(json.loads(raw), "files", bucket, version_prefix(prefix, name, version))
+    if _cache_matches(cached, raw, entries):
+        return cached
+    return download_files(bucket, name, version, cache_dir, prefix=prefix, client=client)
+
+
+def _cache_matches(folder: Path, manifest: bytes, entries: list[dict]) -> bool:
+    try:
+        return (folder / MANIFEST).read_bytes() == manifest and all(
+            file_digest(folder / e["key"].rsplit("/", 1)[1]) == (e["sha256"], e["bytes"]) for e in entries)
+    except OSError:  # not cached, or a file of it is gone
+        return False
+
+
+# --- retention ----------------------------------------------------------------------------
+
+def delete_version(bucket: str, name: str, version: str, prefix: str = "datasets", client=None) -> int:
+    """Delete a version completely, manifest first so that readers stop seeing it; return objects deleted."""
+    client = client or s3_client()
+    folder = version_prefix(prefix, name, version)
+    client.delete_object(Bucket=bucket, Key=f"{folder}/{MANIFEST}")
+    deleted = 1
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{folder}/"):
+        keys = [o["Key"] for o in page.get("Contents", [])]
+        _delete_keys(client, bucket, keys)  # a page holds at most 1,000 keys: one request
+        deleted += len(keys)
+    return deleted
+
+
+def apply_retention(bucket: str, name: str, keep: int, prefix: str = "datasets", client=None) -> list[str]:
+    """Keep the newest KEEP complete versions of NAME and delete the older ones; return those deleted.
+
+    Folders without a manifest are left alone: they may be publications still in flight.
+    """
+    if keep < 1:
+        raise StorageError(f"retention must keep at least 1 version (got {keep})")
+    client = client or s3_client()
+    older = [m["version"] for m in list_versions(bucket, name, prefix, client)][:-keep]
+    for version in older:
+        delete_version(bucket, name, version, prefix, client)
+    return older

@@ -76,3 +76,16 @@ def pipeline_env(s3_server, prefect_api_url, tmp_path_factory) -> dict:
         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t",
     }
     return env
+
+
+# --- a tiny trained model ---
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """models/<dataset>/ as training exports it, after one epoch of the tiny config (a few seconds)."""
+    from gan_core.train import train
+    from tests.helpers import prepared_digits, tiny_params
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    train(tiny_params(train__epochs=1), prepared_digits(root), root / "model", progress=False)
+    return root / "model"

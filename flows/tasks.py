@@ -1,0 +1,85 @@
+"""What the flows share: S3 tasks with retries, versions named by the schedule, one report per run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+
+from gan_core import storage
+from gan_core.config import ConfigError
+from gan_core.stages import ModelSource, default_version, fetch_published_model
+
+
+def _transient(task, task_run, state) -> bool:
+    # A missing version, a corrupt file or a bad parameter does not heal by waiting.
+    return not isinstance(state.data, (storage.VersionNotFoundError, storage.IntegrityError, ConfigError))
+
+
+# For tasks whose side effect is an S3 call, never for training: 2, 4, 8 s apart, each +-50 %
+# so that runs failing together (an endpoint restart) do not retry together.
+S3_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+              "retry_jitter_factor": 0.5, "retry_condition_fn": _transient}
+
+
+def scheduled_version() -> str:
+    """A version named by this run's scheduled time: rerunning the same scheduled run gives the same name."""
+    return default_version(flow_run.scheduled_start_time.astimezone(dt.timezone.utc))
+
+
+@task(**S3_RETRIES)
+def published(bucket: str, prefix: str, name: str, version: str) -> str | None:
+    """The URI of VERSION when it is already complete, else None."""
+    try:
+        storage.read_manifest(bucket, name, version, prefix)
+    except storage.VersionNotFoundError:
+        return None
+    return storage.version_uri(bucket, prefix, name, version)
+
+
+def publish_once(publish, bucket: str, prefix: str, name: str, version: str) -> str:
+    """publish(); a version that another run of the same scheduled slot completed first stands."""
+    try:
+        return publish()
+    except storage.VersionExistsError:
+        uri = storage.version_uri(bucket, prefix, name, version)
+        get_run_logger().warning("%s was published by another run first: keeping it", uri)
+        return uri
+
+
+@task(**S3_RETRIES)
+def fetch_model(checkpoint: str, bucket: str, name: str) -> ModelSource:
+    return fetch_published_model(checkpoint, bucket, name)
+
+
+@task(**S3_RETRIES)
+def prune(bucket: str, prefix: str, name: str, keep_last: int) -> list[str]:
+    deleted = storage.apply_retention(bucket, name, keep_last, prefix)
+    get_run_logger().info("retention (keep %d): deleted %s", keep_last, deleted or "nothing")
+    return deleted
+
+
+def report(stage: str, name: str, rows: dict) -> None:
+    """This flow run's markdown artifact: one table of what it produced, keyed by stage and name."""
+    key = re.sub(r"[^a-z0-9]+", "-", f"{stage}-{name}".lower()).strip("-")
+    lines = [f"### {stage}: {name}", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in _flatten(rows).items()]
+    create_markdown_artifact("\n".join(lines), key=key, description=f"{stage} {name}")
+
+
+def _flatten(rows: dict, parent: str = "") -> dict:
+    flat = {}
+    for key, value in rows.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{parent}{key}.")
+        else:
+            flat[f"{parent}{key}"] = value
+    return flat
+
+
+def _cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
