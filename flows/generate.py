@@ -79,7 +79,8 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
     uri = publish(params, summary, version, bucket, prefix, model) if publish_to_s3 else None
     if uri and keep_last:
         prune(bucket, prefix, name, keep_last)
-    get_run_logger().info("%d samples (acceptance %.2f) -> %s", summary["sample_count"], summary["acceptance_rate"], uri)
+    get_run_logger().info("%d samples (acceptance %.2f) -> %s",
+                          summary["sample_count"], summary["acceptance_rate"], uri)
     report("generate", name, {"dataset": uri, "version": version, "model": model.uri or str(model.directory),
                               **{k: summary[k] for k in ("sample_count", "acceptance_rate", "candidates")},
                               "shards": len(summary["shard_files"]), "metrics": model.metrics})

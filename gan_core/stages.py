@@ -133,11 +133,12 @@ def run_generate(params: Params, out_dir: Path, layout: Layout = Layout()) -> di
 
 def plan_generation(params: Params, model_dir: Path, out_dir: Path) -> dict:
     """Empty `out_dir`; fit the rejection rule once; list each shard's (index, rows)."""
+    cfg = params.generate
     shutil.rmtree(out_dir, ignore_errors=True)
     Path(out_dir).mkdir(parents=True)
-    rule = rejection_rule(load_model(model_dir, pick_device(params.train.device)), params.generate)
-    cfg = params.generate
-    return {"rule": asdict(rule) if rule else None, "shards": list(enumerate(shard_sizes(cfg.num_samples, cfg.shard_size)))}
+    rule = rejection_rule(load_model(model_dir, pick_device(params.train.device)), cfg)
+    return {"rule": asdict(rule) if rule else None,
+            "shards": list(enumerate(shard_sizes(cfg.num_samples, cfg.shard_size)))}
 
 
 def run_shard(params: Params, model_dir: Path, index: int, rows: int, rule: dict | None, out_dir: Path) -> dict:
@@ -220,8 +221,7 @@ def build_manifest(params: Params, summary: dict, version: str, layout: Layout =
             "generator_sha256": model_meta.get("files", {}).get("ema.safetensors"),
             **provenance(params, layout),
             "sample_count": summary["sample_count"], "acceptance_rate": summary["acceptance_rate"],
-            "rejection": summary["rejection"], "model_uri": model.uri,
-            "metrics": model.metrics}
+            "rejection": summary["rejection"], "model_uri": model.uri, "metrics": model.metrics}
 
 
 def run_publish(params: Params, summary: dict, version: str, bucket: str, layout: Layout = Layout(),

@@ -40,7 +40,8 @@ def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float 
 def server_env(s3_server, tmp_path_factory) -> dict:
     """A real `prefect server start` on a free port (own PREFECT_HOME, SQLite); its client environment."""
     home = tmp_path_factory.mktemp("prefect-server")
-    api = f"http://127.0.0.1:{free_port()}/api"
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_"))}
     env |= s3_server.env() | {
         "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -48,8 +49,8 @@ def server_env(s3_server, tmp_path_factory) -> dict:
         "GANFORGE_CACHE": str(home / "cache"), "PATH": f"{BIN}:{os.environ['PATH']}"}
     log = home / "server.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", api.split(":")[2][:-4],
-                                   "--no-ui"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_healthy(api, server, log)
         yield env
