@@ -39,7 +39,7 @@ def train_flow(params_path: str = "params.yaml", resume: bool = False, prepare_d
         summary["model_uri"] = publish_model(params, version, bucket, metrics)
         if keep_last:
             prune(bucket, MODELS_PREFIX, name, keep_last)
-    report("train", name, {"model": summary.get("model_uri", "models/" + name), **summary, "metrics": metrics})
+    report("train", name, {"model_uri": f"models/{name}/ (not published)", **summary, "metrics": metrics})
     return summary
 
 
