@@ -47,6 +47,9 @@ def save_checkpoint(directory: Path, tensors: dict[str, dict[str, torch.Tensor]]
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    _restore_aside(directory)
+    for stale in directory.parent.glob(f".{directory.name}.????????"):
+        shutil.rmtree(stale, ignore_errors=True)  # staging folders (mkdtemp's names) of saves that were killed
     staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
         files = {}
@@ -60,9 +63,20 @@ def save_checkpoint(directory: Path, tensors: dict[str, dict[str, torch.Tensor]]
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _aside(directory: Path) -> Path:
+    return directory.with_name(f".{directory.name}.old")
+
+
+def _restore_aside(directory: Path) -> None:
+    """A save killed between _swap_in's two renames left the previous checkpoint set aside: put it back."""
+    old = _aside(directory)
+    if not directory.exists() and old.is_dir():
+        os.replace(old, directory)
+
+
 def _swap_in(staging: Path, directory: Path) -> None:
     if directory.exists():
-        old = directory.with_name(f".{directory.name}.old")
+        old = _aside(directory)
         shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
         os.replace(staging, directory)
@@ -72,6 +86,7 @@ def _swap_in(staging: Path, directory: Path) -> None:
 
 
 def read_meta(directory: Path) -> dict:
+    _restore_aside(Path(directory))
     path = Path(directory) / META_FILE
     try:
         return json.loads(path.read_text())

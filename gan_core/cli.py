@@ -37,12 +37,13 @@ def cmd_evaluate(args) -> object:
 
 @command
 def cmd_generate(args) -> object:
-    from gan_core.stages import Layout, bucket_from_env, default_version, run_generate, run_publish
+    from gan_core.stages import Layout, bucket_from_env, publication_version, run_generate, run_publish
     params = load_params(args.params)
+    version = None if args.no_publish else publication_version(args.version)
     summary = run_generate(params, Layout().generated(params))
     if args.no_publish:
         return summary
-    return run_publish(params, summary, args.version or default_version(), args.bucket or bucket_from_env())
+    return run_publish(params, summary, version, args.bucket or bucket_from_env())
 
 
 @command
@@ -106,11 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _readable_errors() -> tuple[type[Exception], ...]:
+    # Evaluated only once an error is raised: botocore is not imported by commands that do not need it.
+    from botocore.exceptions import BotoCoreError, ClientError
+    return ValueError, OSError, RuntimeError, BotoCoreError, ClientError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as exc:
+    except _readable_errors() as exc:
         # Library errors are written to be read: print them without a traceback.
         print(f"ganforge {args.command}: error: {exc}", file=sys.stderr)
         return 1

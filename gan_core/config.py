@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PARAMS_FILE = Path("params.yaml")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _safe_name(value: str) -> str:
+    # These name local folders and S3 prefixes: the same rule as gan_core.storage.validate_name.
+    if not NAME_RE.fullmatch(value) or ".." in value:
+        raise ValueError("use letters, digits, '.', '_' and '-' (at most 128, starting with a letter or digit, "
+                         "no '..')")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
 class ConfigError(ValueError):
@@ -22,7 +35,7 @@ class Section(BaseModel):
 
 
 class PrepareConfig(Section):
-    dataset: str = Field("digits", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    dataset: SafeName = "digits"
     source: str = "bundled:digits"  # "bundled:digits", a folder of images, or an .npz file
     holdout_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     seed: int = Field(0, ge=0)
@@ -68,7 +81,7 @@ class RejectionConfig(Section):
 
 
 class GenerateConfig(Section):
-    name: str = Field("digits-synthetic", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+    name: SafeName = "digits-synthetic"
     num_samples: int = Field(10000, ge=1)
     shard_size: int = Field(5000, ge=1)
     seed: int = Field(0, ge=0)
@@ -97,7 +110,8 @@ def _describe(error: dict) -> str:
     got = error.get("input")
     if isinstance(got, float) and math.isnan(got):
         got = "nan"
-    return f"{key}: {error['msg'].lower()} (got {got!r})"
+    shown = repr(got) if len(repr(got)) <= 60 else repr(got)[:50] + "..."
+    return f"{key}: {error['msg'].removeprefix('Value error, ').lower()} (got {shown})"
 
 
 def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
@@ -112,6 +126,20 @@ def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:
         raise ConfigError(f"{source}: {problems}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice is an error rather than the last one silently winning."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"found duplicate key {key!r}",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
@@ -119,7 +147,7 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

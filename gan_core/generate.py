@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,10 @@ SCHEMA = pa.schema([
     pa.field("seed", pa.int64(), nullable=False),     # regenerates the sample alone
     pa.field("d_score", pa.float64(), nullable=False),  # discriminator probability of "real"
 ])
+
+
+class OutOfSpaceError(OSError):
+    """The disk filled up while writing a shard; the message names the file and the space left."""
 
 
 def encode_png(images) -> list[bytes]:
@@ -72,17 +78,25 @@ def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConf
     path = Path(out_dir) / shard_name(index)
     tmp = path.with_name(f".{path.name}.tmp")
     written = candidates = 0
-    with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
-        while written < rows:
-            # Ask for what is missing, scaled up by the expected acceptance (bounded to one batch).
-            want = rows - written if rule is None else cfg.batch_size
-            batch = generate_and_score(model, shard_seeds(cfg.seed, index, candidates, min(want, cfg.batch_size)))
-            candidates += len(batch.seeds)
-            kept = _accepted(batch, rule)
-            kept = kept.select(np.arange(min(len(kept.seeds), rows - written)))
-            if len(kept.seeds):
-                writer.write_table(_to_table(kept))
-                written += len(kept.seeds)
+    try:
+        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
+            while written < rows:
+                # Ask for what is missing, scaled up by the expected acceptance (bounded to one batch).
+                want = rows - written if rule is None else cfg.batch_size
+                batch = generate_and_score(model, shard_seeds(cfg.seed, index, candidates, min(want, cfg.batch_size)))
+                candidates += len(batch.seeds)
+                kept = _accepted(batch, rule)
+                kept = kept.select(np.arange(min(len(kept.seeds), rows - written)))
+                if len(kept.seeds):
+                    writer.write_table(_to_table(kept))
+                    written += len(kept.seeds)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)  # a partial shard only takes space: nothing reads .tmp files
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            free = shutil.disk_usage(out_dir).free
+            raise OutOfSpaceError(f"{path}: no space left on device ({free} bytes free there); "
+                                  "free some space and rerun") from None
+        raise
     os.replace(tmp, path)
     return ShardResult(index, path, written, candidates)
 

@@ -212,6 +212,11 @@ def default_version(now: dt.datetime | None = None) -> str:
     return (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
 
 
+def publication_version(version: str | None) -> str:
+    """VERSION checked before any work (a hostile one would otherwise fail only at upload), or the UTC time."""
+    return storage.validate_name("version", default_version() if version is None else version)
+
+
 def build_manifest(params: Params, summary: dict, version: str, layout: Layout = Layout(),
                    model: ModelSource | None = None) -> dict:
     model = model or local_model(params, layout)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
+import socket
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -24,6 +28,7 @@ from botocore.exceptions import ClientError
 
 log = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
+CLAIM = "_publishing.json"  # held while a version is being published; '_': Parquet readers skip it
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_WORKERS = 4
 TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20, max_concurrency=4)
@@ -47,7 +52,8 @@ class IntegrityError(StorageError):
 
 def s3_client():
     """An S3 client from the standard AWS chain; botocore reads AWS_ENDPOINT_URL(_S3) itself."""
-    config = Config(retries={"mode": "standard", "total_max_attempts": 5}, connect_timeout=5, read_timeout=60,
+    config = Config(retries={"mode": "standard", "total_max_attempts": _max_attempts()}, connect_timeout=5,
+                    read_timeout=60,
                     s3={"addressing_style": "path"},
                     # parallel files x parallel parts, with room to spare
                     max_pool_connections=2 * MAX_WORKERS * TRANSFER.max_request_concurrency)
@@ -56,6 +62,29 @@ def s3_client():
     session = botocore.session.get_session()
     session.register_component("data_loader", _model_loader())
     return boto3.session.Session(botocore_session=session).client("s3", config=config)
+
+
+def _max_attempts() -> int:
+    # AWS_MAX_ATTEMPTS is the standard AWS setting; botocore ignores it once Config sets retries.
+    raw = os.environ.get("AWS_MAX_ATTEMPTS", "5")
+    if not raw.isdigit() or int(raw) < 1:
+        raise StorageError(f"AWS_MAX_ATTEMPTS must be a whole number >= 1 (got {raw!r})")
+    return int(raw)
+
+
+def transfer_config() -> TransferConfig:
+    """Multipart transfers above GANFORGE_S3_MULTIPART_MB MiB (default 64), in parts of a quarter of it."""
+    raw = os.environ.get("GANFORGE_S3_MULTIPART_MB")
+    if not raw:
+        return TRANSFER
+    try:
+        threshold = int(float(raw) * 2**20)
+    except ValueError:
+        threshold = 0
+    if threshold < 5 * 2**20:  # S3's smallest part
+        raise StorageError(f"GANFORGE_S3_MULTIPART_MB must be a number >= 5 (got {raw!r})")
+    return TransferConfig(multipart_threshold=threshold, multipart_chunksize=max(5 * 2**20, threshold // 4),
+                          max_concurrency=TRANSFER.max_request_concurrency)
 
 
 @functools.cache
@@ -80,6 +109,10 @@ def _uri(bucket: str, key: str) -> str:
 
 def version_uri(bucket: str, prefix: str, name: str, version: str) -> str:
     return _uri(bucket, version_prefix(prefix, name, version)) + "/"
+
+
+def _status(e: ClientError) -> int | None:
+    return e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
 
 
 def _is_missing(e: ClientError) -> bool:
@@ -113,7 +146,9 @@ def publish_files(paths: list[Path], *, bucket: str, prefix: str, name: str, ver
     """Upload files into PREFIX/NAME/VERSION/, then write _manifest.json last; return its s3:// URI.
 
     The manifest is the commit marker: it is written with If-None-Match, only after every
-    file is uploaded, and lists each file's key, size, sha256 plus describe(path).
+    file is uploaded, and lists each file's key, size, sha256 plus describe(path). While the
+    files upload, the version is claimed, so that a concurrent publication of other files
+    fails before it writes anything.
     """
     client = client or s3_client()
     folder = version_prefix(prefix, name, version)
@@ -122,15 +157,23 @@ def publish_files(paths: list[Path], *, bucket: str, prefix: str, name: str, ver
     body.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     _refuse_secrets(json.dumps(body, sort_keys=True))  # also fails early on non-JSON values
     manifest_key = f"{folder}/{MANIFEST}"
-    if _exists(client, bucket, manifest_key):
-        raise VersionExistsError(f"{_uri(bucket, folder)}/ already exists: choose another version")
-    body[entries_field] = entries = _upload_all(client, bucket, folder, paths, describe)
-    try:
-        _put_manifest(client, bucket, manifest_key, json.dumps(body, indent=2, sort_keys=True).encode())
-    except VersionExistsError:
-        _delete_unlisted(client, bucket, manifest_key, entries_field, [e["key"] for e in entries])
-        raise
+    _refuse_existing(client, bucket, manifest_key)
+    body[entries_field] = entries = _run_all(lambda path: _entry(folder, path, describe), paths)
+    with _claimed(client, bucket, folder, entries) as claim:
+        _clear_leftovers(claim, keep={e["key"] for e in entries})
+        _upload_all(claim, paths, entries)
+        try:
+            _put_manifest(client, bucket, manifest_key, json.dumps(body, indent=2, sort_keys=True).encode())
+        except VersionExistsError:
+            _delete_unlisted(client, bucket, manifest_key, entries_field, [e["key"] for e in entries])
+            raise
     return _uri(bucket, folder) + "/"
+
+
+def _refuse_existing(client, bucket: str, manifest_key: str, exists: bool | None = None) -> None:
+    if exists if exists is not None else _exists(client, bucket, manifest_key):
+        raise VersionExistsError(f"{_uri(bucket, manifest_key.rsplit('/', 1)[0])}/ already exists: "
+                                 "choose another version")
 
 
 def _check_files(paths: list[Path]) -> list[Path]:
@@ -152,22 +195,131 @@ def _refuse_secrets(text: str) -> None:
         raise StorageError("the manifest contains the AWS secret key: remove it from the params")
 
 
-def _upload_all(client, bucket: str, folder: str, paths: list[Path], describe) -> list[dict]:
+def _best_effort(cleanup: Callable) -> Callable:
+    """Cleanup after a failure must never hide the error being raised."""
+    @functools.wraps(cleanup)
+    def quiet(*args, **kwargs) -> None:
+        try:
+            cleanup(*args, **kwargs)
+        except Exception as e:
+            log.warning("%s failed: %s", cleanup.__name__, e)
+    return quiet
+
+
+def _entry(folder: str, path: Path, describe) -> dict:
+    sha256, size = file_digest(path)
+    return {"key": f"{folder}/{path.name}", "bytes": size, "sha256": sha256, **(describe(path) if describe else {})}
+
+
+@dataclass(frozen=True)
+class _Claim:
+    client: object
+    bucket: str
+    folder: str
+    token: str  # this run's, to tell its claim from a later one
+
+    @property
+    def key(self) -> str:
+        return f"{self.folder}/{CLAIM}"
+
+    def held(self) -> dict:
+        try:
+            return json.loads(_existing_bytes(self.client, self.bucket, self.key) or b"{}")
+        except ValueError:
+            return {}
+
+    def is_ours(self) -> bool:
+        return self.held().get("token") == self.token
+
+
+@contextlib.contextmanager
+def _claimed(client, bucket: str, folder: str, entries: list[dict]):
+    """Hold FOLDER for this publication: another one of different files is refused before it writes.
+
+    A claim on the very same files (a rerun after a crash, a retried task) is taken over:
+    both would write identical objects. A claim is released on the way out, success or not.
+    """
+    content = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
+    claim = _Claim(client, bucket, folder, secrets.token_hex(8))
+    body = json.dumps({"content_sha256": content, "token": claim.token, "host": socket.gethostname(),
+                       "pid": os.getpid(), "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    held = _put_claim(claim, body.encode())
+    if held == {}:  # released between our write and our read
+        held = _put_claim(claim, body.encode())
+    if held is not None:
+        if held.get("content_sha256") != content:
+            raise VersionExistsError(
+                f"{_uri(bucket, folder)}/ is being published by another run (pid {held.get('pid')} on "
+                f"{held.get('host')} since {held.get('since')}); if that run died, delete "
+                f"{_uri(bucket, claim.key)} and retry")
+        client.put_object(Bucket=bucket, Key=claim.key, Body=body.encode())
+    try:
+        yield claim
+    finally:
+        _release(claim)
+
+
+def _put_claim(claim: _Claim, body: bytes) -> dict | None:
+    """None when the claim is now ours, else the claim that another run holds ({} if just released)."""
+    try:
+        claim.client.put_object(Bucket=claim.bucket, Key=claim.key, Body=body, IfNoneMatch="*")
+    except ClientError as e:
+        if _status(e) not in (409, 412):
+            raise
+        return claim.held()
+    return None
+
+
+@_best_effort
+def _release(claim: _Claim) -> None:
+    if claim.is_ours():
+        claim.client.delete_object(Bucket=claim.bucket, Key=claim.key)
+
+
+def _clear_leftovers(claim: _Claim, keep: set[str]) -> None:
+    """Remove what crashed or failed runs left in the claimed, uncommitted folder; nothing reads it."""
+    client, bucket, prefix = claim.client, claim.bucket, claim.folder + "/"
+    found = _sizes_under(client, bucket, prefix)
+    # A claim is released only after its manifest is written: look again now that we hold it.
+    _refuse_existing(client, bucket, prefix + MANIFEST, exists=prefix + MANIFEST in found)
+    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+        for upload in page.get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    stale = [k for k in found if k not in keep and k != claim.key]
+    _delete_keys(client, bucket, stale)
+
+
+def _sizes_under(client, bucket: str, prefix: str) -> dict[str, int]:
+    sizes = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        sizes |= {o["Key"]: o["Size"] for o in page.get("Contents", [])}
+    return sizes
+
+
+def _upload_all(claim: _Claim, paths: list[Path], entries: list[dict]) -> None:
+    client, bucket, folder = claim.client, claim.bucket, claim.folder
     uploaded: list[str] = []
 
-    def upload(path: Path) -> dict:
+    def upload(path: Path) -> None:
         key = f"{folder}/{path.name}"
-        sha256, size = file_digest(path)
-        entry = {"key": key, "bytes": size, "sha256": sha256, **(describe(path) if describe else {})}
-        client.upload_file(str(path), bucket, key, Config=TRANSFER)
+        client.upload_file(str(path), bucket, key, Config=transfer_config())
         uploaded.append(key)
-        return entry
 
     try:
-        return _run_all(upload, paths)
+        _run_all(upload, paths)
+        _verify_sizes(client, bucket, folder, entries)
     except Exception as e:
-        _delete_orphans(client, bucket, folder, uploaded)
+        _delete_orphans(claim, uploaded)
         raise StorageError(f"publishing {_uri(bucket, folder)}/ failed, no manifest written: {e}") from e
+
+
+def _verify_sizes(client, bucket: str, folder: str, entries: list[dict]) -> None:
+    # Each request was checksummed in transit; this catches an object another run replaced or removed.
+    sizes = _sizes_under(client, bucket, folder + "/")
+    for entry in entries:
+        if sizes.get(entry["key"]) != entry["bytes"]:
+            raise StorageError(f"{_uri(bucket, entry['key'])} holds {sizes.get(entry['key'])} bytes after "
+                               f"upload, expected {entry['bytes']}")
 
 
 def _run_all(fn: Callable, items: list) -> list:
@@ -181,21 +333,11 @@ def _run_all(fn: Callable, items: list) -> list:
             raise
 
 
-def _best_effort(cleanup: Callable) -> Callable:
-    """Cleanup after a failure must never hide the error being raised."""
-    @functools.wraps(cleanup)
-    def quiet(*args, **kwargs) -> None:
-        try:
-            cleanup(*args, **kwargs)
-        except Exception as e:
-            log.warning("%s failed: %s", cleanup.__name__, e)
-    return quiet
-
-
 @_best_effort
-def _delete_orphans(client, bucket: str, folder: str, keys: list[str]) -> None:
-    # Only while no manifest exists: a concurrent publisher of this version may have won.
-    if keys and _existing_bytes(client, bucket, f"{folder}/{MANIFEST}") is None:
+def _delete_orphans(claim: _Claim, keys: list[str]) -> None:
+    # Only while the claim is still ours and uncommitted: a run that took it over writes these keys too.
+    client, bucket = claim.client, claim.bucket
+    if keys and claim.is_ours() and _existing_bytes(client, bucket, f"{claim.folder}/{MANIFEST}") is None:
         _delete_keys(client, bucket, keys)
 
 
@@ -227,8 +369,7 @@ def _put_manifest(client, bucket: str, key: str, body: bytes) -> None:
         client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
                           IfNoneMatch="*")
     except ClientError as e:
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if status not in (409, 412):  # 409: another conditional write of it is in flight
+        if _status(e) not in (409, 412):  # 409: another conditional write of it is in flight
             raise
         # A retried request whose first attempt succeeded also gets 412: that one is ours.
         if _existing_bytes(client, bucket, key) != body:
@@ -366,7 +507,7 @@ def _download_verified(client, bucket: str, entry: dict, folder: Path) -> None:
     key = entry["key"]
     dest = folder / key.rsplit("/", 1)[1]
     try:
-        client.download_file(bucket, key, str(dest), Config=TRANSFER)
+        client.download_file(bucket, key, str(dest), Config=transfer_config())
     except ClientError as e:
         if _is_missing(e):
             raise IntegrityError(f"{_uri(bucket, key)} is listed in the manifest but missing") from e

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import use_aws_env
+
 
 # --- S3 ---
 # One real SeaweedFS for the whole session (it starts in about 1 s, stops in about 2 s);
@@ -39,12 +41,7 @@ def s3_env(s3_server, monkeypatch, tmp_path) -> S3Env:
     """Point the standard AWS environment at the test server, away from any user config."""
     from gan_core.storage import s3_client
 
-    for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
+    use_aws_env(monkeypatch, tmp_path, s3_server.env())
     return S3Env(bucket=s3_server.bucket, endpoint=s3_server.endpoint, client=s3_client())
 
 

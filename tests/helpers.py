@@ -40,6 +40,17 @@ def prepared_digits(directory: Path) -> Path:
     return path
 
 
+def use_aws_env(monkeypatch, tmp_path, env: dict[str, str]) -> None:
+    """Set the AWS variables of env (a server's), clearing what a user's shell or files could add."""
+    for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_MAX_ATTEMPTS",
+                "GANFORGE_S3_MULTIPART_MB"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
 def write_digit_images(folder: Path, per_class: int, rgb: bool, by_class: bool = True, size: int = 16) -> list[Path]:
     """Real handwritten digits as PNGs, upscaled to size x size; RGB ones drawn in a random colour on a
     random background per image. One sub-folder per class when by_class, else flat (unlabelled)."""

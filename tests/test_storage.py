@@ -155,13 +155,14 @@ def test_no_manifest_until_every_shard_is_uploaded(s3_env, shards, name):
 
     recorder = FlakyClient(s3_env.client)  # a retry succeeds, and the manifest still comes last
     publish_dataset(shards, bucket=s3_env.bucket, name=name, version="v1", manifest={}, client=recorder)
-    assert recorder.keys_at_manifest == [f"datasets/{name}/v1/{p.name}" for p in shards]
+    folder = f"datasets/{name}/v1/"
+    assert recorder.keys_at_manifest == [folder + "_publishing.json"] + [folder + p.name for p in shards]
     assert [m["version"] for m in list_versions(s3_env.bucket, name)] == ["v1"]
+    assert keys_under(s3_env, folder) == [folder + "_manifest.json"] + [folder + p.name for p in shards]
 
 
 def test_failed_multipart_upload_is_aborted(s3_env, shards, name, monkeypatch, tmp_path):
-    monkeypatch.setattr(storage, "TRANSFER", storage.TransferConfig(
-        multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20, max_concurrency=1))
+    monkeypatch.setenv("GANFORGE_S3_MULTIPART_MB", "5")  # parts of 5 MiB, S3's smallest
     big = tmp_path / "part-00002.parquet"
     big.write_bytes(os.urandom(12 * 2**20))  # three parts; describe() is not called for publish_files
     client = storage.s3_client()
@@ -191,11 +192,13 @@ def test_existing_version_is_refused(s3_env, shards, name, tmp_path):
         def head_object(self, **kwargs):
             raise storage.ClientError({"Error": {"Code": "404"}}, "HeadObject")
 
-    with pytest.raises(VersionExistsError, match="written by another publisher first"):
+    late = MissesTheWinner(s3_env.client)
+    with pytest.raises(VersionExistsError, match="already exists"):  # seen again once it holds the claim
         publish_dataset(loser, bucket=s3_env.bucket, name=name, version="v1", manifest={"run": "loser"},
-                        client=MissesTheWinner(s3_env.client))
+                        client=late)
+    assert late.keys_at_manifest is None  # refused before uploading anything
     assert s3_env.client.get_object(Bucket=s3_env.bucket, Key=key)["Body"].read() == winner
-    assert f"datasets/{name}/v1/part-00009.parquet" not in keys_under(s3_env, f"datasets/{name}/")
+    assert keys_under(s3_env, f"datasets/{name}/") == [key] + [f"datasets/{name}/v1/{p.name}" for p in shards]
 
 
 HOSTILE = ["", ".", "..", "a/../../b", "/abs", "a/b", "a\x00b", "x" * 300, "a..b", "-a", "_manifest.json", "a b"]
