@@ -34,6 +34,10 @@ def test_repo_params_parse_and_match_defaults():
     ("prepare:\n  dataset: ../etc\n", "prepare.dataset"),
     ("evaluate:\n  num_samples: -5\n", "evaluate.num_samples"),
     ("trian:\n  epochs: 1\n", "unknown key trian"),
+    ("train: 5\n", "train: input should be a valid dictionary"),
+    ("generate:\n  shard_size: -50\n", "generate.shard_size: input should be greater than or equal to 1"),
+    ("train:\n  lr_g: .inf\n", "train.lr_g: input should be a finite number"),
+    ("generate:\n  name: a..b\n", "generate.name: use letters, digits"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, fragment):
     with pytest.raises(ConfigError) as info:
@@ -45,6 +49,12 @@ def test_bad_values_name_the_key(tmp_path, text, fragment):
 def test_yaml_syntax_error_names_the_line(tmp_path):
     with pytest.raises(ConfigError, match=r"not valid YAML at line 3: mapping values are not allowed"):
         load_params(write(tmp_path, "train:\n  epochs: 1\n    lr_g: 2\n"))
+
+
+def test_a_key_given_twice_is_an_error(tmp_path):
+    # yaml.safe_load would keep the last one silently; DVC's parser refuses it too.
+    with pytest.raises(ConfigError, match=r"not valid YAML at line 4: found duplicate key 'lr_g'"):
+        load_params(write(tmp_path, "train:\n  lr_g: 0.1\n  epochs: 1\n  lr_g: 0.2\n"))
 
 
 def test_missing_file_and_empty_sections(tmp_path):
