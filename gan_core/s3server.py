@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import shlex
@@ -28,6 +29,7 @@ SERVICES = ("master", "volume", "filer", "s3", "admin")
 # weed 4.48's embedded worker dials the admin gRPC at admin.port + 10000 whatever
 # -admin.port.grpc says, so the admin pair must keep that offset.
 ADMIN_GRPC_OFFSET = 10000
+READY_PROBE = ".ganforge-ready"  # written and deleted once at start: ready means writable
 
 
 class S3ServerError(RuntimeError):
@@ -153,19 +155,27 @@ class SeaweedServer:
     def _wait_ready(self, timeout: float) -> None:
         client = self.client()
         deadline = time.monotonic() + timeout
+        self._retry_until(deadline, timeout, client.list_buckets)
+        _ensure_bucket(client, self.bucket)
+        # Restarted after a kill, weed answers reads at once but can stall the first write to a volume
+        # for 5-20 s (an empty object does not reach a volume, so the probe has a body).
+        probe = functools.partial(client.put_object, Bucket=self.bucket, Key=READY_PROBE, Body=bytes(2**16))
+        self._retry_until(deadline, timeout, probe)
+        client.delete_object(Bucket=self.bucket, Key=READY_PROBE)
+
+    def _retry_until(self, deadline: float, timeout: float, call) -> None:
         while True:
             if self.process.poll() is not None:
                 raise S3ServerError(f"weed exited with code {self.process.returncode}; "
                                     f"see {self.log_path}:\n{_tail(self.log_path)}")
             try:
-                client.list_buckets()
-                break
+                call()
+                return
             except (BotoCoreError, ClientError):
                 if time.monotonic() > deadline:
                     raise S3ServerError(f"S3 at {self.endpoint} not ready after {timeout:.0f} s; "
                                         f"see {self.log_path}") from None
                 time.sleep(0.1)
-        _ensure_bucket(client, self.bucket)
 
     def stop(self, timeout: float = 30) -> None:
         if self.process is None:
