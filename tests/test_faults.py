@@ -40,8 +40,8 @@ from gan_core.storage import (MANIFEST, StorageError, VersionExistsError, downlo
                               publish_dataset, read_manifest)
 from gan_core.train import build_state, latest_good_checkpoint, load_training_state, train
 from tests.faultproxy import FaultProxy
-from tests.helpers import (ROOT, git_project, prepared_digits, run, tiny_params, tiny_project_params,
-                           use_aws_env)
+from tests.helpers import (ROOT, git_commit, make_project, prepared_digits, run, tiny_params,
+                           tiny_project_params, use_aws_env)
 
 
 def sha256(path: Path) -> str:
@@ -89,7 +89,7 @@ def prepared(tmp_path_factory) -> Path:
 def model_project(prepared, tmp_path_factory) -> Path:
     """A project folder as the generate stage sees it: params.yaml, models/digits, metrics/eval.json."""
     root = tmp_path_factory.mktemp("model-project")
-    raw = tiny_project_params()
+    raw = tiny_project_params("unused")  # each test publishes under a name of its own
     raw["train"]["epochs"] = 1
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     train(load_params(root / "params.yaml"), prepared, root / "models" / "digits", progress=False)
@@ -524,9 +524,10 @@ def test_full_disk_during_generation(model_project, s3_env, monkeypatch, capsys)
 @pytest.fixture(scope="module")
 def dvc_project(pipeline_env, tmp_path_factory) -> Path:
     """A committed project whose prepare stage is in dvc.lock; training takes a few seconds."""
-    raw = tiny_project_params()
-    raw["generate"]["name"] = "faults-dvc"
-    root = git_project(tmp_path_factory.mktemp("dvc-faults"), raw, pipeline_env)
+    root = tmp_path_factory.mktemp("dvc-faults")
+    make_project(root, tiny_project_params("faults-dvc"))
+    run(["git", "init", "-q"], root, pipeline_env)
+    git_commit(root, pipeline_env, "init")
     run(["dvc", "repro", "prepare"], root, pipeline_env)
     return root
 
