@@ -51,7 +51,7 @@ def cmd_list(args) -> object:
     from gan_core import storage
     from gan_core.stages import bucket_from_env
     bucket = args.bucket or bucket_from_env()
-    if args.name:
+    if args.name is not None:  # an empty name is refused, not read as "all"
         versions = storage.list_versions(bucket, args.name)
         short = ("version", "created_at", "sample_count", "acceptance_rate")
         return versions if args.long else [{k: m.get(k) for k in short} for m in versions]
