@@ -112,3 +112,11 @@ def tiny_project_params(name: str) -> dict:
 def git_commit(project: Path, env: dict, message: str, paths: tuple[str, ...] = ("-A",)) -> None:
     run(["git", "add", *paths], project, env)
     run(["git", "commit", "-qm", message], project, env)
+
+
+def committed_project(target: Path, params: dict, env: dict) -> Path:
+    """make_project, then git init and a first commit."""
+    make_project(target, params)
+    run(["git", "init", "-q"], target, env)
+    git_commit(target, env, "init")
+    return target

@@ -40,8 +40,8 @@ from gan_core.storage import (MANIFEST, StorageError, VersionExistsError, downlo
                               publish_dataset, read_manifest)
 from gan_core.train import build_state, latest_good_checkpoint, load_training_state, train
 from tests.faultproxy import FaultProxy
-from tests.helpers import (ROOT, git_commit, make_project, prepared_digits, run, tiny_params,
-                           tiny_project_params, use_aws_env)
+from tests.helpers import (ROOT, committed_project, prepared_digits, run, tiny_params, tiny_project_params,
+                           use_aws_env)
 
 
 def sha256(path: Path) -> str:
@@ -524,10 +524,7 @@ def test_full_disk_during_generation(model_project, s3_env, monkeypatch, capsys)
 @pytest.fixture(scope="module")
 def dvc_project(pipeline_env, tmp_path_factory) -> Path:
     """A committed project whose prepare stage is in dvc.lock; training takes a few seconds."""
-    root = tmp_path_factory.mktemp("dvc-faults")
-    make_project(root, tiny_project_params("faults-dvc"))
-    run(["git", "init", "-q"], root, pipeline_env)
-    git_commit(root, pipeline_env, "init")
+    root = committed_project(tmp_path_factory.mktemp("dvc-faults"), tiny_project_params("faults-dvc"), pipeline_env)
     run(["dvc", "repro", "prepare"], root, pipeline_env)
     return root
 

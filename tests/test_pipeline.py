@@ -10,15 +10,12 @@ import pytest
 import yaml
 
 from gan_core import storage
-from tests.helpers import git_commit, make_project, run, tiny_project_params
+from tests.helpers import committed_project, run, tiny_project_params
 
 
 @pytest.fixture(scope="module")
 def project(pipeline_env, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    make_project(root, tiny_project_params("pipeline-test"))
-    run(["git", "init", "-q"], root, pipeline_env)
-    git_commit(root, pipeline_env, "init")
+    root = committed_project(tmp_path_factory.mktemp("project"), tiny_project_params("pipeline-test"), pipeline_env)
     run(["dvc", "repro"], root, pipeline_env)
     return root
 
