@@ -42,6 +42,10 @@ class VersionExistsError(StorageError):
     pass
 
 
+class VersionBusyError(StorageError):
+    """Another run is publishing other files as this version right now: worth retrying later."""
+
+
 class VersionNotFoundError(StorageError):
     pass
 
@@ -248,7 +252,7 @@ def _claimed(client, bucket: str, folder: str, entries: list[dict]):
         held = _put_claim(claim, body.encode())
     if held is not None:
         if held.get("content_sha256") != content:
-            raise VersionExistsError(
+            raise VersionBusyError(
                 f"{_uri(bucket, folder)}/ is being published by another run (pid {held.get('pid')} on "
                 f"{held.get('host')} since {held.get('since')}); if that run died, delete "
                 f"{_uri(bucket, claim.key)} and retry")
