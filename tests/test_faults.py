@@ -142,7 +142,8 @@ def test_s3_killed_mid_multipart_upload_then_restarted(own_s3, tmp_path, monkeyp
     own_s3.stop()  # reaps it and removes the unix sockets weed leaves behind
     own_s3.start()  # the same data folder, ports and keys
     direct = own_s3.client()
-    assert MANIFEST not in str(keys_under(direct, bucket, folder))
+    left = keys_under(direct, bucket, folder)
+    assert folder + storage.CLAIM in left and folder + MANIFEST not in left  # the rerun must take the claim over
     assert pending_uploads(direct, bucket, folder) == [folder + "part-00001.parquet"]  # could not be aborted
 
     at_commit = []
