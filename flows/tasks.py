@@ -16,8 +16,10 @@ from gan_core.stages import ModelSource, default_version, fetch_published_model
 
 
 def _transient(task, task_run, state) -> bool:
-    # A missing version, a corrupt file or a bad parameter does not heal by waiting.
-    return not isinstance(state.data, (storage.VersionNotFoundError, storage.IntegrityError, ConfigError))
+    # Refusals (a bad name, a missing version, a corrupt file, a bad parameter) do not heal by
+    # waiting; network errors and a version that another run is still publishing may.
+    error = state.data
+    return isinstance(error, storage.VersionBusyError) or not isinstance(error, (storage.StorageError, ConfigError))
 
 
 # For tasks whose side effect is an S3 call, never for training: 2, 4, 8 s apart, each +-50 %
