@@ -64,7 +64,8 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(1000, ge=1)  # steps
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    threads: int = Field(0, ge=0)  # 0: every core this process may use
+    threads: int = Field(0, ge=0)  # 0: the cores this process may use that are not busy
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
 
 
 class EvaluateConfig(Section):

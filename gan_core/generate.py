@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
-import io
 import math
 import os
 import shutil
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 
 from gan_core.config import GenerateConfig
+from gan_core.png import encode_batch
 from gan_core.sampling import (RejectionRule, SampleBatch, TrainedModel, burn_in, fit_rejection_rule,
                                generate_and_score, logit_to_score, shard_seeds)
 
@@ -35,13 +36,7 @@ class OutOfSpaceError(OSError):
 def encode_png(images) -> list[bytes]:
     """[-1, 1] float images (N, C, H, W) -> PNG bytes, grey or RGB by channel count."""
     pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    pixels = pixels.permute(0, 2, 3, 1).numpy()
-    out = []
-    for array in pixels:
-        buffer = io.BytesIO()
-        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
+    return encode_batch(pixels.permute(0, 2, 3, 1).numpy())
 
 
 def shard_name(index: int) -> str:
@@ -79,7 +74,7 @@ def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConf
     tmp = path.with_name(f".{path.name}.tmp")
     written = candidates = 0
     try:
-        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
+        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer, InOrderBackground() as background:
             while written < rows:
                 # Ask for what is missing, scaled up by the expected acceptance (bounded to one batch).
                 want = rows - written if rule is None else cfg.batch_size
@@ -88,7 +83,8 @@ def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConf
                 kept = _accepted(batch, rule)
                 kept = kept.select(np.arange(min(len(kept.seeds), rows - written)))
                 if len(kept.seeds):
-                    writer.write_table(_to_table(kept))
+                    # Encoded and written in the background while the next batch is computed.
+                    background.submit(lambda batch=kept: writer.write_table(_to_table(batch)))
                     written += len(kept.seeds)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)  # a partial shard only takes space: nothing reads .tmp files
@@ -99,6 +95,34 @@ def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConf
         raise
     os.replace(tmp, path)
     return ShardResult(index, path, written, candidates)
+
+
+class InOrderBackground:
+    """Runs submitted calls one at a time on a background thread, in order, with at most `depth` waiting.
+
+    The bound keeps memory flat however many batches a shard has; the single thread keeps the
+    output byte-identical to writing in the foreground. An error surfaces at the next submit or at exit.
+    """
+
+    def __init__(self, depth: int = 2):
+        self.depth = depth
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._pending: deque[Future] = deque()
+
+    def submit(self, call) -> None:
+        self._pending.append(self._pool.submit(call))
+        while len(self._pending) > self.depth:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> InOrderBackground:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            while self._pending and exc_type is None:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def rejection_rule(model: TrainedModel, cfg: GenerateConfig) -> RejectionRule | None:

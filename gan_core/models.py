@@ -95,6 +95,9 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         w = self.mapping(z, labels)
         x = self.project(w).view(len(z), -1, BASE_RESOLUTION, BASE_RESOLUTION)
+        # In the convolutions' memory layout from the first feature map on: a channels-last
+        # upsample ran 20x faster than one on a contiguous map fed to channels-last convolutions.
+        x = x.contiguous(memory_format=memory_format_of(self.to_image.weight))
         return torch.tanh(self.to_image(self.decoder(self.first(x))))
 
 
@@ -120,6 +123,11 @@ class Discriminator(nn.Module):
         if self.embed is not None:
             logit = logit + (self.embed(labels) * h).sum(dim=1)
         return logit
+
+
+def memory_format_of(weight: torch.Tensor) -> torch.memory_format:
+    channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def count_parameters(module: nn.Module) -> int:

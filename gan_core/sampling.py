@@ -37,7 +37,10 @@ def load_model(directory: Path, device: str | torch.device = "cpu") -> TrainedMo
     generator, discriminator = Generator(cfg, shape), Discriminator(cfg, shape)
     generator.load_state_dict(ckpt.load_tensors(directory, "ema"))
     discriminator.load_state_dict(ckpt.load_tensors(directory, "discriminator"))
-    return TrainedModel(generator.to(device).eval(), discriminator.to(device).eval(), shape, meta)
+    # channels-last weights make the convolutions pick channels-last kernels: 1.1-1.75x faster
+    # inference on CPU (measured in benchmarks/); training measured no gain, so it stays contiguous.
+    layout = {"device": device, "memory_format": torch.channels_last}
+    return TrainedModel(generator.to(**layout).eval(), discriminator.to(**layout).eval(), shape, meta)
 
 
 def shard_seeds(base_seed: int, shard: int, start: int, count: int) -> np.ndarray:

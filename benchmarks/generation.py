@@ -1,0 +1,176 @@
+"""Generation figures: the whole generate-and-publish path against the generator alone, publishing
+against the AWS CLI, and peak memory at 1,000,000 against 100,000 samples."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from benchmarks.harness import info, rates, report
+from gan_core import storage
+from gan_core.config import GenerateConfig, ModelConfig, Params
+from gan_core.generate import SCHEMA, generate_dataset
+from gan_core.models import DataShape, Discriminator, Generator
+from gan_core.s3server import SeaweedServer
+from gan_core.sampling import TrainedModel
+from gan_core.train import set_threads
+
+DIGITS = DataShape(8, 1, 10)
+TINY_MODEL = ModelConfig(latent_dim=8, mapping_dim=16, g_channels=16, d_channels=8, d_hidden=16)
+PUBLISH_FILES, PUBLISH_FILE_MB = 4, 32
+
+
+def untrained_model(cfg: ModelConfig, shape: DataShape = DIGITS) -> TrainedModel:
+    """Speed and memory do not depend on what the weights learned."""
+    torch.manual_seed(0)
+    layout = torch.channels_last  # as gan_core.sampling.load_model lays them out
+    return TrainedModel(Generator(cfg, shape).to(memory_format=layout).eval(),
+                        Discriminator(cfg, shape).to(memory_format=layout).eval(), shape, {})
+
+
+def generate_and_publish(model: TrainedModel, cfg: GenerateConfig, work: Path, bucket: str):
+    versions = itertools.count()
+
+    def run() -> float:
+        out = work / "generated"
+        summary = generate_dataset(model, cfg, out)
+        storage.publish_dataset([Path(p) for p in summary["shard_files"]], bucket=bucket, name="bench-generate",
+                                version=f"v{next(versions)}", manifest={"sample_count": summary["sample_count"]})
+        return float(summary["sample_count"])
+    return run
+
+
+def forward_alone(model: TrainedModel, cfg: GenerateConfig):
+    """The generator's forward pass on the same number of samples in the same batches; nothing else."""
+    z = torch.randn(cfg.batch_size, model.generator.latent_dim, device=model.device)
+    labels = torch.arange(cfg.batch_size, device=model.device) % model.shape.num_classes
+
+    @torch.inference_mode()
+    def run() -> float:
+        for start in range(0, cfg.num_samples, cfg.batch_size):
+            model.generator(z[:min(cfg.batch_size, cfg.num_samples - start)], labels)
+        return float(cfg.num_samples)
+    return run
+
+
+def generate_vs_forward(work: Path, bucket: str, rounds: int) -> str:
+    params = Params()
+    set_threads(params.train.threads)
+    model = untrained_model(params.model)
+    cfg = params.generate
+    measured = rates({"path": generate_and_publish(model, cfg, work, bucket), "forward": forward_alone(model, cfg)},
+                     rounds=rounds, seconds=0)
+    info(f"default config ({cfg.num_samples} samples of 8x8, batch {cfg.batch_size}, {torch.get_num_threads()} "
+         f"torch threads): generate+publish {measured['path']:.0f} samples/s, G forward alone "
+         f"{measured['forward']:.0f} samples/s")
+    return report("generate_vs_forward", measured["path"] / measured["forward"], 0.8)
+
+
+def shard_like_files(folder: Path, count: int = PUBLISH_FILES, megabytes: int = PUBLISH_FILE_MB) -> list[Path]:
+    """Parquet files of incompressible image bytes, as large as shards of 32x32 RGB images get."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = megabytes * 2**20 // 3000
+    paths = []
+    for i in range(count):
+        images = [rng.bytes(3000) for _ in range(rows)]
+        table = pa.table({"image": images, "label": np.zeros(rows, np.int64), "seed": np.arange(rows, dtype=np.int64),
+                          "d_score": np.zeros(rows)}, schema=SCHEMA)
+        pq.write_table(table, folder / f"part-{i:05d}.parquet", compression="none")
+        paths.append(folder / f"part-{i:05d}.parquet")
+    return paths
+
+
+def publish_vs_awscli(work: Path, server: SeaweedServer, rounds: int) -> str:
+    files = shard_like_files(work / "upload")
+    size = float(sum(p.stat().st_size for p in files))
+    versions = itertools.count()
+    aws_config = work / "aws-config"
+    aws_config.write_text("[default]\ns3 =\n  addressing_style = path\n")
+    env = {**os.environ, **server.env(), "AWS_CONFIG_FILE": str(aws_config),
+           "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-credentials")}
+    aws = Path(sys.executable).with_name("aws")
+
+    def ours() -> float:
+        storage.publish_dataset(files, bucket=server.bucket, name="bench-publish", version=f"v{next(versions)}",
+                                manifest={})
+        return size
+
+    def awscli() -> float:
+        subprocess.run([str(aws), "s3", "cp", "--recursive", "--quiet", str(files[0].parent),
+                        f"s3://{server.bucket}/awscli/{next(versions)}/", "--endpoint-url", server.endpoint],
+                       env=env, check=True)
+        return size
+
+    measured = rates({"publish": ours, "awscli": awscli}, rounds=rounds, seconds=0)
+    info(f"{len(files)} files of {PUBLISH_FILE_MB} MiB: publish {measured['publish'] / 2**20:.0f} MiB/s "
+         f"(sha256 of each file and the manifest included), aws s3 cp --recursive "
+         f"{measured['awscli'] / 2**20:.0f} MiB/s")
+    return report("publish_vs_awscli", measured["publish"] / measured["awscli"], 1.0)
+
+
+def peak_rss_generating(samples: int, work: Path) -> int:
+    """Peak RSS in bytes of a fresh process that generates `samples` (tiny model, default shards)."""
+    done = subprocess.run([sys.executable, "-m", "benchmarks.generation", "memory", str(samples), str(work)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1])
+
+
+def generate_memory(work: Path) -> str:
+    # Memory, not time: the two processes run at once.
+    results: dict[int, int] = {}
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, peak_rss_generating(n, work / str(n))))
+               for n in (100_000, 1_000_000)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if len(results) != 2:
+        raise RuntimeError("a generate_memory process failed")
+    info(f"peak RSS: {results[1_000_000] / 2**20:.0f} MiB at 1,000,000 samples, "
+         f"{results[100_000] / 2**20:.0f} MiB at 100,000")
+    return report("generate_memory", results[1_000_000] / results[100_000], 1.2, higher_is_better=False)
+
+
+def _memory_main(samples: int, work: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = GenerateConfig(num_samples=samples)
+    summary = generate_dataset(untrained_model(TINY_MODEL), cfg, work)
+    assert summary["sample_count"] == samples
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
+
+
+def run(rounds: int = 3) -> list[str]:
+    with tempfile.TemporaryDirectory(prefix="ganforge-bench-") as tmp:
+        work = Path(tmp)
+        server = SeaweedServer(data_dir=work / "seaweedfs", bucket="bench", access_key="BENCH" + secrets.token_hex(6),
+                               secret_key=secrets.token_hex(20)).start()
+        os.environ.update(server.env() | {"AWS_CONFIG_FILE": str(work / "no-config"),
+                                          "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-credentials")})
+        try:
+            lines = [generate_vs_forward(work, server.bucket, rounds), publish_vs_awscli(work, server, rounds)]
+        finally:
+            stopping = threading.Thread(target=server.stop)  # SIGTERM takes weed ~14 s: overlap it
+            stopping.start()
+        lines.append(generate_memory(work / "memory"))
+        stopping.join()
+    return lines
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["memory"]:
+        _memory_main(int(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        run()

@@ -1,0 +1,131 @@
+"""Training figures: ganforge's step against the plain-PyTorch reference, and its model FLOP utilisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.harness import info, rates, report
+from benchmarks.reference import ReferenceGan
+from gan_core.config import Params
+from gan_core.data import ImageSet, load_bundled_digits
+from gan_core.models import DataShape
+from gan_core.train import batch_index, build_state, pick_device, resident_dataset, set_threads, train_step
+
+MATMUL_SIZE = 2048  # large enough to reach the BLAS peak on a CPU, small enough for one-second rounds
+
+
+def random_rgb(count: int = 2048, resolution: int = 32, seed: int = 0) -> ImageSet:
+    rng = np.random.default_rng(seed)
+    return ImageSet(rng.integers(0, 256, (count, 3, resolution, resolution), dtype=np.uint8),
+                    rng.integers(0, 10, count))
+
+
+def sync_for(device: torch.device):
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def ganforge_step(params: Params, data: ImageSet, device: torch.device):
+    """One call = one training step exactly as the training loop runs it."""
+    shape = DataShape(data.resolution, data.channels, data.num_classes)
+    state = build_state(params, shape, device)
+    images, labels = resident_dataset(data, shape, device)
+
+    def step() -> float:
+        index = batch_index(state, params.train, len(images)).to(device)
+        train_step(state, images[index], labels[index], params.train)
+        return 1.0
+    return step
+
+
+def reference_step(params: Params, data: ImageSet, device: torch.device):
+    shape = DataShape(data.resolution, data.channels, data.num_classes)
+    # pytorch/examples dcgan's default is 2 loader workers; on a 2-core machine they would only
+    # compete with the step itself, so the CPU reference loads in-process (its faster choice).
+    ref = ReferenceGan(params, shape, data.images, data.labels, device, workers=2 if device.type == "cuda" else 0)
+
+    def step() -> float:
+        ref.step()
+        return 1.0
+    return step
+
+
+def step_flops(params: Params, data: ImageSet, device: torch.device) -> int:
+    """Model FLOPs of one training step (both D passes and the G pass, forward and backward)."""
+    step = ganforge_step(params, data, device)
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def matmuls(device: torch.device, size: int = MATMUL_SIZE) -> dict:
+    """float32 matrix products by each path torch has on the device; the fastest is the peak.
+
+    On a CPU both BLAS (MKL) and oneDNN: MKL's sgemm reached about half of oneDNN's rate on an
+    AMD EPYC, whose convolutions (oneDNN) would otherwise appear to beat the machine's limit.
+    """
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    paths = {"matmul_blas": lambda: torch.mm(a, b)}
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        a_dnn, b_dnn = a.to_mkldnn(), b.to_mkldnn()
+        paths["matmul_onednn"] = lambda: F.linear(a_dnn, b_dnn)
+
+    def counted(product):
+        def call() -> float:
+            product()
+            return 2.0 * size**3
+        return call
+    return {name: counted(product) for name, product in paths.items()}
+
+
+def _bf16_contender(params: Params, data: ImageSet, device: torch.device) -> dict:
+    """Where the default is float32 (a CPU), also the opt-in `train.precision: bf16`, for context."""
+    if params.train.precision != "auto" or device.type == "cuda":
+        return {}
+    bf16 = params.model_copy(update={"train": params.train.model_copy(update={"precision": "bf16"})})
+    return {"ganforge_bf16": ganforge_step(bf16, data, device)}
+
+
+def _bf16_note(measured: dict) -> str:
+    if "ganforge_bf16" not in measured:
+        return ""
+    return (f"; opt-in train.precision=bf16 {measured['ganforge_bf16']:.2f} steps/s "
+            f"({measured['ganforge_bf16'] / measured['reference']:.2f}x the reference)")
+
+
+def run(params: Params | None = None, rounds: int = 5, seconds: float = 2.0) -> list[str]:
+    params = params or Params()
+    set_threads(params.train.threads)
+    device = pick_device(params.train.device)
+    sync = sync_for(device)
+    info(f"device {device.type}, {torch.get_num_threads()} torch threads, batch {params.train.batch_size}, "
+         f"precision {params.train.precision}")
+    lines = []
+    digits = load_bundled_digits()
+    small = rates({"ganforge": ganforge_step(params, digits, device), "reference": reference_step(params, digits, device),
+                   **_bf16_contender(params, digits, device)}, rounds=rounds, seconds=seconds, sync=sync)
+    info(f"8x8 digits: ganforge {small['ganforge']:.1f} steps/s, reference {small['reference']:.1f} steps/s"
+         + _bf16_note(small))
+    lines.append(report("train_vs_reference_8x8", small["ganforge"] / small["reference"], 3.0))
+
+    rgb = random_rgb()
+    flops = step_flops(params, rgb, device)
+    large = rates({"ganforge": ganforge_step(params, rgb, device), "reference": reference_step(params, rgb, device),
+                   **_bf16_contender(params, rgb, device), **matmuls(device)}, rounds=rounds, seconds=seconds, sync=sync)
+    info(f"32x32 RGB: ganforge {large['ganforge']:.2f} steps/s, reference {large['reference']:.2f} steps/s"
+         + _bf16_note(large))
+    lines.append(report("train_vs_reference_32x32", large["ganforge"] / large["reference"], 1.5))
+    achieved = large["ganforge"] * flops
+    peak = max(v for k, v in large.items() if k.startswith("matmul"))
+    info(f"32x32 step: {flops / 1e9:.1f} GFLOP at {achieved / 1e9:.1f} GFLOP/s; float32 {MATMUL_SIZE}^3 matmul: "
+         + ", ".join(f"{k.removeprefix('matmul_')} {v / 1e9:.1f}" for k, v in large.items() if k.startswith("matmul"))
+         + " GFLOP/s")
+    lines.append(report("train_mfu", achieved / peak, 0.3))
+    return lines
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,44 @@
+"""DDP under torchrun: two CPU processes (gloo) end where one process with the same global batch ends."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from gan_core.train import train
+from tests.helpers import prepared_digits, tiny_params
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERRIDES = {"train__epochs": 1, "train__batch_size": 64, "train__threads": 1}  # 19 steps of 64 = 2 x 32
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    params = tiny_params(**OVERRIDES)
+    prepared_digits(tmp_path / "data" / "prepared")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "gan_core.cli", "train"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    train(params, tmp_path / "data" / "prepared" / "digits.npz", tmp_path / "single", progress=False)
+    initial = {k: v.clone() for k, v in _initial_generator(params).items()}
+    for name in ("generator", "discriminator", "ema"):
+        two = load_file(tmp_path / "models" / "digits" / f"{name}.safetensors")
+        one = load_file(tmp_path / "single" / f"{name}.safetensors")
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=f"{name}.{key}")
+    # The tolerance is meaningful: training moved the weights far more than it.
+    trained = load_file(tmp_path / "single" / "generator.safetensors")
+    assert max((trained[k] - initial[k]).abs().max().item() for k in initial) > 1e-3
+
+
+def _initial_generator(params) -> dict[str, torch.Tensor]:
+    from gan_core.models import DataShape
+    from gan_core.train import build_state
+
+    return build_state(params, DataShape(8, 1, 10), torch.device("cpu")).G.state_dict()
