@@ -19,25 +19,26 @@ import pyarrow.parquet as pq
 import torch
 
 from benchmarks.harness import info, rates, report
+from benchmarks.training import sync_for
 from gan_core import storage
 from gan_core.config import GenerateConfig, ModelConfig, Params
 from gan_core.generate import SCHEMA, generate_dataset
 from gan_core.models import DataShape, Discriminator, Generator
 from gan_core.s3server import SeaweedServer
 from gan_core.sampling import TrainedModel
-from gan_core.train import set_threads
+from gan_core.train import pick_device, set_threads
 
 DIGITS = DataShape(8, 1, 10)
 TINY_MODEL = ModelConfig(latent_dim=8, mapping_dim=16, g_channels=16, d_channels=8, d_hidden=16)
 PUBLISH_FILES, PUBLISH_FILE_MB = 4, 32
 
 
-def untrained_model(cfg: ModelConfig, shape: DataShape = DIGITS) -> TrainedModel:
+def untrained_model(cfg: ModelConfig, shape: DataShape = DIGITS, device: str | torch.device = "cpu") -> TrainedModel:
     """Speed and memory do not depend on what the weights learned."""
     torch.manual_seed(0)
-    layout = torch.channels_last  # as gan_core.sampling.load_model lays them out
-    return TrainedModel(Generator(cfg, shape).to(memory_format=layout).eval(),
-                        Discriminator(cfg, shape).to(memory_format=layout).eval(), shape, {})
+    layout = {"device": device, "memory_format": torch.channels_last}  # as gan_core.sampling.load_model
+    return TrainedModel(Generator(cfg, shape).to(**layout).eval(), Discriminator(cfg, shape).to(**layout).eval(),
+                        shape, {})
 
 
 def generate_and_publish(model: TrainedModel, cfg: GenerateConfig, work: Path, bucket: str):
@@ -68,12 +69,14 @@ def forward_alone(model: TrainedModel, cfg: GenerateConfig):
 def generate_vs_forward(work: Path, bucket: str, rounds: int) -> str:
     params = Params()
     set_threads(params.train.threads)
-    model = untrained_model(params.model)
+    device = pick_device(params.train.device)
+    model = untrained_model(params.model, device=device)
     cfg = params.generate
-    measured = rates({"path": generate_and_publish(model, cfg, work, bucket), "forward": forward_alone(model, cfg)},
-                     rounds=rounds, seconds=0)
-    info(f"default config ({cfg.num_samples} samples of 8x8, batch {cfg.batch_size}, {torch.get_num_threads()} "
-         f"torch threads): generate+publish {measured['path']:.0f} samples/s, G forward alone "
+    measured = {name: rate.wall for name, rate in rates(
+        {"path": generate_and_publish(model, cfg, work, bucket), "forward": forward_alone(model, cfg)},
+        rounds=rounds, seconds=0, sync=sync_for(device)).items()}
+    info(f"default config ({cfg.num_samples} samples of 8x8, batch {cfg.batch_size}, {device.type}, "
+         f"{torch.get_num_threads()} torch threads): generate+publish {measured['path']:.0f} samples/s, G forward alone "
          f"{measured['forward']:.0f} samples/s")
     return report("generate_vs_forward", measured["path"] / measured["forward"], 0.8)
 
@@ -114,7 +117,8 @@ def publish_vs_awscli(work: Path, server: SeaweedServer, rounds: int) -> str:
                        env=env, check=True)
         return size
 
-    measured = rates({"publish": ours, "awscli": awscli}, rounds=rounds, seconds=0)
+    measured = {name: rate.wall for name, rate in rates({"publish": ours, "awscli": awscli}, rounds=rounds,
+                                                         seconds=0).items()}
     info(f"{len(files)} files of {PUBLISH_FILE_MB} MiB: publish {measured['publish'] / 2**20:.0f} MiB/s "
          f"(sha256 of each file and the manifest included), aws s3 cp --recursive "
          f"{measured['awscli'] / 2**20:.0f} MiB/s")
@@ -149,7 +153,18 @@ def _memory_main(samples: int, work: Path) -> None:
     cfg = GenerateConfig(num_samples=samples)
     summary = generate_dataset(untrained_model(TINY_MODEL), cfg, work)
     assert summary["sample_count"] == samples
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # ru_maxrss is in KiB on Linux
+    print(peak_rss())
+
+
+def peak_rss() -> int:
+    """This process's peak resident set in bytes. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    exec, so a child of a large benchmark process would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
 def run(rounds: int = 3) -> list[str]:

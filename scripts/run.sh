@@ -16,6 +16,9 @@ if [[ "$bucket" != ganforge ]]; then
   dvc remote modify --local storage url "s3://$bucket/dvc-store"
 fi
 
+# shellcheck source=scripts/local_prefect.sh
+source scripts/local_prefect.sh
+start_local_prefect_server
 dvc repro
 # Prepared data, models and the user's data/raw to the remote: another clone with the same S3 and
 # this dvc.lock gets them back with `dvc pull`.

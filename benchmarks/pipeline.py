@@ -1,0 +1,130 @@
+"""Pipeline overhead: the fixed cost of `dvc repro` and Prefect per stage against the stages' own work.
+
+The fixed cost does not depend on the config, the work does; the default config's training alone
+takes minutes. So the fixed cost is measured on a tiny config, as `make run` runs it (one local
+Prefect server, scripts/local_prefect.sh; `dvc repro` of all stages into a real SeaweedFS), minus
+that config's own work timed in-process; and the default config's work is measured stage by stage
+in-process, training projected from its measured step rate (all of its steps cost the same).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks.harness import info, rates, report
+from benchmarks.training import ganforge_step, sync_for
+from gan_core.config import Params, parse_params
+from gan_core.data import load_prepared
+from gan_core.s3server import SeaweedServer
+from gan_core.models import DataShape
+from gan_core.stages import Layout, run_evaluate, run_generate, run_prepare, run_publish, run_train
+from gan_core.train import build_state, export_model, pick_device, set_threads
+from tests.helpers import git_commit, make_project, run as run_cmd, tiny_project_params
+
+STAGES = ("prepare", "train", "evaluate", "generate")
+
+
+def project_env(server: SeaweedServer, home: Path) -> dict:
+    (home / "prefect").mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_", "DVC_"))}
+    return env | server.env() | {
+        "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(home / "prefect"),
+        "DVC_GLOBAL_CONFIG_DIR": str(home / "dvc-global"), "DVC_SITE_CACHE_DIR": str(home / "dvc-site"),
+        "AWS_CONFIG_FILE": str(home / "aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(home / "aws-creds"),
+        "PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@localhost", "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost",
+    }
+
+
+def repro_seconds(project: Path, env: dict) -> tuple[float, float]:
+    """Wall time of `dvc repro` as scripts/run.sh runs it, and of the Prefect server's start within it."""
+    script = ("source scripts/local_prefect.sh && start_local_prefect_server && "
+              "python -c 'import time; print(time.time())' && dvc repro")
+    started = time.time()
+    done = run_cmd(["bash", "-c", script], project, env)
+    total = time.time() - started
+    server_ready = float(done.stdout.split()[0])
+    return total, server_ready - started
+
+
+def stage_work_seconds(params: Params, layout: Layout, bucket: str) -> dict[str, float]:
+    """Each stage's own work, in this warm process: what a stage process does besides starting up."""
+    seconds = {}
+    for stage, work in (("prepare", lambda: run_prepare(params, layout)),
+                        ("train", lambda: run_train(params, layout, progress=False)),
+                        ("evaluate", lambda: run_evaluate(params, layout)),
+                        ("generate", lambda: _generate_and_publish(params, layout, bucket))):
+        started = time.perf_counter()
+        work()
+        seconds[stage] = time.perf_counter() - started
+    return seconds
+
+
+def _generate_and_publish(params: Params, layout: Layout, bucket: str) -> None:
+    summary = run_generate(params, layout.generated(params), layout)
+    run_publish(params, summary, f"bench-{secrets.token_hex(4)}", bucket, layout)
+
+
+def default_work_seconds(layout: Layout, bucket: str) -> dict[str, float]:
+    """The default config's work per stage; training = its step count / its measured step rate."""
+    params = Params()
+    set_threads(params.train.threads)
+    run_prepare(params, layout)
+    data, _ = load_prepared(layout.prepared(params))
+    total_steps = params.train.epochs * (len(data.labels) // params.train.batch_size)
+    device = pick_device(params.train.device)
+    step_rate = rates({"train": ganforge_step(params, data, device)}, rounds=3, seconds=3,
+                      sync=sync_for(device))["train"].wall
+    shape = DataShape(data.resolution, data.channels, data.num_classes)
+    # Evaluation and generation cost the same for any weights: export untrained ones.
+    export_model(layout.model(params), params, shape, build_state(params, shape, device), {})
+    work = {}
+    for stage, call in (("prepare", lambda: run_prepare(params, layout)),
+                        ("evaluate", lambda: run_evaluate(params, layout)),
+                        ("generate", lambda: _generate_and_publish(params, layout, bucket))):
+        started = time.perf_counter()
+        call()
+        work[stage] = time.perf_counter() - started
+    work["train"] = total_steps / step_rate
+    info(f"default config: {total_steps} training steps at {step_rate:.1f} steps/s (projected "
+         f"{work['train']:.0f} s); prepare {work['prepare']:.1f} s, evaluate {work['evaluate']:.1f} s, "
+         f"generate+publish {work['generate']:.1f} s (measured)")
+    return work
+
+
+def run(rounds: int = 3) -> list[str]:
+    with tempfile.TemporaryDirectory(prefix="ganforge-bench-pipeline-") as tmp:
+        tmp = Path(tmp)
+        server = SeaweedServer(data_dir=tmp / "seaweedfs", bucket="bench", access_key="BENCH" + secrets.token_hex(6),
+                               secret_key=secrets.token_hex(20)).start()
+        try:
+            env = project_env(server, tmp / "home")
+            project = tmp / "tiny"
+            project.mkdir()
+            make_project(project, tiny_project_params("bench-pipeline"))
+            run_cmd(["git", "init", "-q"], project, env)
+            git_commit(project, env, "init")
+            repro, server_start = repro_seconds(project, env)
+            os.environ.update(env)  # the in-process stages publish to the same S3
+            tiny = parse_params(yaml.safe_load((project / "params.yaml").read_text()))
+            tiny_work = stage_work_seconds(tiny, Layout(project), server.bucket)
+            default_work = default_work_seconds(Layout(tmp / "default"), server.bucket)
+        finally:
+            server.stop(timeout=3)  # throwaway data: no need to wait ~14 s for weed's clean shutdown
+    fixed = repro - sum(tiny_work.values())
+    info(f"tiny config: dvc repro of {len(STAGES)} stages {repro:.1f} s (Prefect server start {server_start:.1f} s "
+         f"of it), their own work {sum(tiny_work.values()):.1f} s: fixed cost {fixed:.1f} s, "
+         f"{(fixed - server_start) / len(STAGES):.1f} s per stage")
+    return [report("pipeline_overhead", fixed / (fixed + sum(default_work.values())), 0.10, higher_is_better=False)]
+
+
+if __name__ == "__main__":
+    run()
