@@ -16,6 +16,7 @@ class BatchShard:
 
     rank: int
     world: int
+    owns_group: bool = False  # joined by `join`, so `leave` ends it
 
     def local(self, batch: torch.Tensor) -> torch.Tensor:
         n = len(batch) // self.world
@@ -54,9 +55,17 @@ def join(cfg) -> BatchShard | None:
     cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" now means this rank's GPU
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if cuda else "gloo")
-    return BatchShard(dist.get_rank(), dist.get_world_size())
+    return BatchShard(dist.get_rank(), dist.get_world_size(), owns_group)
+
+
+def leave(shard: BatchShard | None) -> None:
+    """End the process group `join` started, once every rank has finished its steps."""
+    if shard is not None and shard.owns_group:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def replicate(state, shard: BatchShard | None) -> None:
