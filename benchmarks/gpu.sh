@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
-[[ -x "$PYTHON" ]] || PYTHON=python3
+[[ -x "$PYTHON" ]] || PYTHON=$(command -v python3)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PATH="$(dirname "$PYTHON"):$PATH"  # the interpreter's aws and weed
 
