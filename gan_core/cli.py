@@ -36,6 +36,20 @@ def cmd_evaluate(args) -> object:
 
 
 @command
+def cmd_compare_rejection(args) -> object:
+    from gan_core.stages import run_rejection_table
+    rows = run_rejection_table(load_params(args.params), args.acceptance)
+    print("| target acceptance | acceptance | FD | FD / plain | precision | recall |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        target = "off" if row["target"] is None else f"{row['target']:.2f}"
+        print(f"| {target} | {row['acceptance']:.3f} | {row['fd']:.3f} | {row['fd_vs_plain']:.3f} "
+              f"| {row['precision']:.3f} | {row['recall']:.3f} |")
+    print(f"real-real floor (train vs held-out): FD {rows[0]['fd_floor']:.3f}")
+    return None
+
+
+@command
 def cmd_generate(args) -> object:
     from gan_core.stages import Layout, bucket_from_env, publication_version, run_generate, run_publish
     params = load_params(args.params)
@@ -90,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-publish", action="store_true", help="write shards locally only")
     gen.add_argument("--version", help="dataset version to publish (default: UTC time)")
     gen.add_argument("--bucket", help="S3 bucket (default: $GANFORGE_BUCKET or 'ganforge')")
+    drs = sub.add_parser("compare-rejection", help="FD / precision / recall with and without rejection sampling")
+    drs.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    drs.add_argument("--acceptance", type=float, nargs="+", default=[0.8, 0.5, 0.3],
+                     help="target acceptance rates to compare with plain sampling (default: 0.8 0.5 0.3)")
     lst = sub.add_parser("list", help="published datasets, or the versions of one")
     lst.add_argument("name", nargs="?")
     lst.add_argument("--long", action="store_true",

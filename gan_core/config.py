@@ -62,17 +62,33 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.1, ge=0.0, lt=0.5)
     augment: bool = True
     checkpoint_every: int = Field(1000, ge=1)  # steps
+    select_every: int = Field(250, ge=0)  # steps between checkpoint-selection evaluations; 0: keep the last step
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int = Field(0, ge=0)  # 0: the cores this process may use that are not busy
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
 
 
+class FeaturesConfig(Section):
+    """The evaluator network: a small CNN classifier trained on the real training split only."""
+
+    width: int = Field(32, ge=1)  # first convolution's channels; doubles twice
+    dim: int = Field(64, ge=2)  # feature vector length (the space of the Frechet distance and k-NN)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0.0)  # peak of a one-cycle schedule
+    weight_decay: float = Field(1e-3, ge=0.0)
+    seed: int = Field(0, ge=0)
+
+
 class EvaluateConfig(Section):
-    num_samples: int = Field(1000, ge=10)
+    num_samples: int = Field(2000, ge=10)
     seed: int = Field(1, ge=0)
     grid_rows: int = Field(10, ge=1)  # samples per class in the sample grid
-    evaluators: list[str] = ["discriminator"]
+    evaluators: list[str] = ["discriminator", "frechet", "prdc", "label_consistency", "utility", "memorisation",
+                             "rejection"]
+    knn: int = Field(5, ge=1)  # k of precision / recall / density / coverage
+    memorisation_ratio: float = Field(0.5, gt=0.0, le=1.0)
 
 
 class RejectionConfig(Section):
@@ -94,6 +110,7 @@ class Params(Section):
     prepare: PrepareConfig = PrepareConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    features: FeaturesConfig = FeaturesConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     generate: GenerateConfig = GenerateConfig()
 

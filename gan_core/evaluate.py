@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +14,14 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from gan_core import metrics as m
 from gan_core.checkpoint import write_json_atomic
-from gan_core.config import EvaluateConfig
+from gan_core.config import EvaluateConfig, Params, RejectionConfig
 from gan_core.data import ImageSet, load_prepared
-from gan_core.sampling import SampleBatch, TrainedModel, generate_and_score, logit_to_score, shard_seeds
-from gan_core.train import to_unit_range
+from gan_core.features import FeatureNet, load_or_train_feature_net
+from gan_core.models import to_unit_range
+from gan_core.sampling import (SampleBatch, TrainedModel, burn_in, fit_rejection_rule, logit_to_score,
+                               rejection_sample)
 
 
 @dataclass
@@ -27,8 +32,29 @@ class EvalContext:
     fake: SampleBatch  # images in [-1, 1], generated for `fake.labels`
     plots_dir: Path
     cfg: EvaluateConfig
+    rejection: RejectionConfig  # the generate stage's rejection settings, compared by the "rejection" evaluator
+    features: FeatureNet
+
+    @cached_property
+    def train_features(self) -> np.ndarray:
+        return self.features.embed(to_unit_range(self.train.images))[0]
+
+    @cached_property
+    def holdout_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """Features and predicted classes of the held-out real images."""
+        return self.features.embed(to_unit_range(self.holdout.images))
+
+    @cached_property
+    def fake_features(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.features.embed(self.fake.images)
+
+    @property
+    def like_train(self) -> int:
+        """Generated samples compared with held-out: as many as training images, so FD bias matches the floor."""
+        return min(len(self.train.labels), len(self.fake.seeds))
 
 
+BATCH_SIZE = 1000  # samples per generator call while evaluating
 Evaluator = Callable[[EvalContext], dict]
 EVALUATORS: dict[str, Evaluator] = {}
 
@@ -78,39 +104,147 @@ def _write_score_histogram(path: Path, real: np.ndarray, fake: np.ndarray, bins:
     path.write_text("\n".join(rows) + "\n")
 
 
-def sample_grid(model: TrainedModel, columns: int, seed: int) -> np.ndarray:
-    """A grid image (H, W[, 3]) uint8: one row per class (or `columns` rows when unconditional)."""
-    rows = model.shape.num_classes or columns
-    seeds = shard_seeds(seed, 1, 0, rows * columns)
-    # Seeds are assigned labels by seed % classes; sort so each row holds one class.
-    batch = generate_and_score(model, seeds)
-    order = np.argsort(batch.labels, kind="stable") if model.shape.num_classes else np.arange(len(seeds))
-    pixels = ((batch.images[torch.as_tensor(order)].clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
-    n, c, h, w = pixels.shape
+@register("frechet")
+def frechet(ctx: EvalContext) -> dict:
+    """Frechet distance to held-out real images in the evaluator's feature space, beside the real-real floor.
+
+    The floor is the distance from the real training images to the held-out ones: what a generator
+    that reproduced its training data's distribution exactly would score, finite-sample noise included.
+    """
+    fd = m.frechet_distance(ctx.fake_features[0][:ctx.like_train], ctx.holdout_features[0])
+    floor = m.frechet_distance(ctx.train_features, ctx.holdout_features[0])
+    return {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor}
+
+
+@register("prdc")
+def precision_recall(ctx: EvalContext) -> dict:
+    """Precision, recall, density and coverage against held-out real images, as many generated as real."""
+    real = ctx.holdout_features[0]
+    return m.prdc(real, ctx.fake_features[0][:len(real)], ctx.cfg.knn)
+
+
+def _require_labels(ctx: EvalContext, name: str) -> None:
+    if not ctx.train.num_classes or ctx.fake.labels.min() < 0:
+        raise ValueError(f"evaluate.evaluators: {name!r} needs a class-conditional model and labelled data")
+
+
+@register("label_consistency")
+def label_consistency(ctx: EvalContext) -> dict:
+    """How often the evaluator network classifies a generated sample as the class it was generated for.
+
+    Its accuracy on held-out real images is the reference: a perfect generator scores about that.
+    """
+    _require_labels(ctx, "label_consistency")
+    return {"label_consistency": float((ctx.fake_features[1] == ctx.fake.labels).mean()),
+            "evaluator_accuracy": float((ctx.holdout_features[1] == ctx.holdout.labels).mean())}
+
+
+def _pixels(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """uint8 0..255 or float -1..1 images -> flat rows in 0..1, generated ones quantised as their PNGs are."""
+    if isinstance(images, torch.Tensor):
+        images = ((images.clamp(-1, 1) + 1) * 127.5).round().numpy()
+    return images.reshape(len(images), -1) / 255.0
+
+
+@register("utility")
+def utility(ctx: EvalContext) -> dict:
+    """Held-out accuracy of a logistic regression trained on generated samples only, relative to real-trained."""
+    _require_labels(ctx, "utility")
+    return m.utility(_pixels(ctx.fake.images), ctx.fake.labels, _pixels(ctx.train.images), ctx.train.labels,
+                     _pixels(ctx.holdout.images), ctx.holdout.labels)
+
+
+@register("memorisation")
+def memorisation(ctx: EvalContext) -> dict:
+    """Share of generated samples much nearer a training image than held-out ones are (pixel space)."""
+    return m.memorisation(_pixels(ctx.fake.images), _pixels(ctx.train.images), _pixels(ctx.holdout.images),
+                          ctx.cfg.memorisation_ratio)
+
+
+def quality_with_rejection(ctx: EvalContext, target_acceptance: float | None) -> dict:
+    """FD, precision and recall vs held-out of samples drawn with rejection at `target_acceptance` (None: off)."""
+    rule = None
+    if target_acceptance is not None:
+        logits = burn_in(ctx.model, ctx.cfg.seed, ctx.rejection.burn_in, BATCH_SIZE)
+        rule = fit_rejection_rule(logits, target_acceptance)
+    batch, candidates = rejection_sample(ctx.model, rule, ctx.cfg.seed, ctx.like_train, BATCH_SIZE)
+    features, _ = ctx.features.embed(batch.images)
+    real = ctx.holdout_features[0]
+    quality = m.prdc(real, features[:len(real)], ctx.cfg.knn)
+    return {"acceptance": len(batch.seeds) / candidates, "fd": m.frechet_distance(features, real),
+            "precision": quality["precision"], "recall": quality["recall"]}
+
+
+@register("rejection")
+def rejection(ctx: EvalContext) -> dict:
+    """The same checkpoint with discriminator rejection sampling at generate.rejection.target_acceptance."""
+    return {f"drs_{key}": value for key, value in quality_with_rejection(ctx, ctx.rejection.target_acceptance).items()}
+
+
+# --- plots --------------------------------------------------------------------------------------
+
+def image_grid(images: torch.Tensor, rows: int, columns: int) -> np.ndarray:
+    """rows * columns images in [-1, 1] (N, C, H, W) -> one uint8 image (H, W[, 3])."""
+    pixels = ((images[:rows * columns].clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+    _, c, h, w = pixels.shape
     grid = pixels.reshape(rows, columns, c, h, w).transpose(0, 3, 1, 4, 2).reshape(rows * h, columns * w, c)
     return grid[..., 0] if c == 1 else grid
 
 
-def write_sample_grid(model: TrainedModel, path: Path, columns: int, seed: int, scale: int = 4) -> None:
-    grid = Image.fromarray(sample_grid(model, columns, seed))
-    grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(path)
+def write_image(array: np.ndarray, path: Path, scale: int = 4) -> None:
+    image = Image.fromarray(array)
+    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
 
 
-def evaluate(model: TrainedModel, prepared: Path, cfg: EvaluateConfig, metrics_path: Path,
-             plots_dir: Path) -> dict:
-    unknown = [name for name in cfg.evaluators if name not in EVALUATORS]
+def write_sample_grids(fake: SampleBatch, num_classes: int, size: int, plots_dir: Path) -> None:
+    """plots/samples.png (a row per class) and plots/classes/<class>.png (size x size samples of each class)."""
+    if not num_classes:
+        write_image(image_grid(fake.images, size, size), plots_dir / "samples.png")
+        return
+    by_class = [fake.images[torch.as_tensor(np.flatnonzero(fake.labels == k))] for k in range(num_classes)]
+    write_image(np.concatenate([image_grid(images, 1, size) for images in by_class]), plots_dir / "samples.png")
+    folder = plots_dir / "classes"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for label, images in enumerate(by_class):
+        rows = min(size, len(images) // size)
+        if rows:
+            write_image(image_grid(images, rows, size), folder / f"{label}.png")
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+def build_context(model: TrainedModel, prepared: Path, params: Params, plots_dir: Path,
+                  feature_cache: Path | None = None) -> EvalContext:
+    """The data, the evaluator network and evaluate.num_samples generated samples that evaluators share."""
+    cfg = params.evaluate
+    train, holdout = load_prepared(prepared)
+    fake, _ = rejection_sample(model, None, cfg.seed, cfg.num_samples, BATCH_SIZE)
+    features = load_or_train_feature_net(train, params.features, feature_cache).to(model.device)
+    return EvalContext(model, train, holdout, fake, plots_dir, cfg, params.generate.rejection, features)
+
+
+def evaluate(model: TrainedModel, prepared: Path, params: Params, metrics_path: Path, plots_dir: Path,
+             feature_cache: Path | None = None) -> dict:
+    """Run the evaluators chosen in evaluate.evaluators; write their metrics as one flat JSON, and the plots."""
+    unknown = [name for name in params.evaluate.evaluators if name not in EVALUATORS]
     if unknown:
         raise ValueError(f"evaluate.evaluators: unknown {unknown} (known: {sorted(EVALUATORS)})")
-    train, holdout = load_prepared(prepared)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    fake = generate_and_score(model, shard_seeds(cfg.seed, 0, 0, cfg.num_samples))
-    ctx = EvalContext(model, train, holdout, fake, plots_dir, cfg)
+    ctx = build_context(model, prepared, params, plots_dir, feature_cache)
     metrics = {"parameters": model.meta["parameters"], "step": model.meta["step"]}
-    for name in cfg.evaluators:
+    for name in params.evaluate.evaluators:
         metrics |= EVALUATORS[name](ctx)
-    write_sample_grid(model, plots_dir / "samples.png", cfg.grid_rows, cfg.seed)
+    write_sample_grids(ctx.fake, model.shape.num_classes, params.evaluate.grid_rows, plots_dir)
     write_json_atomic(Path(metrics_path), metrics)
     return metrics
+
+
+def rejection_table(ctx: EvalContext, targets: list[float]) -> list[dict]:
+    """One row per target acceptance (plain sampling first): acceptance, FD, floor, precision, recall."""
+    floor = m.frechet_distance(ctx.train_features, ctx.holdout_features[0])
+    rows = [{"target": target} | quality_with_rejection(ctx, target) for target in [None, *targets]]
+    return [row | {"fd_floor": floor, "fd_vs_plain": row["fd"] / rows[0]["fd"]} for row in rows]
 
 
 def read_metrics(path: Path) -> dict:

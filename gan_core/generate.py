@@ -18,7 +18,7 @@ import torch
 
 from gan_core.config import GenerateConfig
 from gan_core.png import encode_batch
-from gan_core.sampling import (RejectionRule, SampleBatch, TrainedModel, burn_in, fit_rejection_rule,
+from gan_core.sampling import (RejectionRule, SampleBatch, TrainedModel, accept, burn_in, fit_rejection_rule,
                                generate_and_score, logit_to_score, shard_seeds)
 
 SCHEMA = pa.schema([
@@ -56,12 +56,6 @@ class ShardResult:
     candidates: int
 
 
-def _accepted(batch: SampleBatch, rule: RejectionRule | None) -> SampleBatch:
-    if rule is None:
-        return batch
-    return batch.select(np.flatnonzero(batch.coins < rule.accept_probability(batch.logits)))
-
-
 def _to_table(batch: SampleBatch) -> pa.Table:
     return pa.table({"image": encode_png(batch.images), "label": batch.labels.astype(np.int64),
                      "seed": batch.seeds.astype(np.int64), "d_score": logit_to_score(batch.logits)}, schema=SCHEMA)
@@ -80,7 +74,7 @@ def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConf
                 want = rows - written if rule is None else cfg.batch_size
                 batch = generate_and_score(model, shard_seeds(cfg.seed, index, candidates, min(want, cfg.batch_size)))
                 candidates += len(batch.seeds)
-                kept = _accepted(batch, rule)
+                kept = accept(batch, rule)
                 kept = kept.select(np.arange(min(len(kept.seeds), rows - written)))
                 if len(kept.seeds):
                     # Encoded and written in the background while the next batch is computed.

@@ -130,5 +130,10 @@ def memory_format_of(weight: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def to_unit_range(images) -> torch.Tensor:
+    """uint8 0..255 -> float -1..1, the generator's tanh range."""
+    return torch.as_tensor(images).float().div_(127.5).sub_(1.0)
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

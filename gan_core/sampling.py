@@ -74,6 +74,12 @@ class SampleBatch:
         return SampleBatch(self.seeds[keep], self.images[torch.as_tensor(keep)], self.labels[keep],
                            self.logits[keep], self.coins[keep])
 
+    @staticmethod
+    def concat(batches: list["SampleBatch"]) -> "SampleBatch":
+        return SampleBatch(np.concatenate([b.seeds for b in batches]), torch.cat([b.images for b in batches]),
+                           np.concatenate([b.labels for b in batches]), np.concatenate([b.logits for b in batches]),
+                           np.concatenate([b.coins for b in batches]))
+
 
 @torch.inference_mode()
 def generate_and_score(model: TrainedModel, seeds: np.ndarray) -> "SampleBatch":
@@ -117,6 +123,30 @@ def fit_rejection_rule(burn_in_logits: np.ndarray, target_acceptance: float) -> 
         rate = float(np.mean(1.0 / (1.0 + np.exp(-(base - gamma)))))
         low, high = (gamma, high) if rate > target_acceptance else (low, gamma)
     return RejectionRule(max_logit=rule.max_logit, gamma=(low + high) / 2)
+
+
+def accept(batch: SampleBatch, rule: RejectionRule | None) -> SampleBatch:
+    """The samples of `batch` that rejection sampling keeps: each seed's coin below its acceptance probability."""
+    if rule is None:
+        return batch
+    return batch.select(np.flatnonzero(batch.coins < rule.accept_probability(batch.logits)))
+
+
+def rejection_sample(model: TrainedModel, rule: RejectionRule | None, base_seed: int, count: int,
+                     batch_size: int) -> tuple[SampleBatch, int]:
+    """The first `count` accepted samples of shard 0's seed stream, and how many candidates that took.
+
+    Without a rule this is simply the first `count` seeds: both settings draw from one stream, so a
+    comparison of the two differs only in what rejection removed.
+    """
+    kept: list[SampleBatch] = []
+    drawn = 0
+    while sum(len(b.seeds) for b in kept) < count:
+        kept.append(accept(generate_and_score(model, shard_seeds(base_seed, 0, drawn, batch_size)), rule))
+        drawn += batch_size
+    batch = SampleBatch.concat(kept).select(np.arange(count))
+    # Candidates up to and including the last accepted one: its position in the stream, plus one.
+    return batch, int(batch.seeds[-1] & ((1 << SHARD_BITS) - 1)) + 1
 
 
 def burn_in(model: TrainedModel, base_seed: int, count: int, batch_size: int) -> np.ndarray:

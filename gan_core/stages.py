@@ -16,7 +16,7 @@ from gan_core import storage
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params, parse_params
 from gan_core.data import BUNDLED_DIGITS, DataError, prepare_dataset
-from gan_core.evaluate import evaluate, read_metrics
+from gan_core.evaluate import build_context, evaluate, read_metrics, rejection_table
 from gan_core.generate import ShardResult, generate_dataset, generate_shard, rejection_rule, shard_sizes, summarize
 from gan_core.sampling import RejectionRule, load_model
 from gan_core.train import pick_device, train
@@ -41,6 +41,11 @@ class Layout:
 
     def generated(self, params: Params) -> Path:
         return self.root / "data" / "generated" / params.generate.name
+
+    @property
+    def feature_cache(self) -> Path:
+        """The evaluator networks, one per training split (git-ignored, rebuilt offline when missing)."""
+        return self.root / ".ganforge" / "cache" / "features"
 
     @property
     def metrics(self) -> Path:
@@ -114,12 +119,20 @@ def check_source_is_tracked(source: str, layout: Layout = Layout()) -> None:
 
 def run_train(params: Params, layout: Layout = Layout(), resume: bool = False, progress: bool = True) -> dict:
     return train(params, layout.prepared(params), layout.model(params), checkpoint_dir=layout.checkpoints(params),
-                 loss_log=layout.plots / "losses.csv", resume=resume, progress=progress)
+                 loss_log=layout.plots / "losses.csv", selection_log=layout.plots / "selection.csv",
+                 feature_cache=layout.feature_cache, resume=resume, progress=progress)
 
 
 def run_evaluate(params: Params, layout: Layout = Layout(), model_dir: Path | None = None) -> dict:
     model = load_model(model_dir or layout.model(params), pick_device(params.train.device))
-    return evaluate(model, layout.prepared(params), params.evaluate, layout.metrics, layout.plots)
+    return evaluate(model, layout.prepared(params), params, layout.metrics, layout.plots, layout.feature_cache)
+
+
+def run_rejection_table(params: Params, targets: list[float], layout: Layout = Layout()) -> list[dict]:
+    """Plain sampling against rejection sampling at each target acceptance, on the trained model."""
+    model = load_model(layout.model(params), pick_device(params.train.device))
+    ctx = build_context(model, layout.prepared(params), params, layout.plots, layout.feature_cache)
+    return rejection_table(ctx, targets)
 
 
 def run_generate(params: Params, out_dir: Path, layout: Layout = Layout()) -> dict:

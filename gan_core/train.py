@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -18,10 +20,15 @@ from gan_core import distributed
 from gan_core.augment import diff_augment
 from gan_core.config import Params, TrainConfig
 from gan_core.data import DataError, ImageSet, load_prepared
-from gan_core.models import DataShape, Discriminator, Generator, count_parameters
+from gan_core.features import FeatureNet, load_or_train_feature_net
+from gan_core.metrics import frechet_distance
+from gan_core.models import DataShape, Discriminator, Generator, count_parameters, to_unit_range
+from gan_core.sampling import latents_for_seeds, shard_seeds
 
 LOG_EVERY = 20  # steps per row of the loss log
 LOG_COLUMNS = ["step", "d_loss", "g_loss", "d_real", "d_fake"]
+SELECTION_COLUMNS = ["step", "fd_train"]
+MODULES = ("generator", "discriminator", "ema")
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -63,11 +70,6 @@ def _busy_elsewhere(samples: int = 10) -> float:
         return os.getloadavg()[0]
 
 
-def to_unit_range(images) -> torch.Tensor:
-    """uint8 0..255 -> float -1..1, the generator's tanh range."""
-    return torch.as_tensor(images).float().div_(127.5).sub_(1.0)
-
-
 @dataclass
 class GanState:
     G: Generator
@@ -79,6 +81,13 @@ class GanState:
     step: int = 0
     autocast: torch.dtype | None = None  # forward passes under autocast to this dtype (bf16 on CUDA)
     shard: distributed.BatchShard | None = None  # under torchrun: this rank's part of each global batch
+    best_step: int = 0  # the selected checkpoint: lowest Frechet distance of the EMA generator so far
+    best_fd: float = math.inf
+    best: dict[str, dict[str, torch.Tensor]] | None = None  # G, D and EMA weights at best_step
+    selection: list[dict] = field(default_factory=list)  # every selection evaluation: step, fd_train
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"generator": self.G, "discriminator": self.D, "ema": self.G_ema}
 
 
 def build_state(params: Params, shape: DataShape, device: torch.device) -> GanState:
@@ -183,6 +192,50 @@ def resident_dataset(data: ImageSet, shape: DataShape, device: torch.device) -> 
     return images, labels
 
 
+# --- checkpoint selection ---------------------------------------------------------------------
+
+@dataclass
+class Selector:
+    """Scores the EMA generator by the Frechet distance of its samples to the real training split.
+
+    Measured in the evaluator network's feature space on fixed latents, so that scores of different
+    steps compare. The training split, not the held-out one: held-out images stay unseen until the
+    evaluate stage reports on them.
+    """
+
+    net: FeatureNet
+    reference: np.ndarray  # evaluator features of the real training images
+    z: torch.Tensor
+    labels: torch.Tensor | None
+
+    @torch.no_grad()
+    def score(self, generator: Generator) -> float:
+        features, _ = self.net.embed(generator(self.z, self.labels))
+        return frechet_distance(features, self.reference)
+
+
+def build_selector(params: Params, data: ImageSet, shape: DataShape, device: torch.device,
+                   feature_cache: Path | None) -> Selector | None:
+    if not params.train.select_every:
+        return None
+    net = load_or_train_feature_net(data, params.features, feature_cache).to(device)
+    reference, _ = net.embed(to_unit_range(data.images))
+    # As many samples as training images, labels cycling through the classes: like against like.
+    z, labels, _ = latents_for_seeds(shard_seeds(params.train.seed, 0, 0, len(data.labels)),
+                                     params.model.latent_dim, shape.num_classes)
+    return Selector(net, reference, z.to(device), labels.to(device) if shape.num_classes else None)
+
+
+def select(state: GanState, selector: Selector) -> None:
+    """Evaluate the EMA generator now; keep a copy of G, D and EMA if it is the best so far."""
+    fd = selector.score(state.G_ema)
+    state.selection.append({"step": state.step, "fd_train": round(fd, 5)})
+    if fd < state.best_fd:
+        state.best_step, state.best_fd = state.step, fd
+        state.best = {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
+                      for name, module in state.modules().items()}
+
+
 # --- checkpoints -------------------------------------------------------------------------------
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -213,18 +266,24 @@ def save_training_state(directory: Path, params: Params, shape: DataShape, state
     opt_d, groups_d = _optimizer_tensors(state.opt_d)
     rng = {"noise": state.noise.get_state(), "torch_cpu": torch.get_rng_state()}
     meta = {**model_meta(params, shape, state), "train": params.train.model_dump(),
-            "opt_groups": {"opt_g": groups_g, "opt_d": groups_d}, "log": log}
-    ckpt.save_checkpoint(directory, {"generator": state.G.state_dict(), "discriminator": state.D.state_dict(),
-                                     "ema": state.G_ema.state_dict(), "opt_g": opt_g, "opt_d": opt_d, "rng": rng},
-                         meta)
+            "opt_groups": {"opt_g": groups_g, "opt_d": groups_d}, "log": log,
+            "selection": {"best_step": state.best_step, "best_fd": state.best_fd if state.best else None,
+                          "history": state.selection}}
+    tensors = {name: module.state_dict() for name, module in state.modules().items()}
+    tensors |= {f"best_{name}": weights for name, weights in (state.best or {}).items()}
+    ckpt.save_checkpoint(directory, tensors | {"opt_g": opt_g, "opt_d": opt_d, "rng": rng}, meta)
 
 
 def load_training_state(directory: Path, state: GanState) -> list:
     device = next(state.G.parameters()).device
     meta = ckpt.read_meta(directory)
-    state.G.load_state_dict(ckpt.load_tensors(directory, "generator", device))
-    state.D.load_state_dict(ckpt.load_tensors(directory, "discriminator", device))
-    state.G_ema.load_state_dict(ckpt.load_tensors(directory, "ema", device))
+    for name, module in state.modules().items():
+        module.load_state_dict(ckpt.load_tensors(directory, name, device))
+    selection = meta["selection"]
+    state.selection = list(selection["history"])
+    if selection["best_fd"] is not None:
+        state.best_step, state.best_fd = selection["best_step"], selection["best_fd"]
+        state.best = {name: ckpt.load_tensors(directory, f"best_{name}", device) for name in MODULES}
     _load_optimizer(state.opt_g, ckpt.load_tensors(directory, "opt_g", device), meta["opt_groups"]["opt_g"])
     _load_optimizer(state.opt_d, ckpt.load_tensors(directory, "opt_d", device), meta["opt_groups"]["opt_d"])
     rng = ckpt.load_tensors(directory, "rng")
@@ -247,9 +306,10 @@ def latest_good_checkpoint(root: Path) -> Path | None:
 
 
 def export_model(out_dir: Path, params: Params, shape: DataShape, state: GanState, extra: dict) -> None:
-    """The published model: G, D and EMA weights plus meta.json; no optimizer state."""
-    ckpt.save_checkpoint(out_dir, {"generator": state.G.state_dict(), "discriminator": state.D.state_dict(),
-                                   "ema": state.G_ema.state_dict()}, {**model_meta(params, shape, state), **extra})
+    """The published model: G, D and EMA weights of the selected step (else the last) plus meta.json."""
+    weights = state.best or {name: module.state_dict() for name, module in state.modules().items()}
+    meta = model_meta(params, shape, state) | {"step": state.best_step if state.best else state.step}
+    ckpt.save_checkpoint(out_dir, weights, meta | extra)
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -259,18 +319,34 @@ def _epoch_order(seed: int, epoch: int, count: int) -> torch.Tensor:
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
-def _write_loss_log(path: Path, log: list[dict]) -> None:
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(log)
+        writer.writerows(rows)
+
+
+@dataclass
+class Run:
+    """What the loop needs besides the state: the data on the device and when to log, select and save."""
+
+    params: Params
+    shape: DataShape
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    total: int
+    checkpoint_dir: Path | None
+    selector: Selector | None
 
 
 def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path | None = None,
-          loss_log: Path | None = None, resume: bool = False, stop_after: int | None = None,
-          progress: bool = True) -> dict:
-    """Train on a prepared dataset; export the model to `out_dir`. `stop_after` ends early (tests, resume)."""
+          loss_log: Path | None = None, selection_log: Path | None = None, feature_cache: Path | None = None,
+          resume: bool = False, stop_after: int | None = None, progress: bool = True) -> dict:
+    """Train on a prepared dataset; export the selected model to `out_dir`. `stop_after` ends early (tests, resume).
+
+    `feature_cache` is where the evaluator network used for checkpoint selection is cached.
+    """
     cfg = params.train
     set_threads(cfg.threads)
     shard = distributed.join(cfg)  # None unless started by torchrun with more than one process
@@ -284,43 +360,49 @@ def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path
     if resume and checkpoint_dir and (found := latest_good_checkpoint(checkpoint_dir)):
         log = load_training_state(found, state)
     distributed.replicate(state, shard)
-    steps_per_epoch = len(data.labels) // cfg.batch_size
-    total = cfg.epochs * steps_per_epoch
+    images, labels = resident_dataset(data, shape, device)  # the whole dataset stays on the device
+    run = Run(params, shape, images, labels, cfg.epochs * (len(data.labels) // cfg.batch_size), checkpoint_dir,
+              build_selector(params, data, shape, device, feature_cache))
     started = time.perf_counter()
-    _run_steps(state, data, params, device, total, stop_after, checkpoint_dir, shape, log,
-               progress and distributed.is_main(shard))
+    _run_steps(state, run, log, stop_after, progress and distributed.is_main(shard))
     seconds = time.perf_counter() - started
     distributed.leave(shard)
     if not distributed.is_main(shard):
         return {"steps": state.step, "rank": shard.rank}
     if loss_log:
-        _write_loss_log(loss_log, log)
-    summary = {"steps": state.step, "total_steps": total, "device": device.type, "seconds": round(seconds, 1),
+        _write_csv(loss_log, log, LOG_COLUMNS)
+    if selection_log:
+        _write_csv(selection_log, state.selection, SELECTION_COLUMNS)
+    summary = {"steps": state.step, "total_steps": run.total, "device": device.type, "seconds": round(seconds, 1),
+               "selected_step": state.best_step if state.best else state.step,
                "parameters": {"generator": count_parameters(state.G), "discriminator": count_parameters(state.D)}}
-    if state.step == total:
+    if state.best:
+        summary["selected_fd_train"] = round(state.best_fd, 5)
+    if state.step == run.total:
         export_model(out_dir, params, shape, state, {"train": cfg.model_dump(), "summary": summary})
     return summary
 
 
-def _run_steps(state: GanState, data: ImageSet, params: Params, device: torch.device, total: int,
-               stop_after: int | None, checkpoint_dir: Path | None, shape: DataShape, log: list,
-               progress: bool) -> None:
-    cfg = params.train
-    images, labels = resident_dataset(data, shape, device)
-    end = total if stop_after is None else min(total, stop_after)
+def _run_steps(state: GanState, run: Run, log: list, stop_after: int | None, progress: bool) -> None:
+    cfg = run.params.train
+    end = run.total if stop_after is None else min(run.total, stop_after)
     window: list[dict] = []
-    with tqdm(total=total, initial=state.step, disable=not progress, desc="train", unit="step") as bar:
+    with tqdm(total=run.total, initial=state.step, disable=not progress, desc="train", unit="step") as bar:
         while state.step < end:
-            index = batch_index(state, cfg, len(images)).to(device)
-            stats = train_step(state, images[index], labels[index] if labels is not None else None, cfg)
+            index = batch_index(state, cfg, len(run.images)).to(run.images.device)
+            stats = train_step(state, run.images[index], run.labels[index] if run.labels is not None else None, cfg)
             window.append(stats)
-            if state.step % LOG_EVERY == 0 or state.step == total:
+            last = state.step == run.total
+            if state.step % LOG_EVERY == 0 or last:
                 row = {"step": state.step} | {k.split("/")[1]: round(sum(w[k] for w in window) / len(window), 5)
                                               for k in window[0]}
                 log.append(row)
                 window.clear()
                 bar.set_postfix(d=row["d_loss"], g=row["g_loss"])
-            if checkpoint_dir and distributed.is_main(state.shard) and (state.step % cfg.checkpoint_every == 0
-                                                                        or state.step == end):
-                save_training_state(Path(checkpoint_dir) / f"step-{state.step:09d}", params, shape, state, log)
+            if run.selector and (state.step % cfg.select_every == 0 or last):
+                select(state, run.selector)
+            if run.checkpoint_dir and distributed.is_main(state.shard) and (state.step % cfg.checkpoint_every == 0
+                                                                            or state.step == end):
+                save_training_state(Path(run.checkpoint_dir) / f"step-{state.step:09d}", run.params, run.shape,
+                                    state, log)
             bar.update(1)

@@ -18,7 +18,8 @@ PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitig
 
 TINY = {
     "model": {"latent_dim": 8, "mapping_dim": 16, "g_channels": 16, "d_channels": 8, "d_hidden": 16},
-    "train": {"epochs": 2, "batch_size": 32, "checkpoint_every": 10, "threads": 1},
+    "train": {"epochs": 2, "batch_size": 32, "checkpoint_every": 10, "select_every": 20, "threads": 1},
+    "features": {"width": 8, "dim": 16, "epochs": 2},
     "evaluate": {"num_samples": 50, "grid_rows": 2},
     "generate": {"num_samples": 120, "shard_size": 50, "batch_size": 40,
                  "rejection": {"burn_in": 200}},

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from gan_core.generate import SCHEMA, generate_dataset, shard_sizes
-from gan_core.sampling import fit_rejection_rule, generate_and_score, load_model, shard_seeds
+from gan_core.sampling import (fit_rejection_rule, generate_and_score, load_model, rejection_sample,
+                               shard_seeds)
 from gan_core.train import train
 from tests.helpers import prepared_digits, tiny_params
 
@@ -84,3 +85,15 @@ def test_rejection_in_generate_records_its_rate(model, tmp_path):
     scores = pq.read_table(tmp_path).column("d_score").to_numpy()
     plain = generate_and_score(model, shard_seeds(0, 0, 0, 400)).logits
     assert scores.mean() > (1 / (1 + np.exp(-plain))).mean()
+
+
+def test_rejection_sample_draws_from_the_plain_stream(model):
+    plain, drawn = rejection_sample(model, None, 7, 60, 25)
+    assert drawn == 60 and np.array_equal(plain.seeds, shard_seeds(7, 0, 0, 60))
+    rule = fit_rejection_rule(generate_and_score(model, shard_seeds(7, 5, 0, 400)).logits, 0.5)
+    kept, candidates = rejection_sample(model, rule, 7, 60, 25)
+    # Exactly the seeds of the plain stream whose coin falls below their acceptance probability.
+    stream = generate_and_score(model, shard_seeds(7, 0, 0, candidates))
+    expected = stream.seeds[stream.coins < rule.accept_probability(stream.logits)]
+    assert np.array_equal(kept.seeds, expected) and kept.seeds[-1] == stream.seeds[-1]
+    assert 0.3 < 60 / candidates < 0.7

@@ -22,8 +22,16 @@ def test_resume_ends_with_the_same_weights(prepared, tmp_path):
                     stop_after=25, progress=False)
     assert stopped["steps"] == 25 and not (tmp_path / "resumed").exists()
     resumed = train(params, prepared, tmp_path / "resumed", checkpoint_dir=tmp_path / "ck", resume=True,
-                    loss_log=tmp_path / "losses.csv", progress=False)
+                    loss_log=tmp_path / "losses.csv", selection_log=tmp_path / "selection.csv", progress=False)
     assert resumed["steps"] == straight["steps"] == 3 * (1258 // 32)
+    # The exported model is the selected one, chosen among evaluations on both sides of the stop.
+    assert resumed["selected_step"] == straight["selected_step"] == ckpt.read_meta(tmp_path / "resumed")["step"]
+    assert resumed["selected_fd_train"] == straight["selected_fd_train"]
+    selection = (tmp_path / "selection.csv").read_text().splitlines()
+    assert selection[0] == "step,fd_train"
+    assert [int(r.split(",")[0]) for r in selection[1:]] == [20, 40, 60, 80, 100, 117]
+    fds = {int(r.split(",")[0]): float(r.split(",")[1]) for r in selection[1:]}
+    assert fds[resumed["selected_step"]] == min(fds.values())
     for name in ("generator", "discriminator", "ema"):
         a = load_file(tmp_path / "straight" / f"{name}.safetensors")
         b = load_file(tmp_path / "resumed" / f"{name}.safetensors")

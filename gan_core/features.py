@@ -1,0 +1,113 @@
+"""The evaluator network: a small CNN classifier trained only on the real training split, cached by data hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gan_core import checkpoint as ckpt
+from gan_core.augment import translate
+from gan_core.config import FeaturesConfig
+from gan_core.data import ImageSet
+from gan_core.models import to_unit_range
+
+FORMAT = "ganforge-features/1"  # bump when the network or its training changes: old caches no longer match
+
+
+class FeatureNet(nn.Module):
+    """Three convolutions, global average pooling, a feature layer, and a linear classifier on top."""
+
+    def __init__(self, channels: int, num_classes: int, cfg: FeaturesConfig):
+        super().__init__()
+        w = cfg.width
+        self.trunk = nn.Sequential(
+            nn.Conv2d(channels, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.ReLU(),
+            # Pooled to 2x2, not 1x1: where a stroke is matters to a digit's class.
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(16 * w, cfg.dim), nn.ReLU())
+        self.classify = nn.Linear(cfg.dim, max(num_classes, 1))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [-1, 1] -> (features, class logits)."""
+        features = self.trunk(images)
+        return features, self.classify(features)
+
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor, batch_size: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+        """Features and predicted classes as numpy arrays, computed in batches on the net's device."""
+        device = next(self.parameters()).device
+        features, predicted = [], []
+        for start in range(0, len(images), batch_size):
+            f, logits = self(images[start:start + batch_size].to(device).float())
+            features.append(f.cpu())
+            predicted.append(logits.argmax(1).cpu())
+        return torch.cat(features).double().numpy(), torch.cat(predicted).numpy()
+
+
+def cache_key(train: ImageSet, cfg: FeaturesConfig) -> str:
+    """sha256 of the training images, their labels, the net's settings and FORMAT."""
+    digest = hashlib.sha256(f"{FORMAT}|{json.dumps(cfg.model_dump(), sort_keys=True)}|{train.images.shape}".encode())
+    digest.update(np.ascontiguousarray(train.images).tobytes())
+    digest.update(np.ascontiguousarray(train.labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def train_feature_net(train: ImageSet, cfg: FeaturesConfig) -> tuple[FeatureNet, dict]:
+    """Fit the classifier on the real training split, on the CPU, from a fixed seed: the same data gives the same net."""
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+        return _fit(train, cfg)
+
+
+def _fit(train: ImageSet, cfg: FeaturesConfig) -> tuple[FeatureNet, dict]:
+    torch.manual_seed(cfg.seed)
+    net = FeatureNet(train.channels, train.num_classes, cfg)
+    if not train.num_classes:  # unlabelled data: random convolutional features, still a fixed function
+        return net.eval(), {"trained": False}
+    images, labels = to_unit_range(train.images), torch.as_tensor(train.labels)
+    noise = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * -(-len(labels) // cfg.batch_size)
+    # Annealed to zero: the final weights settle instead of ending on one noisy step.
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(labels), generator=noise)
+        for start in range(0, len(order), cfg.batch_size):
+            index = order[start:start + cfg.batch_size]
+            # Shifts of a pixel keep the classifier from keying on exact pixel positions of 1,257 images.
+            _, logits = net(translate(images[index] + 1, noise) - 1)  # shifted-in pixels are background
+            loss = F.cross_entropy(logits, labels[index])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+    net.eval()
+    _, predicted = net.embed(images)
+    return net, {"trained": True, "train_accuracy": float((predicted == train.labels).mean())}
+
+
+def load_or_train_feature_net(train: ImageSet, cfg: FeaturesConfig, cache_dir: Path | None) -> FeatureNet:
+    """The evaluator for this training split: from `cache_dir/<key>/` if there, else trained and cached there."""
+    key = cache_key(train, cfg)
+    folder = Path(cache_dir) / key[:16] if cache_dir else None
+    if folder is not None and (folder / ckpt.META_FILE).is_file():
+        try:
+            meta = ckpt.read_meta(folder)
+            if meta.get("format") == FORMAT and meta.get("key") == key:
+                net = FeatureNet(train.channels, train.num_classes, cfg)
+                net.load_state_dict(ckpt.load_tensors(folder, "features"))
+                return net.eval()
+        except ckpt.CheckpointError:
+            pass  # a corrupt cache entry is rebuilt below
+    net, info = train_feature_net(train, cfg)
+    if folder is not None:
+        ckpt.save_checkpoint(folder, {"features": net.state_dict()},
+                             {"format": FORMAT, "key": key, "config": cfg.model_dump(), **info})
+    return net

@@ -1,0 +1,118 @@
+"""Evaluators and the evaluator network: known answers when the "generated" set is real data, and the cache."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gan_core import checkpoint as ckpt
+from gan_core.data import ImageSet, load_prepared
+from gan_core.evaluate import EVALUATORS, EvalContext, evaluate
+from gan_core.features import cache_key, load_or_train_feature_net
+from gan_core.models import to_unit_range
+from gan_core.sampling import SampleBatch, load_model
+from gan_core.train import train
+from tests.helpers import prepared_digits, tiny_params
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return prepared_digits(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def split(prepared):
+    return load_prepared(prepared)
+
+
+@pytest.fixture(scope="module")
+def net(split, tmp_path_factory):
+    return load_or_train_feature_net(split[0], tiny_params().features, tmp_path_factory.mktemp("cache"))
+
+
+def as_generated(images: ImageSet) -> SampleBatch:
+    count = len(images.labels)
+    return SampleBatch(np.arange(count), to_unit_range(images.images), images.labels, np.zeros(count),
+                       np.zeros(count))
+
+
+def context(split, net, fake: ImageSet, tmp_path) -> EvalContext:
+    params = tiny_params()
+    return EvalContext(None, split[0], split[1], as_generated(fake), tmp_path, params.evaluate,
+                       params.generate.rejection, net)
+
+
+def test_copies_of_the_training_set_score_as_the_training_set(split, net, tmp_path):
+    train_set, holdout = split
+    ctx = context(split, net, train_set, tmp_path)
+    frechet = EVALUATORS["frechet"](ctx)
+    assert frechet["fd"] == pytest.approx(frechet["fd_floor"], rel=1e-9) and frechet["fd_ratio"] == pytest.approx(1.0)
+    assert EVALUATORS["memorisation"](ctx)["memorisation"] == 1.0
+    assert EVALUATORS["utility"](ctx)["utility"] == 1.0
+    _, predicted = net.embed(to_unit_range(train_set.images))
+    assert EVALUATORS["label_consistency"](ctx)["label_consistency"] == (predicted == train_set.labels).mean()
+
+
+def test_held_out_images_as_generated(split, net, tmp_path):
+    _, holdout = split
+    ctx = context(split, net, holdout, tmp_path)
+    assert EVALUATORS["frechet"](ctx)["fd"] == pytest.approx(0.0, abs=1e-9)
+    assert EVALUATORS["prdc"](ctx) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+    scores = EVALUATORS["memorisation"](ctx)
+    assert scores["memorisation"] == scores["memorisation_real"] < 0.05
+    consistency = EVALUATORS["label_consistency"](ctx)
+    assert consistency["label_consistency"] == consistency["evaluator_accuracy"]
+
+
+def test_wrong_labels_and_blank_images_score_badly(split, net, tmp_path):
+    train_set, holdout = split
+    relabelled = ImageSet(holdout.images, (holdout.labels + 1) % 10)
+    ctx = context(split, net, relabelled, tmp_path)
+    assert EVALUATORS["label_consistency"](ctx)["label_consistency"] < 0.3
+    assert EVALUATORS["utility"](ctx)["utility"] < 0.3
+    blank = context(split, net, ImageSet(np.zeros_like(holdout.images), holdout.labels), tmp_path)
+    assert EVALUATORS["frechet"](blank)["fd_ratio"] > 10
+    assert EVALUATORS["prdc"](blank)["precision"] == 0.0
+
+
+def test_evaluator_network_is_cached_by_data_hash(split, tmp_path):
+    train_set, _ = split
+    cfg = tiny_params().features
+    first = load_or_train_feature_net(train_set, cfg, tmp_path)
+    entry = tmp_path / cache_key(train_set, cfg)[:16]
+    assert ckpt.read_meta(entry)["trained"] is True
+    stamp = (entry / "features.safetensors").stat().st_mtime_ns
+    again = load_or_train_feature_net(train_set, cfg, tmp_path)
+    assert (entry / "features.safetensors").stat().st_mtime_ns == stamp  # loaded, not retrained
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        assert a.equal(b)
+    # Trained from a fixed seed: retraining without the cache gives the same weights.
+    fresh = load_or_train_feature_net(train_set, cfg, None)
+    assert all(a.equal(b) for a, b in zip(first.state_dict().values(), fresh.state_dict().values()))
+    other = ImageSet(train_set.images[:-1], train_set.labels[:-1])
+    assert cache_key(other, cfg) != cache_key(train_set, cfg)
+
+
+def test_evaluate_writes_every_chosen_metric_and_plot(prepared, tmp_path):
+    params = tiny_params(train__epochs=1)
+    train(params, prepared, tmp_path / "model", progress=False)
+    metrics = evaluate(load_model(tmp_path / "model"), prepared, params, tmp_path / "eval.json", tmp_path / "plots",
+                       tmp_path / "cache")
+    assert json.loads((tmp_path / "eval.json").read_text()) == metrics
+    for key in ("d_auc", "fd", "fd_floor", "precision", "recall", "density", "coverage", "label_consistency",
+                "utility", "memorisation", "drs_fd", "drs_acceptance"):
+        assert np.isfinite(metrics[key]), key
+    assert 0.25 < metrics["drs_acceptance"] < 0.75  # generate.rejection.target_acceptance is 0.5
+    assert sorted(p.name for p in (tmp_path / "plots" / "classes").iterdir()) == [f"{k}.png" for k in range(10)]
+    with pytest.raises(ValueError, match="unknown \\['fid'\\]"):
+        evaluate(load_model(tmp_path / "model"), prepared, tiny_params(evaluate__evaluators=["fid"]),
+                 tmp_path / "e.json", tmp_path / "plots")
+
+
+def test_features_do_not_touch_the_global_random_stream(split):
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    load_or_train_feature_net(split[0], tiny_params().features, None)
+    assert torch.rand(3).equal(expected)

@@ -1,0 +1,69 @@
+"""Quality metrics on tiny arrays whose answers are known."""
+
+import numpy as np
+import pytest
+
+from gan_core import metrics as m
+
+
+@pytest.fixture
+def cloud():
+    points = np.random.default_rng(0).normal(size=(400, 4))
+    return points - points.mean(0)
+
+
+def test_frechet_distance_of_a_set_to_itself_is_zero(cloud):
+    assert m.frechet_distance(cloud, cloud) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_distance_matches_the_closed_form(cloud):
+    # Shifting by 3 along every axis adds |mu_a - mu_b|^2 = 4 * 9 and leaves the covariances alone.
+    assert m.frechet_distance(cloud, cloud + 3.0) == pytest.approx(36.0, rel=1e-9)
+    # Scaling a centred set by 2: tr(S + 4S - 2 * 2S) = tr(S).
+    assert m.frechet_distance(cloud, 2 * cloud) == pytest.approx(np.trace(np.cov(cloud, rowvar=False)), rel=1e-6)
+
+
+def test_frechet_distance_is_symmetric_for_singular_covariances():
+    rng = np.random.default_rng(1)
+    a = np.c_[rng.normal(size=(50, 2)), np.zeros(50)]  # a constant (dead) feature, as ReLU features have
+    b = np.c_[rng.normal(size=(60, 2)) * 1.5, np.ones(60)]
+    assert m.frechet_distance(a, b) == pytest.approx(m.frechet_distance(b, a), rel=1e-6)
+
+
+def test_prdc_of_identical_sets(cloud):
+    assert m.prdc(cloud, cloud, k=3) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+
+
+def test_prdc_of_disjoint_sets(cloud):
+    assert m.prdc(cloud, cloud + 100.0, k=3) == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+
+
+def test_prdc_separates_fidelity_from_diversity(cloud):
+    # Fakes collapsed onto 20 of the 400 real points: all faithful, little diversity.
+    collapsed = np.repeat(cloud[:20], 20, axis=0) + 1e-6
+    scores = m.prdc(cloud, collapsed, k=3)
+    assert scores["precision"] == 1.0
+    assert scores["coverage"] < 0.25 and scores["recall"] < 0.1
+
+
+def test_memorisation_of_copies_and_of_fresh_samples():
+    rng = np.random.default_rng(2)
+    train, holdout = rng.random((200, 16)), rng.random((100, 16))
+    copies = m.memorisation(train[:50], train, holdout, ratio=0.5)
+    assert copies["memorisation"] == 1.0
+    fresh = m.memorisation(rng.random((100, 16)), train, holdout, ratio=0.5)
+    assert fresh["memorisation"] == 0.0 and fresh["memorisation_real"] == 0.0
+    # The threshold is the stated share of the median held-out-to-train distance.
+    median = np.median(m.nearest_distances(holdout, train))
+    assert copies["memorisation_threshold"] == pytest.approx(0.5 * median)
+
+
+def test_utility_is_one_for_real_data_and_low_for_shuffled_labels():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(3, 8)) * 4
+    labels = rng.integers(0, 3, 300)
+    x = centres[labels] + rng.normal(size=(300, 8))
+    real = m.utility(x[:200], labels[:200], x[:200], labels[:200], x[200:], labels[200:])
+    assert real["utility"] == 1.0 and real["utility_acc_real"] > 0.9
+    shuffled = m.utility(x[:200], rng.permutation(labels[:200]), x[:200], labels[:200], x[200:], labels[200:])
+    assert shuffled["utility"] < 0.6
