@@ -61,6 +61,7 @@ class TrainConfig(Section):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=0.5)
     augment: bool = True
+    mode_seeking: float = Field(0.0, ge=0.0)  # weight of the MSGAN diversity term in the G loss; 0: off
     checkpoint_every: int = Field(1000, ge=1)  # steps
     select_every: int = Field(250, ge=0)  # steps between checkpoint-selection evaluations; 0: keep the last step
     seed: int = Field(0, ge=0)
@@ -95,6 +96,7 @@ class RejectionConfig(Section):
     enabled: bool = False
     target_acceptance: float = Field(0.5, gt=0.0, le=1.0)
     burn_in: int = Field(10000, ge=1)
+    per_class: bool = True  # M and gamma per class (conditional models): keeps the class mix
 
 
 class GenerateConfig(Section):

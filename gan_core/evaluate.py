@@ -20,8 +20,7 @@ from gan_core.config import EvaluateConfig, Params, RejectionConfig
 from gan_core.data import ImageSet, load_prepared
 from gan_core.features import FeatureNet, load_or_train_feature_net
 from gan_core.models import to_unit_range
-from gan_core.sampling import (SampleBatch, TrainedModel, burn_in, fit_rejection_rule, logit_to_score,
-                               rejection_sample)
+from gan_core.sampling import SampleBatch, TrainedModel, fit_to_model, logit_to_score, rejection_sample
 
 
 @dataclass
@@ -165,8 +164,8 @@ def quality_with_rejection(ctx: EvalContext, target_acceptance: float | None) ->
     """FD, precision and recall vs held-out of samples drawn with rejection at `target_acceptance` (None: off)."""
     rule = None
     if target_acceptance is not None:
-        logits = burn_in(ctx.model, ctx.cfg.seed, ctx.rejection.burn_in, BATCH_SIZE)
-        rule = fit_rejection_rule(logits, target_acceptance)
+        settings = ctx.rejection.model_copy(update={"target_acceptance": target_acceptance})
+        rule = fit_to_model(ctx.model, settings, ctx.cfg.seed, BATCH_SIZE)
     batch, candidates = rejection_sample(ctx.model, rule, ctx.cfg.seed, ctx.like_train, BATCH_SIZE)
     features, _ = ctx.features.embed(batch.images)
     real = ctx.holdout_features[0]

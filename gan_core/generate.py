@@ -18,8 +18,8 @@ import torch
 
 from gan_core.config import GenerateConfig
 from gan_core.png import encode_batch
-from gan_core.sampling import (RejectionRule, SampleBatch, TrainedModel, accept, burn_in, fit_rejection_rule,
-                               generate_and_score, logit_to_score, shard_seeds)
+from gan_core.sampling import (RejectionRule, SampleBatch, TrainedModel, accept, fit_to_model, generate_and_score,
+                               logit_to_score, shard_seeds)
 
 SCHEMA = pa.schema([
     pa.field("image", pa.binary(), nullable=False),   # PNG bytes
@@ -122,8 +122,7 @@ class InOrderBackground:
 def rejection_rule(model: TrainedModel, cfg: GenerateConfig) -> RejectionRule | None:
     if not cfg.rejection.enabled:
         return None
-    logits = burn_in(model, cfg.seed, cfg.rejection.burn_in, cfg.batch_size)
-    return fit_rejection_rule(logits, cfg.rejection.target_acceptance)
+    return fit_to_model(model, cfg.rejection, cfg.seed, cfg.batch_size)
 
 
 def generate_dataset(model: TrainedModel, cfg: GenerateConfig, out_dir: Path) -> dict:
@@ -139,9 +138,8 @@ def generate_dataset(model: TrainedModel, cfg: GenerateConfig, out_dir: Path) ->
 def summarize(results: list[ShardResult], rule: RejectionRule | None, cfg: GenerateConfig) -> dict:
     rows = sum(r.rows for r in results)
     candidates = sum(r.candidates for r in results)
-    rejection = {"enabled": rule is not None, "target_acceptance": cfg.rejection.target_acceptance,
-                 "burn_in": cfg.rejection.burn_in}
+    rejection = {"enabled": rule is not None} | cfg.rejection.model_dump(exclude={"enabled"})
     if rule is not None:
-        rejection |= {"max_logit": rule.max_logit, "gamma": rule.gamma}
+        rejection |= {"max_logit": list(rule.max_logit), "gamma": list(rule.gamma)}
     return {"sample_count": rows, "candidates": candidates, "acceptance_rate": rows / candidates,
             "rejection": rejection, "shard_files": [str(r.path) for r in sorted(results, key=lambda r: r.index)]}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from gan_core import checkpoint as ckpt
-from gan_core.config import ModelConfig
+from gan_core.config import ModelConfig, RejectionConfig
 from gan_core.models import DataShape, Discriminator, Generator
 
 SHARD_BITS = 24  # candidates per shard: seeds of shard k are (base << 40) | (k << 24) | j
@@ -96,40 +96,66 @@ def generate_and_score(model: TrainedModel, seeds: np.ndarray) -> "SampleBatch":
 
 @dataclass(frozen=True)
 class RejectionRule:
-    """Accept x with probability sigmoid(F(x)), F = d - M - log(1 - exp(d - M - eps)) - gamma."""
+    """Accept x with probability sigmoid(F(x)), F = d - M - log(1 - exp(d - M - eps)) - gamma.
 
-    max_logit: float
-    gamma: float
+    One (M, gamma) per class, indexed by label, or a single pair for every sample. Per class, a
+    projection discriminator's class term cannot shift one class's share of what is kept.
+    """
+
+    max_logit: tuple[float, ...]
+    gamma: tuple[float, ...]
     eps: float = 1e-6
 
-    def shifted(self, logits: np.ndarray, gamma: float | None = None) -> np.ndarray:
+    @staticmethod
+    def _per_sample(values: tuple[float, ...], labels: np.ndarray | None, count: int) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        return values[labels] if len(values) > 1 else np.full(count, values[0])
+
+    def shifted(self, logits: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         # Logits above the burn-in maximum are clipped to it: M stays fixed after burn-in so that
         # every sample's decision depends on its seed only (the paper updates M as it goes).
-        d = np.minimum(logits.astype(np.float64), self.max_logit) - self.max_logit
-        f = d - np.log1p(-np.exp(d - self.eps))
-        return f - (self.gamma if gamma is None else gamma)
+        top = self._per_sample(self.max_logit, labels, len(logits))
+        d = np.minimum(logits.astype(np.float64), top) - top
+        return d - np.log1p(-np.exp(d - self.eps)) - self._per_sample(self.gamma, labels, len(logits))
 
-    def accept_probability(self, logits: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.shifted(logits)))
+    def accept_probability(self, logits: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.shifted(logits, labels)))
 
 
-def fit_rejection_rule(burn_in_logits: np.ndarray, target_acceptance: float) -> RejectionRule:
-    """Estimate M from burn-in logits and choose gamma so the expected acceptance is the target."""
-    rule = RejectionRule(max_logit=float(np.max(burn_in_logits)), gamma=0.0)
-    base = rule.shifted(burn_in_logits)
+def _fit_one(logits: np.ndarray, target_acceptance: float) -> tuple[float, float]:
+    """M from the logits, and the gamma whose expected acceptance over them is the target."""
+    top = float(np.max(logits))
+    base = RejectionRule((top,), (0.0,)).shifted(logits)
     low, high = float(base.min()) - 50.0, float(base.max()) + 50.0
     for _ in range(100):  # bisection: acceptance falls as gamma grows
         gamma = (low + high) / 2
         rate = float(np.mean(1.0 / (1.0 + np.exp(-(base - gamma)))))
         low, high = (gamma, high) if rate > target_acceptance else (low, gamma)
-    return RejectionRule(max_logit=rule.max_logit, gamma=(low + high) / 2)
+    return top, (low + high) / 2
+
+
+def fit_rejection_rule(burn_in_logits: np.ndarray, target_acceptance: float,
+                       labels: np.ndarray | None = None) -> RejectionRule:
+    """Estimate M from burn-in logits and choose gamma so the expected acceptance is the target.
+
+    With `labels` (the burn-in samples' classes) M and gamma are fitted per class, so every class
+    keeps the target share and the class mix of the output stays that of the generator's input.
+    """
+    if labels is None:
+        groups = [burn_in_logits]
+    else:
+        groups = [burn_in_logits[labels == k] for k in range(int(labels.max()) + 1)]
+        if any(len(group) == 0 for group in groups):
+            raise ValueError("generate.rejection.burn_in: too few samples to see every class")
+    fitted = [_fit_one(group, target_acceptance) for group in groups]
+    return RejectionRule(tuple(top for top, _ in fitted), tuple(gamma for _, gamma in fitted))
 
 
 def accept(batch: SampleBatch, rule: RejectionRule | None) -> SampleBatch:
     """The samples of `batch` that rejection sampling keeps: each seed's coin below its acceptance probability."""
     if rule is None:
         return batch
-    return batch.select(np.flatnonzero(batch.coins < rule.accept_probability(batch.logits)))
+    return batch.select(np.flatnonzero(batch.coins < rule.accept_probability(batch.logits, batch.labels)))
 
 
 def rejection_sample(model: TrainedModel, rule: RejectionRule | None, base_seed: int, count: int,
@@ -149,12 +175,19 @@ def rejection_sample(model: TrainedModel, rule: RejectionRule | None, base_seed:
     return batch, int(batch.seeds[-1] & ((1 << SHARD_BITS) - 1)) + 1
 
 
-def burn_in(model: TrainedModel, base_seed: int, count: int, batch_size: int) -> np.ndarray:
-    """Discriminator logits on `count` samples from a seed range reserved for burn-in."""
+def burn_in(model: TrainedModel, base_seed: int, count: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Discriminator logits and labels of `count` samples from a seed range reserved for burn-in."""
     reserved = 2**16 - 1  # the last shard index is never used for output
-    logits = [generate_and_score(model, shard_seeds(base_seed, reserved, start, min(batch_size, count - start))).logits
-              for start in range(0, count, batch_size)]
-    return np.concatenate(logits)
+    batches = [generate_and_score(model, shard_seeds(base_seed, reserved, start, min(batch_size, count - start)))
+               for start in range(0, count, batch_size)]
+    return np.concatenate([b.logits for b in batches]), np.concatenate([b.labels for b in batches])
+
+
+def fit_to_model(model: TrainedModel, cfg: RejectionConfig, base_seed: int, batch_size: int) -> RejectionRule:
+    """The rejection rule for `model` at cfg.target_acceptance, from cfg.burn_in samples."""
+    logits, labels = burn_in(model, base_seed, cfg.burn_in, batch_size)
+    per_class = cfg.per_class and model.shape.num_classes > 0
+    return fit_rejection_rule(logits, cfg.target_acceptance, labels if per_class else None)
 
 
 def logit_to_score(logits: torch.Tensor | np.ndarray) -> np.ndarray:

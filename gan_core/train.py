@@ -149,15 +149,28 @@ def d_step(state: GanState, real: torch.Tensor, labels: torch.Tensor | None, cfg
 
 
 def g_step(state: GanState, labels: torch.Tensor | None, batch_size: int, cfg: TrainConfig) -> dict[str, float]:
-    """Generator update with the non-saturating loss: make D call generated samples real."""
+    """Generator update with the non-saturating loss: make D call generated samples real.
+
+    With train.mode_seeking > 0 (MSGAN, Mao et al. 2019) the batch is two halves with the same labels
+    and different z, and the loss also rewards the halves for differing: D judges one sample at a
+    time, so it cannot see a generator that maps every z of a class to the same digit.
+    """
     device = next(state.G.parameters()).device
-    z = _latents(state, batch_size, device)
-    logits = state.D(_maybe_augment(state.G(z, labels), state, cfg), labels)
+    half = batch_size // 2
+    if cfg.mode_seeking and labels is not None:
+        labels = labels[:half].repeat(2)
+    z = _latents(state, 2 * half if cfg.mode_seeking else batch_size, device)
+    fake = state.G(z, labels)
+    logits = state.D(_maybe_augment(fake, state, cfg), labels)
     loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    stats = {"train/g_loss": loss.item()}
+    if cfg.mode_seeking:
+        spread = (fake[:half] - fake[half:]).abs().mean() / (z[:half] - z[half:]).abs().mean()
+        loss = loss + cfg.mode_seeking / (spread + 1e-5)
     state.opt_g.zero_grad(set_to_none=True)
     loss.backward()
     state.opt_g.step()
-    return {"train/g_loss": loss.item()}
+    return stats
 
 
 @torch.no_grad()

@@ -70,6 +70,23 @@ def test_rejection_rule_hits_its_target_on_a_known_discriminator():
         assert accepted.mean() == pytest.approx(target, abs=0.02)
 
 
+def test_per_class_rule_keeps_the_class_mix():
+    # Class 1's logits sit 2 higher (a projection D's class term): one global gamma would keep
+    # mostly class 1; per-class M and gamma keep each class at the target.
+    rng = np.random.default_rng(1)
+    labels = np.arange(20000) % 2
+    logits = rng.normal(size=20000) + 2.0 * labels
+    rule = fit_rejection_rule(logits, 0.3, labels)
+    assert len(rule.gamma) == 2
+    fresh = rng.normal(size=20000) + 2.0 * labels
+    accepted = rng.random(20000) < rule.accept_probability(fresh, labels)
+    for k in (0, 1):
+        assert accepted[labels == k].mean() == pytest.approx(0.3, abs=0.02)
+    global_rule = fit_rejection_rule(logits, 0.3)
+    kept = labels[rng.random(20000) < global_rule.accept_probability(fresh)]
+    assert (kept == 1).mean() > 0.7
+
+
 def test_rejection_prefers_high_logits():
     rule = fit_rejection_rule(np.linspace(-3, 3, 1000), 0.3)
     p = rule.accept_probability(np.array([-3.0, 0.0, 3.0]))
