@@ -61,9 +61,18 @@ def cache_key(train: ImageSet, cfg: FeaturesConfig) -> str:
 
 
 def train_feature_net(train: ImageSet, cfg: FeaturesConfig) -> tuple[FeatureNet, dict]:
-    """Fit the classifier on the real training split, on the CPU, from a fixed seed: the same data gives the same net."""
-    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
-        return _fit(train, cfg)
+    """Fit the classifier on the real training split, on the CPU, from a fixed seed: the same data gives the same net.
+
+    On one thread: sums split across threads round differently, and the metrics of runs with
+    different `train.threads` should be measured by the same network.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+            return _fit(train, cfg)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fit(train: ImageSet, cfg: FeaturesConfig) -> tuple[FeatureNet, dict]:
