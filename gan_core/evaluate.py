@@ -122,9 +122,13 @@ def precision_recall(ctx: EvalContext) -> dict:
     return m.prdc(real, ctx.fake_features[0][:len(real)], ctx.cfg.knn)
 
 
+class NotApplicable(Exception):
+    """An evaluator that cannot measure this model (say, label consistency without labels)."""
+
+
 def _require_labels(ctx: EvalContext, name: str) -> None:
     if not ctx.train.num_classes or ctx.fake.labels.min() < 0:
-        raise ValueError(f"evaluate.evaluators: {name!r} needs a class-conditional model and labelled data")
+        raise NotApplicable(f"{name} needs a class-conditional model and labelled data")
 
 
 @register("label_consistency")
@@ -232,8 +236,15 @@ def evaluate(model: TrainedModel, prepared: Path, params: Params, metrics_path: 
     plots_dir.mkdir(parents=True, exist_ok=True)
     ctx = build_context(model, prepared, params, plots_dir, feature_cache)
     metrics = {"parameters": model.meta["parameters"], "step": model.meta["step"]}
+    skipped = []
     for name in params.evaluate.evaluators:
-        metrics |= EVALUATORS[name](ctx)
+        try:
+            metrics |= EVALUATORS[name](ctx)
+        except NotApplicable:
+            # Default evaluators stay valid for unlabelled data: those that need labels step aside.
+            skipped.append(name)
+    if skipped:
+        metrics["skipped_evaluators"] = ", ".join(skipped)
     write_sample_grids(ctx.fake, model.shape.num_classes, params.evaluate.grid_rows, plots_dir)
     write_json_atomic(Path(metrics_path), metrics)
     return metrics
