@@ -109,10 +109,18 @@ def frechet(ctx: EvalContext) -> dict:
 
     The floor is the distance from the real training images to the held-out ones: what a generator
     that reproduced its training data's distribution exactly would score, finite-sample noise included.
+    Generated samples are compared in chunks as large as the training split (same finite-sample
+    bias as the floor); `fd` is the mean over the chunks that evaluate.num_samples holds.
     """
-    fd = m.frechet_distance(ctx.fake_features[0][:ctx.like_train], ctx.holdout_features[0])
+    fd = _chunked_fd(ctx, ctx.fake_features[0])
     floor = m.frechet_distance(ctx.train_features, ctx.holdout_features[0])
     return {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor}
+
+
+def _chunked_fd(ctx: EvalContext, features: np.ndarray) -> float:
+    n = ctx.like_train
+    chunks = [features[start:start + n] for start in range(0, len(features) - n + 1, n)]
+    return float(np.mean([m.frechet_distance(chunk, ctx.holdout_features[0]) for chunk in chunks]))
 
 
 @register("prdc")
@@ -165,16 +173,17 @@ def memorisation(ctx: EvalContext) -> dict:
 
 
 def quality_with_rejection(ctx: EvalContext, target_acceptance: float | None) -> dict:
-    """FD, precision and recall vs held-out of samples drawn with rejection at `target_acceptance` (None: off)."""
+    """FD, precision and recall vs held-out of evaluate.num_samples samples drawn with rejection at
+    `target_acceptance` (None: off), measured as the frechet and prdc evaluators measure them."""
     rule = None
     if target_acceptance is not None:
         settings = ctx.rejection.model_copy(update={"target_acceptance": target_acceptance})
         rule = fit_to_model(ctx.model, settings, ctx.cfg.seed, BATCH_SIZE)
-    batch, candidates = rejection_sample(ctx.model, rule, ctx.cfg.seed, ctx.like_train, BATCH_SIZE)
+    batch, candidates = rejection_sample(ctx.model, rule, ctx.cfg.seed, len(ctx.fake.seeds), BATCH_SIZE)
     features, _ = ctx.features.embed(batch.images)
     real = ctx.holdout_features[0]
     quality = m.prdc(real, features[:len(real)], ctx.cfg.knn)
-    return {"acceptance": len(batch.seeds) / candidates, "fd": m.frechet_distance(features, real),
+    return {"acceptance": len(batch.seeds) / candidates, "fd": _chunked_fd(ctx, features),
             "precision": quality["precision"], "recall": quality["recall"]}
 
 
@@ -186,9 +195,10 @@ def rejection(ctx: EvalContext) -> dict:
 
 # --- plots --------------------------------------------------------------------------------------
 
-def image_grid(images: torch.Tensor, rows: int, columns: int) -> np.ndarray:
-    """rows * columns images in [-1, 1] (N, C, H, W) -> one uint8 image (H, W[, 3])."""
-    pixels = ((images[:rows * columns].clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+def image_grid(images: torch.Tensor, rows: int, columns: int, gap: int = 1) -> np.ndarray:
+    """rows * columns images in [-1, 1] (N, C, H, W) -> one uint8 image (H, W[, 3]), `gap` black pixels apart."""
+    padded = torch.nn.functional.pad(images[:rows * columns].clamp(-1, 1), (0, gap, 0, gap), value=-1.0)
+    pixels = ((padded + 1) * 127.5).round().byte().numpy()
     _, c, h, w = pixels.shape
     grid = pixels.reshape(rows, columns, c, h, w).transpose(0, 3, 1, 4, 2).reshape(rows * h, columns * w, c)
     return grid[..., 0] if c == 1 else grid
