@@ -29,5 +29,6 @@ def cutout(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.5) -> t
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
-def diff_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return cutout(translate(x, generator), generator)
+def diff_augment(x: torch.Tensor, generator: torch.Generator, cutout_ratio: float = 0.5) -> torch.Tensor:
+    shifted = translate(x, generator)
+    return cutout(shifted, generator, cutout_ratio) if cutout_ratio else shifted

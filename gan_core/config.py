@@ -52,7 +52,7 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(320, ge=1)
+    epochs: int = Field(240, ge=1)
     batch_size: int = Field(64, ge=1)
     lr_g: float = Field(2e-4, gt=0.0)
     lr_d: float = Field(2e-4, gt=0.0)
@@ -61,6 +61,7 @@ class TrainConfig(Section):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=0.5)
     augment: bool = True
+    cutout: float = Field(0.25, ge=0.0, lt=1.0)  # side of DiffAugment's cutout square, as a share of the image's
     mode_seeking: float = Field(0.02, ge=0.0)  # weight of the MSGAN diversity term in the G loss; 0: off
     checkpoint_every: int = Field(1000, ge=1)  # steps
     select_every: int = Field(250, ge=0)  # steps between checkpoint-selection evaluations; 0: keep the last step
