@@ -68,7 +68,7 @@ def forward_alone(model: TrainedModel, cfg: GenerateConfig):
 
 def generate_vs_forward(work: Path, bucket: str, rounds: int) -> str:
     params = Params()
-    set_threads(params.train.threads)
+    set_threads(0)  # the free cores, for every contender alike (train.threads: 1 is for reproducibility)
     device = pick_device(params.train.device)
     model = untrained_model(params.model, device=device)
     cfg = params.generate

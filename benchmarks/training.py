@@ -104,7 +104,7 @@ def run(rounds: int = 9, params: Params | None = None) -> list[str]:
     """One step of each contender per round, interleaved: load from other processes that comes and
     goes over seconds then falls on all of them alike. 8x8 steps are short: four times the rounds."""
     params = params or Params()
-    set_threads(params.train.threads)
+    set_threads(0)  # the free cores, for every contender alike (train.threads: 1 is for reproducibility)
     device = pick_device(params.train.device)
     sync = sync_for(device)
     info(f"device {device.type}, {torch.get_num_threads()} torch threads, batch {params.train.batch_size}, "

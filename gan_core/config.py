@@ -52,12 +52,13 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(240, ge=1)
+    epochs: int = Field(320, ge=1)
     batch_size: int = Field(64, ge=1)
     lr_g: float = Field(2e-4, gt=0.0)
     lr_d: float = Field(2e-4, gt=0.0)
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    lr_decay: float = Field(1.0, ge=0.0, le=1.0)  # share of the run, at its end, over which both rates fall linearly to 0
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=0.5)
     augment: bool = True
@@ -67,7 +68,7 @@ class TrainConfig(Section):
     select_every: int = Field(250, ge=0)  # steps between checkpoint-selection evaluations; 0: keep the last step
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    threads: int = Field(0, ge=0)  # 0: the cores this process may use that are not busy
+    threads: int = Field(1, ge=0)  # torch CPU threads; 0: the cores this process may use that are not busy
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
 
 

@@ -29,6 +29,7 @@ LOG_EVERY = 20  # steps per row of the loss log
 LOG_COLUMNS = ["step", "d_loss", "g_loss", "d_real", "d_fake"]
 SELECTION_COLUMNS = ["step", "fd_train"]
 MODULES = ("generator", "discriminator", "ema")
+EMA_WARMUP = 3  # see update_ema
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -175,10 +176,22 @@ def g_step(state: GanState, labels: torch.Tensor | None, batch_size: int, cfg: T
 
 @torch.no_grad()
 def update_ema(state: GanState, decay: float) -> None:
-    # Warm-up: early on the average would be dominated by the random initial weights.
-    decay = min(decay, (1 + state.step) / (10 + state.step))
+    # Warm-up: early on the average would be dominated by the random initial weights, so it spans
+    # about the last third of the steps so far until that reaches the horizon 1 / (1 - decay).
+    # (TensorFlow's (1 + n) / (10 + n) spans a ninth: it held 0.999 down to 0.9984 at step 5,500.)
+    decay = min(decay, state.step / (state.step + EMA_WARMUP))
     ema, live = list(state.G_ema.parameters()), list(state.G.parameters())
     torch._foreach_lerp_(ema, live, 1.0 - decay)
+
+
+def set_learning_rates(state: GanState, cfg: TrainConfig, total_steps: int) -> None:
+    """Rates as a function of the step alone, so a resumed run follows the same schedule."""
+    decay_steps = cfg.lr_decay * total_steps
+    left = total_steps - state.step
+    scale = min(1.0, left / decay_steps) if decay_steps else 1.0
+    for optimizer, base in ((state.opt_g, cfg.lr_g), (state.opt_d, cfg.lr_d)):
+        for group in optimizer.param_groups:
+            group["lr"] = base * scale
 
 
 def train_step(state: GanState, real: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig) -> dict[str, float]:
@@ -403,6 +416,7 @@ def _run_steps(state: GanState, run: Run, log: list, stop_after: int | None, pro
     with tqdm(total=run.total, initial=state.step, disable=not progress, desc="train", unit="step") as bar:
         while state.step < end:
             index = batch_index(state, cfg, len(run.images)).to(run.images.device)
+            set_learning_rates(state, cfg, run.total)
             stats = train_step(state, run.images[index], run.labels[index] if run.labels is not None else None, cfg)
             window.append(stats)
             last = state.step == run.total

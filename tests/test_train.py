@@ -3,6 +3,7 @@
 import pickle
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from gan_core import checkpoint as ckpt
@@ -16,7 +17,8 @@ def prepared(tmp_path_factory):
 
 
 def test_resume_ends_with_the_same_weights(prepared, tmp_path):
-    params = tiny_params(train__epochs=3, train__checkpoint_every=25)
+    # The stop falls inside the learning-rate decay: the resumed run must pick the schedule up.
+    params = tiny_params(train__epochs=3, train__checkpoint_every=25, train__lr_decay=0.9)
     straight = train(params, prepared, tmp_path / "straight", progress=False)
     stopped = train(params, prepared, tmp_path / "resumed", checkpoint_dir=tmp_path / "ck",
                     stop_after=25, progress=False)
@@ -73,3 +75,20 @@ def test_pickle_payload_is_refused_without_fallback(prepared, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="not a safetensors file"):
         ckpt.load_tensors(tmp_path / "model", "ema")
     assert not marker.exists()
+
+
+def test_learning_rates_fall_linearly_to_zero_over_the_decay_share(prepared, tmp_path):
+    from gan_core.models import DataShape
+    from gan_core.train import build_state, set_learning_rates
+
+    params = tiny_params(train__lr_g=4e-4, train__lr_d=2e-4, train__lr_decay=0.5)
+    state = build_state(params, DataShape(8, 1, 10), torch.device("cpu"))
+    rates = {}
+    for step in (0, 50, 60, 80, 99):
+        state.step = step
+        set_learning_rates(state, params.train, total_steps=100)
+        rates[step] = (state.opt_g.param_groups[0]["lr"], state.opt_d.param_groups[0]["lr"])
+    assert rates[0] == rates[50] == (4e-4, 2e-4)  # constant until the last half
+    assert rates[60] == pytest.approx((3.2e-4, 1.6e-4))  # 40 of the 50 decay steps left
+    assert rates[80] == pytest.approx((1.6e-4, 0.8e-4))
+    assert rates[99] == pytest.approx((8e-6, 4e-6))  # the last step still moves the weights
