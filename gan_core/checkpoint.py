@@ -63,6 +63,29 @@ def save_checkpoint(directory: Path, tensors: dict[str, dict[str, torch.Tensor]]
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def save_if_absent(directory: Path, tensors: dict[str, dict[str, torch.Tensor]], meta: dict) -> bool:
+    """Save unless another process has saved `directory` first; True if this call's copy is the one kept.
+
+    For shared caches that several processes may fill at once (DDP ranks, parallel experiments):
+    each builds a private copy and renames it into place; a rename onto a folder that exists fails,
+    so the first one stays and later ones are dropped. An existing folder without meta.json (a
+    broken entry) is removed first.
+    """
+    directory = Path(directory)
+    if directory.is_dir() and not (directory / META_FILE).is_file():
+        shutil.rmtree(directory, ignore_errors=True)
+    private = directory.with_name(f".{directory.name}.{os.getpid()}-{os.urandom(4).hex()}")
+    save_checkpoint(private, tensors, meta)
+    try:
+        os.rename(private, directory)
+        return True
+    except OSError:
+        if not (directory / META_FILE).is_file():
+            raise
+        shutil.rmtree(private, ignore_errors=True)
+        return False
+
+
 def _aside(directory: Path) -> Path:
     return directory.with_name(f".{directory.name}.old")
 

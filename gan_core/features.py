@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,9 +115,10 @@ def load_or_train_feature_net(train: ImageSet, cfg: FeaturesConfig, cache_dir: P
                 net.load_state_dict(ckpt.load_tensors(folder, "features"))
                 return net.eval()
         except ckpt.CheckpointError:
-            pass  # a corrupt cache entry is rebuilt below
+            shutil.rmtree(folder, ignore_errors=True)  # a corrupt cache entry is rebuilt below
     net, info = train_feature_net(train, cfg)
     if folder is not None:
-        ckpt.save_checkpoint(folder, {"features": net.state_dict()},
-                             {"format": FORMAT, "key": key, "config": cfg.model_dump(), **info})
+        # DDP ranks and parallel experiments may train the same evaluator at once: one copy is kept.
+        ckpt.save_if_absent(folder, {"features": net.state_dict()},
+                            {"format": FORMAT, "key": key, "config": cfg.model_dump(), **info})
     return net

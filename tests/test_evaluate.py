@@ -116,3 +116,20 @@ def test_features_do_not_touch_the_global_random_stream(split):
     torch.manual_seed(5)
     load_or_train_feature_net(split[0], tiny_params().features, None)
     assert torch.rand(3).equal(expected)
+
+
+def test_corrupt_cache_entry_is_rebuilt_and_a_second_writer_keeps_the_first(split, tmp_path):
+    train_set, _ = split
+    cfg = tiny_params().features
+    first = load_or_train_feature_net(train_set, cfg, tmp_path)
+    entry = tmp_path / cache_key(train_set, cfg)[:16]
+    weights = entry / "features.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])  # truncated
+    rebuilt = load_or_train_feature_net(train_set, cfg, tmp_path)
+    assert all(a.equal(b) for a, b in zip(first.state_dict().values(), rebuilt.state_dict().values()))
+    assert ckpt.load_tensors(entry, "features").keys() == first.state_dict().keys()  # sha256 matches again
+    # A process that finishes training second (another DDP rank) leaves the entry as it is.
+    meta = ckpt.read_meta(entry)
+    assert ckpt.save_if_absent(entry, {"features": first.state_dict()}, {"format": "other"}) is False
+    assert ckpt.read_meta(entry) == meta
+    assert sorted(p.name for p in tmp_path.iterdir()) == [entry.name]  # no private copies left behind

@@ -565,6 +565,11 @@ def test_malformed_params_stop_dvc_repro_before_any_work(dvc_project, pipeline_e
 
 def test_interrupted_repro_keeps_the_lock_and_reruns_the_stage(dvc_project, pipeline_env, tmp_path):
     lock = (dvc_project / "dvc.lock").read_text()
+    # Long enough (780 steps, several seconds) that the interrupt lands while training runs.
+    params = dvc_project / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    raw["train"]["epochs"] = 20
+    params.write_text(yaml.safe_dump(raw))
     with open(tmp_path / "repro.log", "w") as log:
         repro = subprocess.Popen(["dvc", "repro", "train"], cwd=dvc_project, env=pipeline_env, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)
@@ -583,4 +588,4 @@ def test_interrupted_repro_keeps_the_lock_and_reruns_the_stage(dvc_project, pipe
     assert "Running stage 'train'" in again.stdout
     assert "train:" in (dvc_project / "dvc.lock").read_text()
     # Trained to the end ("step" is the exported, selected step; the summary counts every step).
-    assert ckpt.read_meta(dvc_project / "models" / "digits")["summary"]["steps"] == 2 * (1258 // 32)
+    assert ckpt.read_meta(dvc_project / "models" / "digits")["summary"]["steps"] == 20 * (1258 // 32)
