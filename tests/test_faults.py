@@ -571,8 +571,11 @@ def test_interrupted_repro_keeps_the_lock_and_reruns_the_stage(dvc_project, pipe
     raw["train"]["epochs"] = 20
     params.write_text(yaml.safe_dump(raw))
     with open(tmp_path / "repro.log", "w") as log:
+        # Ctrl+C's default action, even under a shell that started this run in the background with
+        # SIGINT ignored (its children inherit that, and Python then never raises KeyboardInterrupt).
         repro = subprocess.Popen(["dvc", "repro", "train"], cwd=dvc_project, env=pipeline_env, stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             wait_for(lambda: any((dvc_project / "checkpoints" / "digits").glob("step-*")), repro)
             os.killpg(repro.pid, signal.SIGINT)  # as Ctrl+C would, to dvc and the stage it runs
