@@ -47,6 +47,11 @@ class EvalContext:
     def fake_features(self) -> tuple[np.ndarray, np.ndarray]:
         return self.features.embed(self.fake.images)
 
+    @cached_property
+    def fd_floor(self) -> float:
+        """Frechet distance from the real training images to the held-out ones (the real-real floor)."""
+        return m.frechet_distance(self.train_features, self.holdout_features[0])
+
     @property
     def like_train(self) -> int:
         """Generated samples compared with held-out: as many as training images, so FD bias matches the floor."""
@@ -112,12 +117,11 @@ def frechet(ctx: EvalContext) -> dict:
     Generated samples are compared in chunks as large as the training split (same finite-sample
     bias as the floor); `fd` is the mean over the chunks that evaluate.num_samples holds.
     """
-    fd = _chunked_fd(ctx, ctx.fake_features[0])
-    floor = m.frechet_distance(ctx.train_features, ctx.holdout_features[0])
-    return {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor}
+    fd = chunked_fd(ctx, ctx.fake_features[0])
+    return {"fd": fd, "fd_floor": ctx.fd_floor, "fd_ratio": fd / ctx.fd_floor}
 
 
-def _chunked_fd(ctx: EvalContext, features: np.ndarray) -> float:
+def chunked_fd(ctx: EvalContext, features: np.ndarray) -> float:
     n = ctx.like_train
     chunks = [features[start:start + n] for start in range(0, len(features) - n + 1, n)]
     return float(np.mean([m.frechet_distance(chunk, ctx.holdout_features[0]) for chunk in chunks]))
@@ -175,15 +179,16 @@ def memorisation(ctx: EvalContext) -> dict:
 def quality_with_rejection(ctx: EvalContext, target_acceptance: float | None) -> dict:
     """FD, precision and recall vs held-out of evaluate.num_samples samples drawn with rejection at
     `target_acceptance` (None: off), measured as the frechet and prdc evaluators measure them."""
-    rule = None
-    if target_acceptance is not None:
+    if target_acceptance is None:  # plain sampling: the context's samples are exactly these
+        batch, candidates, features = ctx.fake, len(ctx.fake.seeds), ctx.fake_features[0]
+    else:
         settings = ctx.rejection.model_copy(update={"target_acceptance": target_acceptance})
         rule = fit_to_model(ctx.model, settings, ctx.cfg.seed, BATCH_SIZE)
-    batch, candidates = rejection_sample(ctx.model, rule, ctx.cfg.seed, len(ctx.fake.seeds), BATCH_SIZE)
-    features, _ = ctx.features.embed(batch.images)
+        batch, candidates = rejection_sample(ctx.model, rule, ctx.cfg.seed, len(ctx.fake.seeds), BATCH_SIZE)
+        features, _ = ctx.features.embed(batch.images)
     real = ctx.holdout_features[0]
     quality = m.prdc(real, features[:len(real)], ctx.cfg.knn)
-    return {"acceptance": len(batch.seeds) / candidates, "fd": _chunked_fd(ctx, features),
+    return {"acceptance": len(batch.seeds) / candidates, "fd": chunked_fd(ctx, features),
             "precision": quality["precision"], "recall": quality["recall"]}
 
 
@@ -262,9 +267,8 @@ def evaluate(model: TrainedModel, prepared: Path, params: Params, metrics_path: 
 
 def rejection_table(ctx: EvalContext, targets: list[float]) -> list[dict]:
     """One row per target acceptance (plain sampling first): acceptance, FD, floor, precision, recall."""
-    floor = m.frechet_distance(ctx.train_features, ctx.holdout_features[0])
     rows = [{"target": target} | quality_with_rejection(ctx, target) for target in [None, *targets]]
-    return [row | {"fd_floor": floor, "fd_vs_plain": row["fd"] / rows[0]["fd"]} for row in rows]
+    return [row | {"fd_floor": ctx.fd_floor, "fd_vs_plain": row["fd"] / rows[0]["fd"]} for row in rows]
 
 
 def read_metrics(path: Path) -> dict:

@@ -387,8 +387,10 @@ def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path
         log = load_training_state(found, state)
     distributed.replicate(state, shard)
     images, labels = resident_dataset(data, shape, device)  # the whole dataset stays on the device
+    # Only rank 0 exports, so only it selects: other ranks would repeat the evaluator's work.
+    selector = build_selector(params, data, shape, device, feature_cache) if distributed.is_main(shard) else None
     run = Run(params, shape, images, labels, cfg.epochs * (len(data.labels) // cfg.batch_size), checkpoint_dir,
-              build_selector(params, data, shape, device, feature_cache))
+              selector)
     started = time.perf_counter()
     _run_steps(state, run, log, stop_after, progress and distributed.is_main(shard))
     seconds = time.perf_counter() - started

@@ -19,7 +19,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from gan_core.config import load_params
-from gan_core.evaluate import BATCH_SIZE, _chunked_fd, build_context, quality_with_rejection
+from gan_core.evaluate import BATCH_SIZE, chunked_fd, build_context, quality_with_rejection
 from gan_core.sampling import load_model, rejection_sample
 from gan_core.stages import Layout
 from gan_core.train import pick_device
@@ -46,8 +46,8 @@ def main() -> None:
     pool, _ = rejection_sample(model, None, params.evaluate.seed + 1, int(needed / args.acceptance) + 1, BATCH_SIZE)
     reference, _ = rejection_sample(model, None, params.evaluate.seed + 2, needed, BATCH_SIZE)
     pool_features, reference_features = ctx.features.embed(pool.images)[0], ctx.features.embed(reference.images)[0]
-    print(f"plain sampling: FD {_chunked_fd(ctx, ctx.fake_features[0]):.3f} "
-          f"(the ratio rules' candidates, all kept: {_chunked_fd(ctx, pool_features):.3f})")
+    print(f"plain sampling: FD {chunked_fd(ctx, ctx.fake_features[0]):.3f} "
+          f"(the ratio rules' candidates, all kept: {chunked_fd(ctx, pool_features):.3f})")
     drs = quality_with_rejection(ctx, args.acceptance)
     print(f"discriminator rejection (generate.rejection): acceptance {drs['acceptance']:.3f}, FD {drs['fd']:.3f}")
     for name, real in (("training split", ctx.train_features), ("held-out images (oracle)", ctx.holdout_features[0])):
@@ -55,7 +55,7 @@ def main() -> None:
             np.r_[real, reference_features], np.r_[np.ones(len(real)), np.zeros(len(reference_features))])
         keep = keep_by_ratio(ratio.decision_function(pool_features), pool.coins, args.acceptance)
         print(f"feature-space density ratio fitted on the {name}: acceptance {len(keep) / len(pool.seeds):.3f}, "
-              f"FD {_chunked_fd(ctx, pool_features[keep]):.3f}")
+              f"FD {chunked_fd(ctx, pool_features[keep]):.3f}")
 
 
 if __name__ == "__main__":
