@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -130,41 +131,101 @@ def load_source(source: str) -> ImageSet:
     raise DataError(f"prepare.source: {source!r} is not {BUNDLED_DIGITS!r}, an image folder or an .npz file")
 
 
-def split(data: ImageSet, holdout_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """A seeded split, stratified by label so that every class is in both halves."""
+def image_hashes(images: np.ndarray) -> np.ndarray:
+    """sha256 of each image's bytes: equal images, equal hashes, whatever split or file they are in."""
+    return np.array([hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images])
+
+
+def deduplicate(data: ImageSet) -> tuple[ImageSet, int]:
+    """The first copy of each distinct image (and its label); how many later copies were dropped.
+
+    A copy in two splits would put a training image into the validation or test set.
+    """
+    _, first = np.unique(image_hashes(data.images), return_index=True)
+    keep = np.sort(first)
+    return ImageSet(data.images[keep], data.labels[keep]), len(data.labels) - len(keep)
+
+
+def split(data: ImageSet, validation_fraction: float, test_fraction: float,
+          seed: int) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """Seeded train / validation / test parts, stratified by label so that every class is in each.
+
+    Each class's permutation puts held-out images first: round(n * (validation + test)) of them, the
+    last round(n * test) for test. The training part is the one a single held-out share would leave.
+    """
     rng = np.random.default_rng(seed)
-    holdout = []
+    part = np.zeros(len(data.labels), dtype=np.int8)  # 0 train, 1 validation, 2 test
     for label in np.unique(data.labels):
         members = rng.permutation(np.flatnonzero(data.labels == label))
-        holdout.extend(members[: int(round(len(members) * holdout_fraction))])
-    is_holdout = np.zeros(len(data.labels), dtype=bool)
-    is_holdout[holdout] = True
-    if is_holdout.all() or not is_holdout.any():
-        raise DataError(f"{len(data.labels)} images are too few to split with holdout_fraction={holdout_fraction}")
-    pick = lambda mask: ImageSet(data.images[mask], data.labels[mask])  # noqa: E731
-    return pick(~is_holdout), pick(is_holdout)
+        held = int(round(len(members) * (validation_fraction + test_fraction)))
+        test = int(round(len(members) * test_fraction))
+        part[members[:held - test]], part[members[held - test:held]] = 1, 2
+        if held == len(members) or held - test < 1 or test < 1:
+            what = f"class {label}" if label >= 0 else "the unlabelled data"
+            raise DataError(f"{what} has {len(members)} images: too few to split with prepare.validation_fraction="
+                            f"{validation_fraction} and prepare.test_fraction={test_fraction} (each part needs "
+                            "at least one image of each class)")
+    pick = lambda index: ImageSet(data.images[part == index], data.labels[part == index])  # noqa: E731
+    return pick(0), pick(1), pick(2)
 
 
-def save_prepared(path: Path, train: ImageSet, holdout: ImageSet) -> None:
+@dataclass(frozen=True)
+class PreparedData:
+    """The prepared dataset: three disjoint stratified splits and the class names (empty when unlabelled)."""
+
+    train: ImageSet
+    validation: ImageSet
+    test: ImageSet
+    class_names: list[str]
+
+    def splits(self) -> dict[str, ImageSet]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+
+def default_class_names(data: ImageSet) -> list[str]:
+    return [str(label) for label in range(data.num_classes)]
+
+
+def check_disjoint(prepared: PreparedData, source: object) -> None:
+    """No image of the training split in the validation or test split, compared by sha256 of its bytes."""
+    train = set(image_hashes(prepared.train.images))
+    for name in ("validation", "test"):
+        shared = train.intersection(image_hashes(prepared.splits()[name].images))
+        if shared:
+            raise DataError(f"{source}: {len(shared)} images of the training split are also in the {name} "
+                            "split; prepare the data again")
+
+
+def save_prepared(path: Path, prepared: PreparedData) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{name}_{field}": getattr(part, field) for name, part in prepared.splits().items()
+              for field in ("images", "labels")}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     with os.fdopen(fd, "wb") as handle:
-        np.savez(handle, train_images=train.images, train_labels=train.labels,
-                 holdout_images=holdout.images, holdout_labels=holdout.labels)
+        np.savez(handle, **arrays, class_names=np.array(prepared.class_names, dtype=np.str_))
     os.replace(tmp, path)
 
 
-def load_prepared(path: Path) -> tuple[ImageSet, ImageSet]:
+def load_prepared(path: Path) -> PreparedData:
     if not Path(path).is_file():
         raise DataError(f"{path}: prepared dataset not found; run the prepare stage first")
     with np.load(path, allow_pickle=False) as npz:
-        return (ImageSet(npz["train_images"], npz["train_labels"]),
-                ImageSet(npz["holdout_images"], npz["holdout_labels"]))
+        if "validation_images" not in npz:
+            raise DataError(f"{path}: no validation split (prepared by an older ganforge); run the prepare "
+                            "stage again")
+        parts = {name: ImageSet(npz[f"{name}_images"], npz[f"{name}_labels"])
+                 for name in ("train", "validation", "test")}
+        names = [str(name) for name in npz["class_names"]] if "class_names" in npz else None
+    return PreparedData(**parts, class_names=names if names is not None else default_class_names(parts["train"]))
 
 
-def prepare_dataset(source: str, out_path: Path, holdout_fraction: float, seed: int) -> dict:
-    data = load_source(source)
-    train, holdout = split(data, holdout_fraction, seed)
-    save_prepared(Path(out_path), train, holdout)
-    return {"train": len(train.labels), "holdout": len(holdout.labels), "resolution": data.resolution,
-            "channels": data.channels, "classes": data.num_classes}
+def prepare_dataset(source: str, out_path: Path, validation_fraction: float, test_fraction: float,
+                    seed: int) -> dict:
+    data, duplicates = deduplicate(load_source(source))
+    train, validation, test = split(data, validation_fraction, test_fraction, seed)
+    prepared = PreparedData(train, validation, test, default_class_names(data))
+    check_disjoint(prepared, source)
+    save_prepared(Path(out_path), prepared)
+    return {"train": len(train.labels), "validation": len(validation.labels), "test": len(test.labels),
+            "duplicates_removed": duplicates, "resolution": data.resolution, "channels": data.channels,
+            "classes": data.num_classes}

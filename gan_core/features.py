@@ -16,6 +16,7 @@ from gan_core import checkpoint as ckpt
 from gan_core.augment import translate
 from gan_core.config import FeaturesConfig
 from gan_core.data import ImageSet
+from gan_core.lineage import code_version
 from gan_core.models import to_unit_range
 
 FORMAT = "ganforge-features/1"  # bump when the network or its training changes: old caches no longer match
@@ -54,8 +55,11 @@ class FeatureNet(nn.Module):
 
 
 def cache_key(train: ImageSet, cfg: FeaturesConfig) -> str:
-    """sha256 of the training images, their labels, the net's settings and FORMAT."""
-    digest = hashlib.sha256(f"{FORMAT}|{json.dumps(cfg.model_dump(), sort_keys=True)}|{train.images.shape}".encode())
+    """sha256 of the training images, their labels, the net's settings, FORMAT and the code that trains it
+    (this module and what it imports from gan_core): a change there trains a new evaluator."""
+    code = code_version("features")
+    digest = hashlib.sha256(f"{FORMAT}|{code}|{json.dumps(cfg.model_dump(), sort_keys=True)}|{train.images.shape}"
+                            .encode())
     digest.update(np.ascontiguousarray(train.images).tobytes())
     digest.update(np.ascontiguousarray(train.labels, dtype=np.int64).tobytes())
     return digest.hexdigest()

@@ -107,7 +107,8 @@ def local_model(params: Params, layout: Layout = Layout()) -> ModelSource:
 def run_prepare(params: Params, layout: Layout = Layout()) -> dict:
     cfg = params.prepare
     check_source_is_tracked(cfg.source, layout)
-    return prepare_dataset(cfg.source, layout.prepared(params), cfg.holdout_fraction, cfg.seed)
+    return prepare_dataset(cfg.source, layout.prepared(params), cfg.validation_fraction, cfg.test_fraction,
+                           cfg.seed)
 
 
 def check_source_is_tracked(source: str, layout: Layout = Layout()) -> None:

@@ -6,6 +6,7 @@ import copy
 import csv
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gan_core import checkpoint as ckpt
-from gan_core import distributed
+from gan_core import distributed, lineage
 from gan_core.augment import diff_augment
 from gan_core.config import Params, TrainConfig
-from gan_core.data import DataError, ImageSet, load_prepared
+from gan_core.data import DataError, ImageSet, PreparedData, load_prepared
 from gan_core.features import FeatureNet, load_or_train_feature_net
 from gan_core.metrics import frechet_distance
 from gan_core.models import DataShape, Discriminator, Generator, count_parameters, to_unit_range
@@ -27,7 +28,7 @@ from gan_core.sampling import latents_for_seeds, shard_seeds
 
 LOG_EVERY = 20  # steps per row of the loss log
 LOG_COLUMNS = ["step", "d_loss", "g_loss", "d_real", "d_fake"]
-SELECTION_COLUMNS = ["step", "fd_train"]
+SELECTION_COLUMNS = ["step", "fd_validation"]
 MODULES = ("generator", "discriminator", "ema")
 EMA_WARMUP = 3  # see update_ema
 
@@ -85,7 +86,7 @@ class GanState:
     best_step: int = 0  # the selected checkpoint: lowest Frechet distance of the EMA generator so far
     best_fd: float = math.inf
     best: dict[str, dict[str, torch.Tensor]] | None = None  # G, D and EMA weights at best_step
-    selection: list[dict] = field(default_factory=list)  # every selection evaluation: step, fd_train
+    selection: list[dict] = field(default_factory=list)  # every selection evaluation: step, fd_validation
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"generator": self.G, "discriminator": self.D, "ema": self.G_ema}
@@ -222,15 +223,15 @@ def resident_dataset(data: ImageSet, shape: DataShape, device: torch.device) -> 
 
 @dataclass
 class Selector:
-    """Scores the EMA generator by the Frechet distance of its samples to the real training split.
+    """Scores the EMA generator by the Frechet distance of its samples to the real validation split.
 
     Measured in the evaluator network's feature space on fixed latents, so that scores of different
-    steps compare. The training split, not the held-out one: held-out images stay unseen until the
+    steps compare. The validation split, not the test one: test images stay unseen until the
     evaluate stage reports on them.
     """
 
     net: FeatureNet
-    reference: np.ndarray  # evaluator features of the real training images
+    reference: np.ndarray  # evaluator features of the real validation images
     z: torch.Tensor
     labels: torch.Tensor | None
 
@@ -240,14 +241,15 @@ class Selector:
         return frechet_distance(features, self.reference)
 
 
-def build_selector(params: Params, data: ImageSet, shape: DataShape, device: torch.device,
+def build_selector(params: Params, data: PreparedData, shape: DataShape, device: torch.device,
                    feature_cache: Path | None) -> Selector | None:
     if not params.train.select_every:
         return None
-    net = load_or_train_feature_net(data, params.features, feature_cache).to(device)
-    reference, _ = net.embed(to_unit_range(data.images))
-    # As many samples as training images, labels cycling through the classes: like against like.
-    z, labels, _ = latents_for_seeds(shard_seeds(params.train.seed, 0, 0, len(data.labels)),
+    net = load_or_train_feature_net(data.train, params.features, feature_cache).to(device)  # never sees validation
+    reference, _ = net.embed(to_unit_range(data.validation.images))
+    # As many samples as training images, labels cycling through the classes: steps are compared with
+    # each other, so the bias of unequal set sizes is the same at every step, and more samples mean less noise.
+    z, labels, _ = latents_for_seeds(shard_seeds(params.train.seed, 0, 0, len(data.train.labels)),
                                      params.model.latent_dim, shape.num_classes)
     return Selector(net, reference, z.to(device), labels.to(device) if shape.num_classes else None)
 
@@ -255,7 +257,7 @@ def build_selector(params: Params, data: ImageSet, shape: DataShape, device: tor
 def select(state: GanState, selector: Selector) -> None:
     """Evaluate the EMA generator now; keep a copy of G, D and EMA if it is the best so far."""
     fd = selector.score(state.G_ema)
-    state.selection.append({"step": state.step, "fd_train": round(fd, 5)})
+    state.selection.append({"step": state.step, "fd_validation": round(fd, 5)})
     if fd < state.best_fd:
         state.best_step, state.best_fd = state.step, fd
         state.best = {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -286,12 +288,14 @@ def model_meta(params: Params, shape: DataShape, state: GanState) -> dict:
             "parameters": {"generator": count_parameters(state.G), "discriminator": count_parameters(state.D)}}
 
 
-def save_training_state(directory: Path, params: Params, shape: DataShape, state: GanState, log: list) -> None:
-    """Everything an exact resume needs: weights, EMA, both optimizers, the step and the RNG state."""
+def save_training_state(directory: Path, params: Params, shape: DataShape, state: GanState, log: list,
+                        fingerprint: dict) -> None:
+    """Everything an exact resume needs: weights, EMA, both optimizers, the step and the RNG state,
+    and the fingerprint of what it was trained from (only a run with the same one resumes it)."""
     opt_g, groups_g = _optimizer_tensors(state.opt_g)
     opt_d, groups_d = _optimizer_tensors(state.opt_d)
     rng = {"noise": state.noise.get_state(), "torch_cpu": torch.get_rng_state()}
-    meta = {**model_meta(params, shape, state), "train": params.train.model_dump(),
+    meta = {**model_meta(params, shape, state), "train": params.train.model_dump(), "fingerprint": fingerprint,
             "opt_groups": {"opt_g": groups_g, "opt_d": groups_d}, "log": log,
             "selection": {"best_step": state.best_step, "best_fd": state.best_fd if state.best else None,
                           "history": state.selection}}
@@ -331,6 +335,25 @@ def latest_good_checkpoint(root: Path) -> Path | None:
     return None
 
 
+def start_from_checkpoint(state: GanState, checkpoint_dir: Path | None, fingerprint: dict, resume: bool,
+                          is_main: bool) -> list:
+    """The log so far; with `resume`, the state of the newest good checkpoint if it has this run's
+    fingerprint (else an error saying what differs). A fresh run deletes the old checkpoints first,
+    so that a later --resume can only find this run's."""
+    if checkpoint_dir is None:
+        return []
+    if not resume:
+        if is_main:
+            for old in Path(checkpoint_dir).glob("step-*"):
+                shutil.rmtree(old)
+        return []
+    found = latest_good_checkpoint(checkpoint_dir)
+    if found is None:
+        return []
+    lineage.check_resumable(found, ckpt.read_meta(found), fingerprint)
+    return load_training_state(found, state)
+
+
 def export_model(out_dir: Path, params: Params, shape: DataShape, state: GanState, extra: dict) -> None:
     """The published model: G, D and EMA weights of the selected step (else the last) plus meta.json."""
     weights = state.best or {name: module.state_dict() for name, module in state.modules().items()}
@@ -364,6 +387,7 @@ class Run:
     total: int
     checkpoint_dir: Path | None
     selector: Selector | None
+    fingerprint: dict  # lineage.training_fingerprint: saved with each checkpoint and the exported model
 
 
 def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path | None = None,
@@ -377,20 +401,21 @@ def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path
     set_threads(cfg.threads)
     shard = distributed.join(cfg)  # None unless started by torchrun with more than one process
     device = pick_device(cfg.device)
-    data, _ = load_prepared(prepared)
+    prepared_data = load_prepared(prepared)
+    data = prepared_data.train
+    fingerprint = lineage.training_fingerprint(params, lineage.data_fingerprint(prepared))
     shape = DataShape(data.resolution, data.channels, data.num_classes if params.model.conditional else 0)
     if cfg.batch_size > len(data.labels):
         raise DataError(f"train.batch_size ({cfg.batch_size}) exceeds the {len(data.labels)} training images")
     state = build_state(params, shape, device)
-    log: list[dict] = []
-    if resume and checkpoint_dir and (found := latest_good_checkpoint(checkpoint_dir)):
-        log = load_training_state(found, state)
+    log = start_from_checkpoint(state, checkpoint_dir, fingerprint, resume, distributed.is_main(shard))
     distributed.replicate(state, shard)
     images, labels = resident_dataset(data, shape, device)  # the whole dataset stays on the device
     # Only rank 0 exports, so only it selects: other ranks would repeat the evaluator's work.
-    selector = build_selector(params, data, shape, device, feature_cache) if distributed.is_main(shard) else None
+    selector = (build_selector(params, prepared_data, shape, device, feature_cache) if distributed.is_main(shard)
+                else None)
     run = Run(params, shape, images, labels, cfg.epochs * (len(data.labels) // cfg.batch_size), checkpoint_dir,
-              selector)
+              selector, fingerprint)
     started = time.perf_counter()
     _run_steps(state, run, log, stop_after, progress and distributed.is_main(shard))
     seconds = time.perf_counter() - started
@@ -405,9 +430,10 @@ def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path
                "selected_step": state.best_step if state.best else state.step,
                "parameters": {"generator": count_parameters(state.G), "discriminator": count_parameters(state.D)}}
     if state.best:
-        summary["selected_fd_train"] = round(state.best_fd, 5)
+        summary["selected_fd_validation"] = round(state.best_fd, 5)
     if state.step == run.total:
-        export_model(out_dir, params, shape, state, {"train": cfg.model_dump(), "summary": summary})
+        export_model(out_dir, params, shape, state,
+                     {"train": cfg.model_dump(), "summary": summary, "fingerprint": fingerprint})
     return summary
 
 
@@ -433,5 +459,5 @@ def _run_steps(state: GanState, run: Run, log: list, stop_after: int | None, pro
             if run.checkpoint_dir and distributed.is_main(state.shard) and (state.step % cfg.checkpoint_every == 0
                                                                             or state.step == end):
                 save_training_state(Path(run.checkpoint_dir) / f"step-{state.step:09d}", run.params, run.shape,
-                                    state, log)
+                                    state, log, run.fingerprint)
             bar.update(1)

@@ -28,7 +28,7 @@ def split(prepared):
 
 @pytest.fixture(scope="module")
 def net(split, tmp_path_factory):
-    return load_or_train_feature_net(split[0], tiny_params().features, tmp_path_factory.mktemp("cache"))
+    return load_or_train_feature_net(split.train, tiny_params().features, tmp_path_factory.mktemp("cache"))
 
 
 def as_generated(images: ImageSet) -> SampleBatch:
@@ -39,12 +39,12 @@ def as_generated(images: ImageSet) -> SampleBatch:
 
 def context(split, net, fake: ImageSet, tmp_path) -> EvalContext:
     params = tiny_params()
-    return EvalContext(None, split[0], split[1], as_generated(fake), tmp_path, params.evaluate,
+    return EvalContext(None, split.train, split.test, as_generated(fake), tmp_path, params.evaluate,
                        params.generate.rejection, net)
 
 
 def test_copies_of_the_training_set_score_as_the_training_set(split, net, tmp_path):
-    train_set, holdout = split
+    train_set = split.train
     ctx = context(split, net, train_set, tmp_path)
     frechet = EVALUATORS["frechet"](ctx)
     assert frechet["fd"] == pytest.approx(frechet["fd_floor"], rel=1e-9) and frechet["fd_ratio"] == pytest.approx(1.0)
@@ -55,8 +55,8 @@ def test_copies_of_the_training_set_score_as_the_training_set(split, net, tmp_pa
 
 
 def test_held_out_images_as_generated(split, net, tmp_path):
-    _, holdout = split
-    ctx = context(split, net, holdout, tmp_path)
+    test_set = split.test
+    ctx = context(split, net, test_set, tmp_path)
     assert EVALUATORS["frechet"](ctx)["fd"] == pytest.approx(0.0, abs=1e-9)
     assert EVALUATORS["prdc"](ctx) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
     scores = EVALUATORS["memorisation"](ctx)
@@ -66,18 +66,18 @@ def test_held_out_images_as_generated(split, net, tmp_path):
 
 
 def test_wrong_labels_and_blank_images_score_badly(split, net, tmp_path):
-    train_set, holdout = split
-    relabelled = ImageSet(holdout.images, (holdout.labels + 1) % 10)
+    train_set, test_set = split.train, split.test
+    relabelled = ImageSet(test_set.images, (test_set.labels + 1) % 10)
     ctx = context(split, net, relabelled, tmp_path)
     assert EVALUATORS["label_consistency"](ctx)["label_consistency"] < 0.3
     assert EVALUATORS["utility"](ctx)["utility"] < 0.3
-    blank = context(split, net, ImageSet(np.zeros_like(holdout.images), holdout.labels), tmp_path)
+    blank = context(split, net, ImageSet(np.zeros_like(test_set.images), test_set.labels), tmp_path)
     assert EVALUATORS["frechet"](blank)["fd_ratio"] > 10
     assert EVALUATORS["prdc"](blank)["precision"] == 0.0
 
 
 def test_evaluator_network_is_cached_by_data_hash(split, tmp_path):
-    train_set, _ = split
+    train_set = split.train
     cfg = tiny_params().features
     first = load_or_train_feature_net(train_set, cfg, tmp_path)
     entry = tmp_path / cache_key(train_set, cfg)[:16]
@@ -114,12 +114,12 @@ def test_features_do_not_touch_the_global_random_stream(split):
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    load_or_train_feature_net(split[0], tiny_params().features, None)
+    load_or_train_feature_net(split.train, tiny_params().features, None)
     assert torch.rand(3).equal(expected)
 
 
 def test_corrupt_cache_entry_is_rebuilt_and_a_second_writer_keeps_the_first(split, tmp_path):
-    train_set, _ = split
+    train_set = split.train
     cfg = tiny_params().features
     first = load_or_train_feature_net(train_set, cfg, tmp_path)
     entry = tmp_path / cache_key(train_set, cfg)[:16]

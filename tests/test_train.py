@@ -28,9 +28,9 @@ def test_resume_ends_with_the_same_weights(prepared, tmp_path):
     assert resumed["steps"] == straight["steps"] == 3 * (1258 // 32)
     # The exported model is the selected one, chosen among evaluations on both sides of the stop.
     assert resumed["selected_step"] == straight["selected_step"] == ckpt.read_meta(tmp_path / "resumed")["step"]
-    assert resumed["selected_fd_train"] == straight["selected_fd_train"]
+    assert resumed["selected_fd_validation"] == straight["selected_fd_validation"]
     selection = (tmp_path / "selection.csv").read_text().splitlines()
-    assert selection[0] == "step,fd_train"
+    assert selection[0] == "step,fd_validation"
     assert [int(r.split(",")[0]) for r in selection[1:]] == [20, 40, 60, 80, 100, 117]
     fds = {int(r.split(",")[0]): float(r.split(",")[1]) for r in selection[1:]}
     assert fds[resumed["selected_step"]] == min(fds.values())

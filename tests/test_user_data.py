@@ -24,8 +24,10 @@ def test_image_folder_trains_and_publishes(rgb, by_class, s3_env, tmp_path):
     name = f"user-data-{'rgb' if rgb else 'grey'}"
     params = tiny_params(prepare__source=str(layout.raw / "mine"), prepare__dataset="mine", train__epochs=1,
                          generate__name=name)
-    # 15 per class; labelled: 4 of each class held out; unlabelled: one group of 150, 45 held out.
-    assert run_prepare(params, layout) == {"train": 110 if by_class else 105, "holdout": 40 if by_class else 45,
+    # 15 per class; labelled: 2 of each class for validation, 2 for test; unlabelled: one group of 150,
+    # 45 held out: 23 validation, 22 test.
+    assert run_prepare(params, layout) == {"train": 110 if by_class else 105, "validation": 20 if by_class else 23,
+                                           "test": 20 if by_class else 22, "duplicates_removed": 0,
                                            "resolution": 16, "channels": 3 if rgb else 1,
                                            "classes": 10 if by_class else 0}
     assert run_train(params, layout, progress=False)["steps"] == 3
@@ -106,9 +108,9 @@ def test_prepared_data_is_byte_reproducible(tmp_path):
 
 def test_an_npz_of_rgb_images_is_a_source(tmp_path):
     layout = Layout(tmp_path)
-    images = np.stack([np.asarray(Image.open(p)) for p in write_digit_images(tmp_path / "png", 4, rgb=True)])
+    images = np.stack([np.asarray(Image.open(p)) for p in write_digit_images(tmp_path / "png", 7, rgb=True)])
     layout.raw.mkdir(parents=True)
-    np.savez(layout.raw / "mine.npz", images=images, labels=np.repeat(np.arange(10), 4))  # (N, H, W, C)
+    np.savez(layout.raw / "mine.npz", images=images, labels=np.repeat(np.arange(10), 7))  # (N, H, W, C)
     params = tiny_params(prepare__source=str(layout.raw / "mine.npz"), prepare__dataset="mine")
-    assert run_prepare(params, layout) == {"train": 30, "holdout": 10, "resolution": 16, "channels": 3,
-                                           "classes": 10}
+    assert run_prepare(params, layout) == {"train": 50, "validation": 10, "test": 10, "duplicates_removed": 0,
+                                           "resolution": 16, "channels": 3, "classes": 10}
