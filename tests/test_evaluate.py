@@ -1,17 +1,21 @@
 """Evaluators and the evaluator network: known answers when the "generated" set is real data, and the cache."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from gan_core import checkpoint as ckpt
-from gan_core.data import ImageSet, load_prepared
+from gan_core import lineage
+from gan_core.data import DataError, ImageSet, PreparedData, check_disjoint, image_hashes, load_prepared
 from gan_core.evaluate import EVALUATORS, EvalContext, evaluate
 from gan_core.features import cache_key, load_or_train_feature_net
 from gan_core.models import to_unit_range
+from gan_core.lineage import LineageError
 from gan_core.sampling import SampleBatch, load_model
+from gan_core.stages import Layout, run_evaluate, run_prepare, run_train
 from gan_core.train import train
 from tests.helpers import prepared_digits, tiny_params
 
@@ -133,3 +137,42 @@ def test_corrupt_cache_entry_is_rebuilt_and_a_second_writer_keeps_the_first(spli
     assert ckpt.save_if_absent(entry, {"features": first.state_dict()}, {"format": "other"}) is False
     assert ckpt.read_meta(entry) == meta
     assert sorted(p.name for p in tmp_path.iterdir()) == [entry.name]  # no private copies left behind
+
+
+def test_evaluation_refuses_data_the_model_was_not_trained_on(tmp_path):
+    layout = Layout(tmp_path)
+    params = tiny_params(train__epochs=1, train__select_every=0)
+    run_prepare(params, layout)
+    run_train(params, layout, progress=False)
+    reshuffled = tiny_params(train__epochs=1, train__select_every=0, prepare__seed=1)
+    run_prepare(reshuffled, layout)  # same file, other split: some test images were this model's training images
+    with pytest.raises(LineageError, match=r"digits\.npz is not the data the model \(step 39\) was trained on "
+                                           r"\(splits train, validation, test differ.*prepare\.seed"):
+        run_evaluate(reshuffled, layout)
+    assert not layout.metrics.exists()
+    run_prepare(params, layout)  # the split it was trained on again: evaluation runs
+    assert np.isfinite(run_evaluate(params, layout)["fd"])
+
+
+def test_no_training_image_is_in_validation_or_test(split, tmp_path):
+    hashes = {name: set(image_hashes(part.images)) for name, part in split.splits().items()}
+    assert sum(map(len, hashes.values())) == 1797  # every image once, in one split
+    assert not hashes["train"] & hashes["validation"] and not hashes["train"] & hashes["test"]
+    leaked = PreparedData(split.train, split.validation,
+                          ImageSet(np.r_[split.test.images, split.train.images[:3]],
+                                   np.r_[split.test.labels, split.train.labels[:3]]), split.class_names)
+    with pytest.raises(DataError, match="x.npz: 3 images of the training split are also in the test split"):
+        check_disjoint(leaked, "x.npz")
+
+
+def test_evaluator_cache_key_follows_its_code(split, tmp_path, monkeypatch):
+    cfg = tiny_params().features
+    before = cache_key(split.train, cfg)
+    copy = tmp_path / "gan_core"
+    shutil.copytree(lineage.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(lineage, "PACKAGE", copy)
+    assert cache_key(split.train, cfg) == before  # the same code, the same key
+    (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# not imported by features.py\n")
+    assert cache_key(split.train, cfg) == before
+    (copy / "augment.py").write_text((copy / "augment.py").read_text() + "\n# imported by features.py\n")
+    assert cache_key(split.train, cfg) != before

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from gan_core import cli
-from gan_core.data import DataError
+from gan_core.data import DataError, image_hashes, load_prepared
 from gan_core.stages import Layout, run_evaluate, run_generate, run_prepare, run_publish, run_train
-from tests.helpers import tiny_params, write_digit_images
+from tests.helpers import prepared_digits, tiny_params, write_digit_images
 
 
 @pytest.mark.parametrize("rgb, by_class", [(False, True), (True, False)], ids=["grey-by-class", "rgb-unlabelled"])
@@ -114,3 +114,38 @@ def test_an_npz_of_rgb_images_is_a_source(tmp_path):
     params = tiny_params(prepare__source=str(layout.raw / "mine.npz"), prepare__dataset="mine")
     assert run_prepare(params, layout) == {"train": 50, "validation": 10, "test": 10, "duplicates_removed": 0,
                                            "resolution": 16, "channels": 3, "classes": 10}
+
+
+def test_splits_are_disjoint_stratified_and_sized_by_the_fractions(tmp_path):
+    data = load_prepared(prepared_digits(tmp_path))
+    sizes = {name: len(part.labels) for name, part in data.splits().items()}
+    assert sizes == {"train": 1258, "validation": 270, "test": 269}  # train as with one 30 % held-out share
+    everything = np.r_[data.train.labels, data.validation.labels, data.test.labels]
+    for label in range(10):
+        members = (everything == label).sum()
+        for name, fraction in (("validation", 0.15), ("test", 0.15), ("train", 0.7)):
+            assert abs((data.splits()[name].labels == label).sum() - members * fraction) <= 1, (name, label)
+    hashes = [set(image_hashes(part.images)) for part in data.splits().values()]
+    assert len(set.union(*hashes)) == sum(map(len, hashes)) == 1797
+    assert data.class_names == [str(k) for k in range(10)]
+
+
+def test_duplicates_are_dropped_before_the_split_and_tiny_classes_refused(tmp_path):
+    layout = Layout(tmp_path)
+    images = np.stack([np.asarray(Image.open(p)) for p in write_digit_images(tmp_path / "png", 8, rgb=False)])
+    labels = np.repeat(np.arange(10), 8)
+    layout.raw.mkdir(parents=True)
+    # Every image of class 0 twice: without de-duplication copies would land in two splits.
+    np.savez(layout.raw / "dup.npz", images=np.r_[images, images[:8]], labels=np.r_[labels, labels[:8]])
+    params = tiny_params(prepare__source=str(layout.raw / "dup.npz"), prepare__dataset="dup")
+    summary = run_prepare(params, layout)
+    assert summary["duplicates_removed"] == 8 and summary["train"] + summary["validation"] + summary["test"] == 80
+    data = load_prepared(layout.prepared(params))
+    assert not set(image_hashes(data.train.images)) & set(image_hashes(np.r_[data.validation.images,
+                                                                              data.test.images]))
+    first_four = (np.arange(80) % 8) < 4
+    np.savez(layout.raw / "small.npz", images=images[first_four], labels=labels[first_four])
+    small = tiny_params(prepare__source=str(layout.raw / "small.npz"), prepare__dataset="small")
+    with pytest.raises(DataError, match=r"class 0 has 4 images: too few to split with "
+                                        r"prepare\.validation_fraction=0\.15 and prepare\.test_fraction=0\.15"):
+        run_prepare(small, layout)
