@@ -343,8 +343,8 @@ def start_from_checkpoint(state: GanState, checkpoint_dir: Path | None, fingerpr
     if checkpoint_dir is None:
         return []
     if not resume:
-        if is_main:
-            for old in Path(checkpoint_dir).glob("step-*"):
+        if is_main:  # with the set-aside copies of interrupted saves (.step-*), which read_meta would restore
+            for old in [*Path(checkpoint_dir).glob("step-*"), *Path(checkpoint_dir).glob(".step-*")]:
                 shutil.rmtree(old)
         return []
     found = latest_good_checkpoint(checkpoint_dir)
