@@ -23,6 +23,7 @@ def _safe_name(value: str) -> str:
 
 
 SafeName = Annotated[str, AfterValidator(_safe_name)]
+ClassName = Annotated[str, Field(min_length=1, pattern=r"\S")]
 
 
 class ConfigError(ValueError):
@@ -39,6 +40,16 @@ class PrepareConfig(Section):
     source: str = "bundled:digits"  # "bundled:digits", a folder of images, or an .npz file
     holdout_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     seed: int = Field(0, ge=0)
+    # Names of classes 0..K-1, over the source's own (folder names, an .npz's class_names); checked
+    # against the data's class count when preparing.
+    class_names: list[ClassName] | None = None
+
+    @field_validator("class_names")
+    @classmethod
+    def _distinct(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None and len(set(names)) != len(names):
+            raise ValueError(f"class names must be distinct (got {names})")
+        return names
 
 
 class ModelConfig(Section):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +19,11 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images as uint8 (N, C, H, W) with integer labels (-1 when unlabelled)."""
+    """Images as uint8 (N, C, H, W) with integer labels (-1 when unlabelled) and the names of the classes."""
 
     images: np.ndarray
     labels: np.ndarray
+    class_names: tuple[str, ...] = ()  # empty: unnamed ("0".."K-1" once prepared) or unlabelled
 
     @property
     def resolution(self) -> int:
@@ -85,7 +86,8 @@ def load_image_folder(folder: Path) -> ImageSet:
     stacked = np.stack(arrays)
     images = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
     _check_square_pow2(images, str(folder))
-    return ImageSet(np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64))
+    return ImageSet(np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64),
+                    tuple(classes) if labelled else ())
 
 
 def _describe_shape(shape: tuple[int, ...]) -> str:
@@ -99,6 +101,7 @@ def load_npz(path: Path) -> ImageSet:
                 raise DataError(f"{path}: needs an 'images' array (N,H,W), (N,H,W,C) or (N,C,H,W)")
             images = npz["images"]
             labels = npz["labels"] if "labels" in npz else np.full(len(images), -1)
+            names = tuple(npz["class_names"].astype(str).tolist()) if "class_names" in npz else ()
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
@@ -114,7 +117,7 @@ def load_npz(path: Path) -> ImageSet:
     if len(labels) != len(images):
         raise DataError(f"{path}: {len(labels)} labels for {len(images)} images")
     _check_square_pow2(images, str(path))
-    return ImageSet(np.ascontiguousarray(images), labels.astype(np.int64))
+    return ImageSet(np.ascontiguousarray(images), labels.astype(np.int64), names)
 
 
 def load_source(source: str) -> ImageSet:
@@ -141,7 +144,7 @@ def split(data: ImageSet, holdout_fraction: float, seed: int) -> tuple[ImageSet,
     is_holdout[holdout] = True
     if is_holdout.all() or not is_holdout.any():
         raise DataError(f"{len(data.labels)} images are too few to split with holdout_fraction={holdout_fraction}")
-    pick = lambda mask: ImageSet(data.images[mask], data.labels[mask])  # noqa: E731
+    pick = lambda mask: replace(data, images=data.images[mask], labels=data.labels[mask])  # noqa: E731
     return pick(~is_holdout), pick(is_holdout)
 
 
@@ -150,7 +153,8 @@ def save_prepared(path: Path, train: ImageSet, holdout: ImageSet) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     with os.fdopen(fd, "wb") as handle:
         np.savez(handle, train_images=train.images, train_labels=train.labels,
-                 holdout_images=holdout.images, holdout_labels=holdout.labels)
+                 holdout_images=holdout.images, holdout_labels=holdout.labels,
+                 class_names=np.asarray(train.class_names, dtype=np.str_))
     os.replace(tmp, path)
 
 
@@ -158,12 +162,31 @@ def load_prepared(path: Path) -> tuple[ImageSet, ImageSet]:
     if not Path(path).is_file():
         raise DataError(f"{path}: prepared dataset not found; run the prepare stage first")
     with np.load(path, allow_pickle=False) as npz:
-        return (ImageSet(npz["train_images"], npz["train_labels"]),
-                ImageSet(npz["holdout_images"], npz["holdout_labels"]))
+        names = tuple(npz["class_names"].tolist()) if "class_names" in npz else ()
+        return (ImageSet(npz["train_images"], npz["train_labels"], names),
+                ImageSet(npz["holdout_images"], npz["holdout_labels"], names))
 
 
-def prepare_dataset(source: str, out_path: Path, holdout_fraction: float, seed: int) -> dict:
-    data = load_source(source)
+def default_class_names(num_classes: int) -> list[str]:
+    return [str(k) for k in range(num_classes)]
+
+
+def name_classes(data: ImageSet, source: str, class_names: list[str] | None = None) -> ImageSet:
+    """`data` with its class names: `class_names` (params) over the source's own, else "0".."K-1"."""
+    key = "prepare.class_names" if class_names is not None else f"{source}: class_names"
+    names = list(class_names if class_names is not None else data.class_names or
+                 default_class_names(data.num_classes))
+    if len(names) != data.num_classes:
+        raise DataError(f"{key}: {len(names)} names for {data.num_classes} classes"
+                        + (" (the data is unlabelled)" if not data.num_classes else ""))
+    if any(not isinstance(n, str) or not n.strip() for n in names) or len(set(names)) != len(names):
+        raise DataError(f"{key}: names must be distinct non-empty strings (got {names})")
+    return replace(data, class_names=tuple(names))
+
+
+def prepare_dataset(source: str, out_path: Path, holdout_fraction: float, seed: int,
+                    class_names: list[str] | None = None) -> dict:
+    data = name_classes(load_source(source), source, class_names)
     train, holdout = split(data, holdout_fraction, seed)
     save_prepared(Path(out_path), train, holdout)
     return {"train": len(train.labels), "holdout": len(holdout.labels), "resolution": data.resolution,
