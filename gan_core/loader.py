@@ -35,6 +35,11 @@ def load_dataframe(name: str, version: str = "latest", bucket: str | None = None
     return pa.concat_tables([read_shard(client, bucket, entry) for entry in entries]).to_pandas()
 
 
+def png_bytes(column: pa.Array) -> pa.Array:
+    # schema_version 2 holds the Hugging Face Image struct {bytes, path}; versions before it the bytes alone.
+    return column.field("bytes") if pa.types.is_struct(column.type) else column
+
+
 def decode_png(data: bytes) -> torch.Tensor:
     """PNG bytes -> float (C, H, W) in [0, 1]."""
     with Image.open(io.BytesIO(data)) as image:
@@ -80,11 +85,12 @@ class SyntheticImageDataset(IterableDataset):
         return [shards[i] for i in rng.permutation(len(shards))] if rng is not None else list(shards)
 
     def __iter__(self) -> Iterator[tuple[object, int]]:
-        # In a worker, torch's initial seed is the epoch's base seed plus the worker id.
-        rng = np.random.default_rng(torch.initial_seed()) if self.shuffle else None
+        # Drawn from torch's generator: a new order each epoch, in the main process as in workers
+        # (whose generators DataLoader seeds afresh every epoch).
+        rng = np.random.default_rng(int(torch.randint(2**62, ()))) if self.shuffle else None
         for entry in self._my_shards(rng):
             table = read_shard(self.client(), self.bucket, entry)
-            images = table.column("image").combine_chunks().field("bytes").to_pylist()
+            images = png_bytes(table.column("image").combine_chunks()).to_pylist()
             labels = table.column("label").to_pylist()
             for row in rng.permutation(len(labels)) if rng is not None else range(len(labels)):
                 image = decode_png(images[row])

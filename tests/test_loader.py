@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
+from collections import Counter
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -54,9 +58,13 @@ def test_datasets_reads_pil_images_and_class_names_and_pandas_still_reads_the_fo
     assert 0 <= first["label"] < 10 and isinstance(first["d_score"], float)
     frame = pd.read_parquet(f"s3://{s3_env.bucket}/datasets/hf-digits/v1/")
     assert list(frame.columns) == ["image", "label", "seed", "d_score"] and len(frame) == 120
-    assert frame["image"].iloc[0]["bytes"].startswith(b"\x89PNG")
+    png = frame["image"].iloc[0]["bytes"]
+    assert png.startswith(b"\x89PNG")
+    assert np.array_equal(np.asarray(first["image"]), np.asarray(Image.open(io.BytesIO(png))))
+    assert first["seed"] == frame["seed"].iloc[0] and first["label"] == frame["label"].iloc[0]
     loaded = load_dataframe("hf-digits", bucket=s3_env.bucket)
     assert loaded["seed"].tolist() == frame["seed"].tolist()
+    assert loaded["image"].iloc[0]["bytes"] == png
 
 
 def test_a_tiny_classifier_trains_one_epoch_through_a_dataloader_from_s3(tiny_model_dir, s3_env, tmp_path):
@@ -66,7 +74,7 @@ def test_a_tiny_classifier_trains_one_epoch_through_a_dataloader_from_s3(tiny_mo
     torch.manual_seed(0)
     classifier = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     optimizer = torch.optim.SGD(classifier.parameters(), lr=0.1)
-    seen = 0
+    seen = Counter()
     for images, labels in torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=2):
         assert images.shape[1:] == (1, 8, 8) and 0.0 <= images.min() and images.max() <= 1.0
         assert labels.min() >= 0 and labels.max() < 10
@@ -75,8 +83,34 @@ def test_a_tiny_classifier_trains_one_epoch_through_a_dataloader_from_s3(tiny_mo
         loss.backward()
         optimizer.step()
         assert torch.isfinite(loss)
-        seen += len(labels)
-    assert seen == manifest["sample_count"]
+        seen.update(labels.tolist())
+    assert seen.total() == manifest["sample_count"]
+    # Each sample exactly once across the two workers: the label counts are the published ones.
+    assert seen == Counter(load_dataframe("loader-digits", bucket=s3_env.bucket)["label"].tolist())
+
+
+def test_shuffle_gives_a_new_order_each_epoch_and_images_match_their_png(tiny_model_dir, s3_env, tmp_path):
+    publish_tiny(tiny_model_dir, s3_env, tmp_path, "shuffled-digits")
+    frame = load_dataframe("shuffled-digits", bucket=s3_env.bucket)
+    plain = list(SyntheticImageDataset("shuffled-digits", bucket=s3_env.bucket))
+    assert [label for _, label in plain] == frame["label"].tolist()
+    png = np.asarray(Image.open(io.BytesIO(frame["image"].iloc[5]["bytes"])))
+    assert torch.equal(plain[5][0], torch.tensor(png)[None].float() / 255)
+    shuffled = SyntheticImageDataset("shuffled-digits", bucket=s3_env.bucket, shuffle=True)
+    first, second = ([image.sum().item() for image, _ in shuffled] for _ in range(2))
+    assert first != second and sorted(first) == sorted(second) == sorted(image.sum().item() for image, _ in plain)
+
+
+def test_a_version_with_png_bytes_as_the_image_column_still_loads(s3_env, tmp_path):
+    """schema_version 1 (before the Hugging Face struct): `image` held the PNG bytes."""
+    pixels = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    shard = tmp_path / "part-00000.parquet"
+    pq.write_table(pa.table({"image": [buffer.getvalue()], "label": [3], "seed": [7], "d_score": [0.5]}), shard)
+    storage.publish_dataset([shard], bucket=s3_env.bucket, name="bytes-digits", version="v1", manifest={})
+    [(image, label)] = list(SyntheticImageDataset("bytes-digits", bucket=s3_env.bucket))
+    assert label == 3 and torch.equal(image, torch.tensor(pixels)[None].float() / 255)
 
 
 def test_a_corrupted_shard_is_refused_naming_it(tiny_model_dir, s3_env, tmp_path):
