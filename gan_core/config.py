@@ -23,7 +23,15 @@ def _safe_name(value: str) -> str:
 
 
 SafeName = Annotated[str, AfterValidator(_safe_name)]
-ClassName = Annotated[str, Field(min_length=1, pattern=r"\S")]
+
+
+def _class_name(value: str) -> str:
+    if not value.strip():
+        raise ValueError("a class name must not be empty or blank")
+    return value
+
+
+ClassName = Annotated[str, AfterValidator(_class_name)]
 
 
 class ConfigError(ValueError):
@@ -48,7 +56,7 @@ class PrepareConfig(Section):
     @classmethod
     def _distinct(cls, names: list[str] | None) -> list[str] | None:
         if names is not None and len(set(names)) != len(names):
-            raise ValueError(f"class names must be distinct (got {names})")
+            raise ValueError("class names must be distinct")
         return names
 
 

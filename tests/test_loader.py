@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from gan_core import SyntheticImageDataset, load_dataframe, storage
+from gan_core.config import ConfigError, parse_params
 from gan_core.data import DataError, ImageSet, load_prepared, name_classes
 from gan_core.generate import SCHEMA_VERSION, generate_dataset
 from gan_core.sampling import load_model
@@ -173,3 +174,13 @@ def test_class_names_from_params_replace_the_sources_and_are_checked():
     assert name_classes(unlabelled, "x").class_names == ()
     with pytest.raises(DataError, match=r"1 names for 0 classes \(the data is unlabelled\)"):
         name_classes(unlabelled, "x", ["cat"])
+
+
+@pytest.mark.parametrize("names, message", [
+    (["cat", "cat"], r"prepare.class_names: class names must be distinct \(got \['cat', 'cat'\]\)"),
+    (["cat", " "], r"prepare.class_names.1: a class name must not be empty or blank \(got ' '\)"),
+    ("cat", r"prepare.class_names: input should be a valid list"),
+])
+def test_bad_class_names_in_params_are_refused_naming_the_key(names, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_params({"prepare": {"class_names": names}})
