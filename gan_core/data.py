@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +20,11 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images as uint8 (N, C, H, W) with integer labels (-1 when unlabelled)."""
+    """Images as uint8 (N, C, H, W) with integer labels (-1 when unlabelled) and the names of the classes."""
 
     images: np.ndarray
     labels: np.ndarray
+    class_names: tuple[str, ...] = ()  # empty: unnamed ("0".."K-1" once prepared) or unlabelled
 
     @property
     def resolution(self) -> int:
@@ -86,7 +87,8 @@ def load_image_folder(folder: Path) -> ImageSet:
     stacked = np.stack(arrays)
     images = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
     _check_square_pow2(images, str(folder))
-    return ImageSet(np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64))
+    return ImageSet(np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64),
+                    tuple(classes) if labelled else ())
 
 
 def _describe_shape(shape: tuple[int, ...]) -> str:
@@ -100,6 +102,7 @@ def load_npz(path: Path) -> ImageSet:
                 raise DataError(f"{path}: needs an 'images' array (N,H,W), (N,H,W,C) or (N,C,H,W)")
             images = npz["images"]
             labels = npz["labels"] if "labels" in npz else np.full(len(images), -1)
+            names = tuple(npz["class_names"].astype(str).tolist()) if "class_names" in npz else ()
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
@@ -115,7 +118,7 @@ def load_npz(path: Path) -> ImageSet:
     if len(labels) != len(images):
         raise DataError(f"{path}: {len(labels)} labels for {len(images)} images")
     _check_square_pow2(images, str(path))
-    return ImageSet(np.ascontiguousarray(images), labels.astype(np.int64))
+    return ImageSet(np.ascontiguousarray(images), labels.astype(np.int64), names)
 
 
 def load_source(source: str) -> ImageSet:
@@ -143,7 +146,7 @@ def deduplicate(data: ImageSet) -> tuple[ImageSet, int]:
     """
     _, first = np.unique(image_hashes(data.images), return_index=True)
     keep = np.sort(first)
-    return ImageSet(data.images[keep], data.labels[keep]), len(data.labels) - len(keep)
+    return replace(data, images=data.images[keep], labels=data.labels[keep]), len(data.labels) - len(keep)
 
 
 def split(data: ImageSet, validation_fraction: float, test_fraction: float,
@@ -165,7 +168,7 @@ def split(data: ImageSet, validation_fraction: float, test_fraction: float,
             raise DataError(f"{what} has {len(members)} images: too few to split with prepare.validation_fraction="
                             f"{validation_fraction} and prepare.test_fraction={test_fraction} (each part needs "
                             "at least one image of each class)")
-    pick = lambda index: ImageSet(data.images[part == index], data.labels[part == index])  # noqa: E731
+    pick = lambda index: replace(data, images=data.images[part == index], labels=data.labels[part == index])  # noqa: E731
     return pick(0), pick(1), pick(2)
 
 
@@ -180,10 +183,6 @@ class PreparedData:
 
     def splits(self) -> dict[str, ImageSet]:
         return {"train": self.train, "validation": self.validation, "test": self.test}
-
-
-def default_class_names(data: ImageSet) -> list[str]:
-    return [str(label) for label in range(data.num_classes)]
 
 
 def check_disjoint(prepared: PreparedData, source: object) -> None:
@@ -213,17 +212,34 @@ def load_prepared(path: Path) -> PreparedData:
         if "validation_images" not in npz:
             raise DataError(f"{path}: no validation split (prepared by an older ganforge); run the prepare "
                             "stage again")
-        parts = {name: ImageSet(npz[f"{name}_images"], npz[f"{name}_labels"])
+        names = tuple(npz["class_names"].tolist()) if "class_names" in npz else ()
+        parts = {name: ImageSet(npz[f"{name}_images"], npz[f"{name}_labels"], names)
                  for name in ("train", "validation", "test")}
-        names = [str(name) for name in npz["class_names"]] if "class_names" in npz else None
-    return PreparedData(**parts, class_names=names if names is not None else default_class_names(parts["train"]))
+    return PreparedData(**parts, class_names=list(names) or default_class_names(parts["train"].num_classes))
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    return [str(k) for k in range(num_classes)]
+
+
+def name_classes(data: ImageSet, source: str, class_names: list[str] | None = None) -> ImageSet:
+    """`data` with its class names: `class_names` (params) over the source's own, else "0".."K-1"."""
+    key = "prepare.class_names" if class_names is not None else f"{source}: class_names"
+    names = list(class_names if class_names is not None else data.class_names or
+                 default_class_names(data.num_classes))
+    if len(names) != data.num_classes:
+        raise DataError(f"{key}: {len(names)} names for {data.num_classes} classes"
+                        + (" (the data is unlabelled)" if not data.num_classes else ""))
+    if any(not isinstance(n, str) or not n.strip() for n in names) or len(set(names)) != len(names):
+        raise DataError(f"{key}: names must be distinct non-empty strings (got {names})")
+    return replace(data, class_names=tuple(names))
 
 
 def prepare_dataset(source: str, out_path: Path, validation_fraction: float, test_fraction: float,
-                    seed: int) -> dict:
-    data, duplicates = deduplicate(load_source(source))
+                    seed: int, class_names: list[str] | None = None) -> dict:
+    data, duplicates = deduplicate(name_classes(load_source(source), source, class_names))
     train, validation, test = split(data, validation_fraction, test_fraction, seed)
-    prepared = PreparedData(train, validation, test, default_class_names(data))
+    prepared = PreparedData(train, validation, test, list(data.class_names))
     check_disjoint(prepared, source)
     save_prepared(Path(out_path), prepared)
     return {"train": len(train.labels), "validation": len(validation.labels), "test": len(test.labels),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from gan_core.checkpoint import write_json_atomic
 from gan_core.config import EvaluateConfig, Params, RejectionConfig
 from gan_core.data import ImageSet, PreparedData, check_disjoint, load_prepared
 from gan_core.features import FeatureNet, load_or_train_feature_net
+from gan_core.generate import model_class_names
 from gan_core.lineage import check_model_data as check_model_trained_on
 from gan_core.lineage import data_fingerprint
 from gan_core.models import to_unit_range
@@ -216,20 +218,28 @@ def write_image(array: np.ndarray, path: Path, scale: int = 4) -> None:
     image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
 
 
-def write_sample_grids(fake: SampleBatch, num_classes: int, size: int, plots_dir: Path) -> None:
-    """plots/samples.png (a row per class) and plots/classes/<class>.png (size x size samples of each class)."""
-    if not num_classes:
+def write_sample_grids(fake: SampleBatch, class_names: list[str], size: int, plots_dir: Path) -> None:
+    """plots/samples.png (a row per class) and plots/classes/<class name>.png (size x size samples of each class)."""
+    if not class_names:
         write_image(image_grid(fake.images, size, size), plots_dir / "samples.png")
         return
-    by_class = [fake.images[torch.as_tensor(np.flatnonzero(fake.labels == k))] for k in range(num_classes)]
+    by_class = [fake.images[torch.as_tensor(np.flatnonzero(fake.labels == k))] for k in range(len(class_names))]
     write_image(np.concatenate([image_grid(images, 1, size) for images in by_class]), plots_dir / "samples.png")
     folder = plots_dir / "classes"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    for label, images in enumerate(by_class):
+    for file_name, images in zip(grid_file_names(class_names), by_class):
         rows = min(size, len(images) // size)
         if rows:
-            write_image(image_grid(images, rows, size), folder / f"{label}.png")
+            write_image(image_grid(images, rows, size), folder / file_name)
+
+
+def grid_file_names(class_names: list[str]) -> list[str]:
+    """A safe, distinct file name per class: its name with anything but letters, digits, '-' and '_' replaced."""
+    safe = [re.sub(r"[^\w-]+", "_", name, flags=re.ASCII).strip("_") for name in class_names]
+    if len(set(safe)) < len(safe) or not all(safe):  # names that differ only in unsafe characters
+        safe = [f"{k}-{name}".rstrip("-") for k, name in enumerate(safe)]
+    return [f"{name}.png" for name in safe]
 
 
 # --- the stage ----------------------------------------------------------------------------------
@@ -271,7 +281,7 @@ def evaluate(model: TrainedModel, prepared: Path, params: Params, metrics_path: 
             skipped.append(name)
     if skipped:
         metrics["skipped_evaluators"] = ", ".join(skipped)
-    write_sample_grids(ctx.fake, model.shape.num_classes, params.evaluate.grid_rows, plots_dir)
+    write_sample_grids(ctx.fake, model_class_names(model.meta), params.evaluate.grid_rows, plots_dir)
     write_json_atomic(Path(metrics_path), metrics)
     return metrics
 

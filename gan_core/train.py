@@ -20,7 +20,7 @@ from gan_core import checkpoint as ckpt
 from gan_core import distributed, lineage
 from gan_core.augment import diff_augment
 from gan_core.config import Params, TrainConfig
-from gan_core.data import DataError, ImageSet, PreparedData, load_prepared
+from gan_core.data import DataError, ImageSet, PreparedData, default_class_names, load_prepared
 from gan_core.features import FeatureNet, load_or_train_feature_net
 from gan_core.metrics import frechet_distance
 from gan_core.models import DataShape, Discriminator, Generator, count_parameters, to_unit_range
@@ -432,8 +432,9 @@ def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path
     if state.best:
         summary["selected_fd_validation"] = round(state.best_fd, 5)
     if state.step == run.total:
-        export_model(out_dir, params, shape, state,
-                     {"train": cfg.model_dump(), "summary": summary, "fingerprint": fingerprint})
+        names = list(data.class_names or default_class_names(shape.num_classes)) if shape.num_classes else []
+        export_model(out_dir, params, shape, state, {"train": cfg.model_dump(), "summary": summary,
+                                                     "fingerprint": fingerprint, "class_names": names})
     return summary
 
 

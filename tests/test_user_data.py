@@ -37,7 +37,7 @@ def test_image_folder_trains_and_publishes(rgb, by_class, s3_env, tmp_path):
     frame = pd.read_parquet(uri)
     assert len(frame) == 120
     assert set(frame["label"]) == (set(range(10)) if by_class else {-1})
-    sample = Image.open(io.BytesIO(frame["image"].iloc[0]))
+    sample = Image.open(io.BytesIO(frame["image"].iloc[0]["bytes"]))
     assert (sample.size, sample.mode) == ((16, 16), "RGB" if rgb else "L")
     manifest = cli_json(["list", name, "--long", "--bucket", s3_env.bucket])[0]
     assert manifest["dvc"]["data"]["path"] == "data/prepared/mine.npz"
