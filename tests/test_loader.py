@@ -143,7 +143,7 @@ def write_shapes(folder, per_class: int = 24, size: int = 16) -> None:
 def test_class_folder_names_reach_the_data_model_manifest_plots_and_schema(s3_env, tmp_path, hf_offline):
     layout = Layout(tmp_path)
     write_shapes(layout.raw / "shapes")
-    params = tiny_params(prepare__source=str(layout.raw / "shapes"), prepare__dataset="shapes", train__epochs=1,
+    params = tiny_params(prepare__source=str(layout.raw / "shapes"), prepare__dataset="shapes", train__epochs=1, train__batch_size=16, evaluate__knn=2,
                          generate__name="shapes")
     run_prepare(params, layout)
     prepared = load_prepared(layout.prepared(params))
