@@ -116,7 +116,9 @@ class RejectionRule:
         # every sample's decision depends on its seed only (the paper updates M as it goes).
         top = self._per_sample(self.max_logit, labels, len(logits))
         d = np.minimum(logits.astype(np.float64), top) - top
-        return d - np.log1p(-np.exp(d - self.eps)) - self._per_sample(self.gamma, labels, len(logits))
+        # log(-expm1(.)), not log1p(-exp(.)): near d = 0, 1 - exp(d - eps) is ~eps and exp's rounding
+        # alone cost 1e-12 of F's value there, where the rule keeps its best samples.
+        return d - np.log(-np.expm1(d - self.eps)) - self._per_sample(self.gamma, labels, len(logits))
 
     def accept_probability(self, logits: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.shifted(logits, labels)))

@@ -114,3 +114,21 @@ def test_rejection_sample_draws_from_the_plain_stream(model):
     expected = stream.seeds[stream.coins < rule.accept_probability(stream.logits)]
     assert np.array_equal(kept.seeds, expected) and kept.seeds[-1] == stream.seeds[-1]
     assert 0.3 < 60 / candidates < 0.7
+
+
+@pytest.mark.parametrize("logit, expected", [
+    # F = d - M - log(1 - exp(d - M - eps)) - gamma with M = 2, gamma = 0.5, eps = 1e-6, evaluated with
+    # mpmath at 40 digits. Logits above M are clipped to M (F at its largest, about log(1 / eps)).
+    (0.0, -2.354586698648693185),
+    (-30.0, -32.49999999999998734),
+    (2.0, 13.31551105796423244),
+    (5.0, 13.31551105796423244),
+    (2.0 - 1e-9, 13.31451155704849107),  # D(x) just below M: 1 - exp(.) is ~1e-6, where rounding bites
+    (2.0 - 1e-6, 12.62236337744529549),
+])
+def test_rejection_logit_matches_the_paper_to_float_precision(logit, expected):
+    from gan_core.sampling import RejectionRule
+
+    rule = RejectionRule(max_logit=(2.0,), gamma=(0.5,), eps=1e-6)
+    assert rule.shifted(np.array([logit]))[0] == pytest.approx(expected, rel=1e-14)
+    assert rule.accept_probability(np.array([logit]))[0] == pytest.approx(1 / (1 + np.exp(-expected)), rel=1e-14)
