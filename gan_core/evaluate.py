@@ -20,7 +20,7 @@ from gan_core.config import EvaluateConfig, Params, RejectionConfig
 from gan_core.data import ImageSet, load_prepared
 from gan_core.features import FeatureNet, load_or_train_feature_net
 from gan_core.models import to_unit_range
-from gan_core.sampling import SampleBatch, TrainedModel, fit_to_model, logit_to_score, rejection_sample
+from gan_core.sampling import SampleBatch, TrainedModel, fit_to_model, logit_to_score, quantise, rejection_sample
 
 
 @dataclass
@@ -157,7 +157,7 @@ def label_consistency(ctx: EvalContext) -> dict:
 def _pixels(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """uint8 0..255 or float -1..1 images -> flat rows in 0..1, generated ones quantised as their PNGs are."""
     if isinstance(images, torch.Tensor):
-        images = ((images.clamp(-1, 1) + 1) * 127.5).round().numpy()
+        images = quantise(images).numpy()
     return images.reshape(len(images), -1) / 255.0
 
 
@@ -203,7 +203,7 @@ def rejection(ctx: EvalContext) -> dict:
 def image_grid(images: torch.Tensor, rows: int, columns: int, gap: int = 1) -> np.ndarray:
     """rows * columns images in [-1, 1] (N, C, H, W) -> one uint8 image (H, W[, 3]), `gap` black pixels apart."""
     padded = torch.nn.functional.pad(images[:rows * columns].clamp(-1, 1), (0, gap, 0, gap), value=-1.0)
-    pixels = ((padded + 1) * 127.5).round().byte().numpy()
+    pixels = quantise(padded).numpy()
     _, c, h, w = pixels.shape
     grid = pixels.reshape(rows, columns, c, h, w).transpose(0, 3, 1, 4, 2).reshape(rows * h, columns * w, c)
     return grid[..., 0] if c == 1 else grid

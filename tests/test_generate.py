@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from gan_core.generate import SCHEMA, generate_dataset, shard_sizes
-from gan_core.sampling import (fit_rejection_rule, generate_and_score, load_model, rejection_sample,
-                               shard_seeds)
+from gan_core.generate import SCHEMA, encode_png, generate_dataset, shard_sizes
+from gan_core.models import to_unit_range
+from gan_core.sampling import (RejectionRule, fit_rejection_rule, generate_and_score, load_model,
+                               rejection_sample, shard_seeds)
 from gan_core.train import train
 from tests.helpers import prepared_digits, tiny_params
 
@@ -42,7 +43,22 @@ def test_rows_follow_the_contract_and_regenerate_from_their_seed(model, tmp_path
     expected = ((again.images[0, 0].clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
     assert png.shape == (8, 8) and np.array_equal(png, expected)
     assert row["label"] == again.labels[0]
-    assert row["d_score"] == pytest.approx(1 / (1 + np.exp(-again.logits[0])), rel=1e-6)
+    # d_score is the discriminator's score of the image as published: the decoded PNG.
+    decoded = to_unit_range(np.array(png[None, None])).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        logit = model.discriminator(decoded, torch.tensor([row["label"]])).item()
+    assert row["d_score"] == pytest.approx(1 / (1 + np.exp(-logit)), rel=1e-6)
+
+
+def test_samples_are_scored_and_evaluated_as_their_pngs(model):
+    # Evaluation and rejection draw through generate_and_score: its images are the 8-bit ones, exactly.
+    batch, _ = rejection_sample(model, None, 7, 60, 25)
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(png))) for png in encode_png(batch.images)])
+    assert torch.equal(batch.images[:, 0], to_unit_range(pixels))
+    with torch.inference_mode():
+        logits = model.discriminator(batch.images.contiguous(memory_format=torch.channels_last),
+                                     torch.as_tensor(batch.labels))
+    np.testing.assert_allclose(batch.logits, logits.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_generation_is_deterministic(model, tmp_path):
@@ -99,6 +115,16 @@ def test_rejection_in_generate_records_its_rate(model, tmp_path):
     assert summary["sample_count"] == 120
     assert 0.25 < summary["acceptance_rate"] < 0.6
     assert summary["rejection"]["enabled"] and "gamma" in summary["rejection"]
+    # The rate counts the candidates examined until each shard's quota filled, not whole batches.
+    rule = RejectionRule(tuple(summary["rejection"]["max_logit"]), tuple(summary["rejection"]["gamma"]))
+    examined = 0
+    for index, rows in enumerate(shard_sizes(120, params.generate.shard_size)):
+        accepted: list[bool] = []
+        while sum(accepted) < rows:
+            batch = generate_and_score(model, shard_seeds(params.generate.seed, index, len(accepted), 40))
+            accepted += list(batch.coins < rule.accept_probability(batch.logits, batch.labels))
+        examined += int(np.flatnonzero(accepted)[rows - 1]) + 1
+    assert summary["candidates"] == examined and summary["acceptance_rate"] == 120 / examined
     scores = pq.read_table(tmp_path).column("d_score").to_numpy()
     plain = generate_and_score(model, shard_seeds(0, 0, 0, 400)).logits
     assert scores.mean() > (1 / (1 + np.exp(-plain))).mean()
