@@ -93,3 +93,26 @@ def test_prdc_of_a_set_and_its_shuffled_copy_far_from_the_origin():
     points = rng.normal(size=(400, 16)) + 1e7
     shuffled = points[rng.permutation(400)]
     assert m.prdc(points, shuffled, k=5) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+
+
+def test_utility_trains_both_classifiers_on_as_many_rows_of_each_class(monkeypatch):
+    rng = np.random.default_rng(6)
+    real_y = np.r_[np.zeros(30), np.ones(60), np.full(10, 2)].astype(int)  # 100 rows, imbalanced
+    synthetic_y = rng.permutation(np.arange(400) % 3)  # 400 rows, balanced: 133 or 134 of each
+    real_x, synthetic_x = rng.normal(size=(100, 4)) + real_y[:, None], rng.normal(size=(400, 4)) + synthetic_y[:, None]
+    seen = []
+
+    def recording(train_x, train_y, test_x, test_y, seed=0):
+        seen.append((len(train_x), np.bincount(train_y, minlength=3).tolist()))
+        return classifier_accuracy(train_x, train_y, test_x, test_y, seed)
+
+    classifier_accuracy = m.classifier_accuracy
+    monkeypatch.setattr(m, "classifier_accuracy", recording)
+    scores = m.utility(synthetic_x, synthetic_y, real_x, real_y, real_x, real_y)
+    assert seen == [(100, [30, 60, 10]), (100, [30, 60, 10])]  # synthetic first, then real
+    assert scores["utility_train_rows"] == 100
+    # Fewer synthetic rows of a class than real ones: both sets shrink to the smaller count.
+    seen.clear()
+    m.utility(synthetic_x[:40], synthetic_y[:40], real_x, real_y, real_x, real_y)
+    counts = np.minimum(np.bincount(synthetic_y[:40], minlength=3), [30, 60, 10]).tolist()
+    assert seen[0] == seen[1] == (sum(counts), counts)
