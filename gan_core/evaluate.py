@@ -18,7 +18,7 @@ from gan_core import metrics as m
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import EvaluateConfig, Params, RejectionConfig
 from gan_core.data import ImageSet, load_prepared
-from gan_core.features import FeatureNet, load_or_train_feature_net
+from gan_core.features import FeatureNet, feature_space, load_or_train_feature_net
 from gan_core.models import to_unit_range
 from gan_core.sampling import SampleBatch, TrainedModel, fit_to_model, logit_to_score, quantise, rejection_sample
 
@@ -250,7 +250,9 @@ def evaluate(model: TrainedModel, prepared: Path, params: Params, metrics_path: 
         raise ValueError(f"evaluate.evaluators: unknown {unknown} (known: {sorted(EVALUATORS)})")
     plots_dir.mkdir(parents=True, exist_ok=True)
     ctx = build_context(model, prepared, params, plots_dir, feature_cache)
-    metrics = {"parameters": model.meta["parameters"], "step": model.meta["step"]}
+    metrics = {"parameters": model.meta["parameters"], "step": model.meta["step"],
+               # Unlabelled data: no label evaluators, and features learnt without labels; say so.
+               "labelled": bool(ctx.train.num_classes), "feature_space": feature_space(ctx.train.num_classes)}
     skipped = []
     for name in params.evaluate.evaluators:
         try:
