@@ -19,12 +19,12 @@ from gan_core import metrics as m
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import EvaluateConfig, Params, RejectionConfig
 from gan_core.data import ImageSet, PreparedData, check_disjoint, load_prepared
-from gan_core.features import FeatureNet, load_or_train_feature_net
+from gan_core.features import FeatureNet, feature_space, load_or_train_feature_net
 from gan_core.generate import model_class_names
 from gan_core.lineage import check_model_data as check_model_trained_on
 from gan_core.lineage import data_fingerprint
 from gan_core.models import to_unit_range
-from gan_core.sampling import SampleBatch, TrainedModel, fit_to_model, logit_to_score, rejection_sample
+from gan_core.sampling import SampleBatch, TrainedModel, fit_to_model, logit_to_score, quantise, rejection_sample
 
 
 @dataclass
@@ -161,7 +161,7 @@ def label_consistency(ctx: EvalContext) -> dict:
 def _pixels(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """uint8 0..255 or float -1..1 images -> flat rows in 0..1, generated ones quantised as their PNGs are."""
     if isinstance(images, torch.Tensor):
-        images = ((images.clamp(-1, 1) + 1) * 127.5).round().numpy()
+        images = quantise(images).numpy()
     return images.reshape(len(images), -1) / 255.0
 
 
@@ -207,7 +207,7 @@ def rejection(ctx: EvalContext) -> dict:
 def image_grid(images: torch.Tensor, rows: int, columns: int, gap: int = 1) -> np.ndarray:
     """rows * columns images in [-1, 1] (N, C, H, W) -> one uint8 image (H, W[, 3]), `gap` black pixels apart."""
     padded = torch.nn.functional.pad(images[:rows * columns].clamp(-1, 1), (0, gap, 0, gap), value=-1.0)
-    pixels = ((padded + 1) * 127.5).round().byte().numpy()
+    pixels = quantise(padded).numpy()
     _, c, h, w = pixels.shape
     grid = pixels.reshape(rows, columns, c, h, w).transpose(0, 3, 1, 4, 2).reshape(rows * h, columns * w, c)
     return grid[..., 0] if c == 1 else grid
@@ -271,7 +271,9 @@ def evaluate(model: TrainedModel, prepared: Path, params: Params, metrics_path: 
         raise ValueError(f"evaluate.evaluators: unknown {unknown} (known: {sorted(EVALUATORS)})")
     plots_dir.mkdir(parents=True, exist_ok=True)
     ctx = build_context(model, prepared, params, plots_dir, feature_cache)
-    metrics = {"parameters": model.meta["parameters"], "step": model.meta["step"]}
+    metrics = {"parameters": model.meta["parameters"], "step": model.meta["step"],
+               # Unlabelled data: no label evaluators, and features learnt without labels; say so.
+               "labelled": bool(ctx.train.num_classes), "feature_space": feature_space(ctx.train.num_classes)}
     skipped = []
     for name in params.evaluate.evaluators:
         try:

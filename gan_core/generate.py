@@ -16,13 +16,12 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from gan_core.config import GenerateConfig
 from gan_core.data import default_class_names
 from gan_core.png import encode_batch
-from gan_core.sampling import (RejectionRule, SampleBatch, TrainedModel, accept, fit_to_model, generate_and_score,
-                               logit_to_score, shard_seeds)
+from gan_core.sampling import (RejectionRule, SampleBatch, TrainedModel, accept, candidates_through, fit_to_model,
+                               generate_and_score, logit_to_score, quantise, shard_seeds)
 
 # 2: `image` became the Hugging Face `Image` struct {bytes, path} (1 held the PNG bytes themselves)
 # and the schema carries the `huggingface` features metadata (ClassLabel names).
@@ -60,8 +59,7 @@ class OutOfSpaceError(OSError):
 
 def encode_png(images) -> list[bytes]:
     """[-1, 1] float images (N, C, H, W) -> PNG bytes, grey or RGB by channel count."""
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return encode_batch(pixels.permute(0, 2, 3, 1).numpy())
+    return encode_batch(quantise(images).permute(0, 2, 3, 1).numpy())
 
 
 def shard_name(index: int) -> str:
@@ -101,9 +99,11 @@ def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConf
                 # Ask for what is missing, scaled up by the expected acceptance (bounded to one batch).
                 want = rows - written if rule is None else cfg.batch_size
                 batch = generate_and_score(model, shard_seeds(cfg.seed, index, candidates, min(want, cfg.batch_size)))
-                candidates += len(batch.seeds)
                 kept = accept(batch, rule)
                 kept = kept.select(np.arange(min(len(kept.seeds), rows - written)))
+                # Once the quota fills, the candidates after the last one kept were never examined.
+                filled = written + len(kept.seeds) == rows
+                candidates = candidates_through(kept.seeds[-1]) if filled else candidates + len(batch.seeds)
                 if len(kept.seeds):
                     # Encoded and written in the background while the next batch is computed.
                     background.submit(lambda batch=kept: writer.write_table(_to_table(batch, schema)))

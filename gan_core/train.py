@@ -153,26 +153,38 @@ def d_step(state: GanState, real: torch.Tensor, labels: torch.Tensor | None, cfg
 def g_step(state: GanState, labels: torch.Tensor | None, batch_size: int, cfg: TrainConfig) -> dict[str, float]:
     """Generator update with the non-saturating loss: make D call generated samples real.
 
-    With train.mode_seeking > 0 (MSGAN, Mao et al. 2019) the batch is two halves with the same labels
-    and different z, and the loss also rewards the halves for differing: D judges one sample at a
-    time, so it cannot see a generator that maps every z of a class to the same digit.
+    With train.mode_seeking > 0 (MSGAN, Mao et al. 2019) samples 2i and 2i+1 of the global batch form a
+    pair with the same label and different z, and the loss also rewards pairs for differing: D judges
+    one sample at a time, so it cannot see a generator that maps every z of a class to the same digit.
     """
     device = next(state.G.parameters()).device
-    half = batch_size // 2
+    count = 2 * (batch_size // 2) if cfg.mode_seeking else batch_size
     if cfg.mode_seeking and labels is not None:
-        labels = labels[:half].repeat(2)
-    z = _latents(state, 2 * half if cfg.mode_seeking else batch_size, device)
+        labels = labels[:count:2].repeat_interleave(2)
+    z = _latents(state, count, device)
     fake = state.G(z, labels)
     logits = state.D(_maybe_augment(fake, state, cfg), labels)
     loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
     stats = {"train/g_loss": loss.item()}
     if cfg.mode_seeking:
-        spread = (fake[:half] - fake[half:]).abs().mean() / (z[:half] - z[half:]).abs().mean()
-        loss = loss + cfg.mode_seeking / (spread + 1e-5)
+        loss = loss + cfg.mode_seeking * _inverse_spread(state, fake, z)
     state.opt_g.zero_grad(set_to_none=True)
     loss.backward()
     state.opt_g.step()
     return stats
+
+
+def _inverse_spread(state: GanState, fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """1 / (mean |G(z_2i) - G(z_2i+1)| / mean |z_2i - z_2i+1|) over the pairs of the whole global batch.
+
+    Under torchrun each rank holds whole pairs (an even slice) and the means are summed over ranks, so
+    the term, and its gradient, is the one process's; scaled by the world size because DDP averages
+    the ranks' gradients where one process would sum its pairs' contributions.
+    """
+    image_gap = distributed.global_sum((fake[0::2] - fake[1::2]).abs().sum(), state.shard) / fake[0::2].numel()
+    latent_gap = distributed.global_sum((z[0::2] - z[1::2]).abs().sum(), state.shard) / z[0::2].numel()
+    world = state.shard.world if state.shard else 1
+    return world / (image_gap / latent_gap + 1e-5)
 
 
 @torch.no_grad()

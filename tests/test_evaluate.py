@@ -176,3 +176,32 @@ def test_evaluator_cache_key_follows_its_code(split, tmp_path, monkeypatch):
     assert cache_key(split.train, cfg) == before
     (copy / "augment.py").write_text((copy / "augment.py").read_text() + "\n# imported by features.py\n")
     assert cache_key(split.train, cfg) != before
+
+
+def test_unlabelled_data_is_flagged_and_measured_by_a_trained_evaluator(tmp_path):
+    from gan_core.stages import Layout, run_evaluate, run_prepare, run_train
+    from tests.helpers import write_digit_images
+
+    layout = Layout(tmp_path)
+    write_digit_images(layout.raw / "flat", per_class=15, rgb=False, by_class=False, size=8)
+    params = tiny_params(prepare__source=str(layout.raw / "flat"), prepare__dataset="flat", train__epochs=1,
+                         features__epochs=40)
+    run_prepare(params, layout)
+    run_train(params, layout, progress=False)
+    metrics = run_evaluate(params, layout)
+    assert json.loads(layout.metrics.read_text()) == metrics
+    assert metrics["labelled"] is False and metrics["feature_space"] == "cnn-rotation (self-supervised)"
+    assert metrics["skipped_evaluators"] == "label_consistency, utility" and np.isfinite(metrics["fd"])
+    # The evaluator learnt its self-supervised task (four turns: chance is 0.25), not random weights.
+    [entry] = layout.feature_cache.iterdir()
+    meta = ckpt.read_meta(entry)
+    assert meta["trained"] is True and meta["feature_space"] == metrics["feature_space"]
+    assert meta["train_accuracy"] > 0.5
+
+
+def test_labelled_data_is_flagged_with_its_class_evaluator(split, tmp_path):
+    train_set = split.train
+    cfg = tiny_params().features
+    load_or_train_feature_net(train_set, cfg, tmp_path)
+    meta = ckpt.read_meta(tmp_path / cache_key(train_set, cfg)[:16])
+    assert meta["feature_space"] == "cnn-classes" and meta["train_accuracy"] > 0.2  # ten classes: chance is 0.1
