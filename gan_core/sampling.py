@@ -47,7 +47,7 @@ class TrainedModel:
         return torch.stack(rows).float()
 
 
-def load_model(directory: Path, device: str | torch.device = "cpu") -> TrainedModel:
+def load_model(directory: Path | str, device: str | torch.device = "cpu") -> TrainedModel:
     """Load an exported model; safetensors only, every file checked against its recorded sha256."""
     meta = ckpt.read_meta(directory)
     if meta.get("format") != "ganforge-checkpoint/1":
