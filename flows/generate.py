@@ -85,7 +85,8 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
     get_run_logger().info("%d samples (acceptance %.2f) -> %s",
                           summary["sample_count"], summary["acceptance_rate"], uri)
     report("generate", name, {"dataset": uri, "version": version, "model": model.uri or str(model.directory),
-                              **{k: summary[k] for k in ("sample_count", "acceptance_rate", "candidates")},
+                              **{k: summary[k] for k in ("sample_count", "acceptance_rate", "candidates", "truncation",
+                                                         "class_counts")},
                               "shards": len(summary["shard_files"]), "metrics": model.metrics})
     return uri
 

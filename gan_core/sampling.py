@@ -43,8 +43,9 @@ class TrainedModel:
         rng = torch.Generator().manual_seed(W_AVG_SEED)
         z = torch.randn(W_AVG_SAMPLES, self.generator.latent_dim, generator=rng).to(self.device)
         classes = [torch.full((W_AVG_SAMPLES,), k, device=self.device) for k in range(self.shape.num_classes)]
-        rows = [self.generator.mapping(z, labels).double().mean(dim=0) for labels in classes or [None]]
-        return torch.stack(rows).float()
+        # Averaged in float64 on the CPU (MPS has no float64): the sum's order then follows no device.
+        rows = [self.generator.mapping(z, labels).cpu().double().mean(dim=0) for labels in classes or [None]]
+        return torch.stack(rows).float().to(self.device)
 
 
 def load_model(directory: Path | str, device: str | torch.device = "cpu") -> TrainedModel:
@@ -189,8 +190,8 @@ def sample_images(model: TrainedModel | Path | str, num_samples: int | None = No
     counts = None if class_counts is None else class_indices(model, class_counts, "class_counts")
     if counts is not None and num_samples not in (None, sum(counts.values())):
         raise ValueError(f"num_samples is {num_samples} but class_counts add up to {sum(counts.values())}")
-    if counts is None and num_samples is None:
-        raise ValueError("give num_samples or class_counts")
+    if counts is None and not (num_samples and num_samples > 0):
+        raise ValueError(f"give num_samples (a positive count) or class_counts (got num_samples={num_samples})")
     quota = [(None, num_samples)] if counts is None else list(counts.items())
     batch = SampleBatch.concat([b for b, _ in sample_shard(model, 0, quota, seed, batch_size, None, truncation)])
     return Samples(to_uint8(batch.images).numpy(), batch.labels.astype(np.int64), logit_to_score(batch.logits),
