@@ -11,7 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.tasks import S3_RETRIES, fetch_model, prune, publish_once, published, report, scheduled_version
 from gan_core.config import Params, load_params
 from gan_core.stages import (Layout, ModelSource, bucket_from_env, local_model, override_params, plan_generation,
-                             run_publish, run_shard, summarize_shards)
+                             run_publish, run_shard, sample_overrides, summarize_shards)
 
 # A local Dask cluster: worker processes with one thread each, and one torch thread each
 # (distributed's nanny sets these too; here they are explicit, as two torch threads per
@@ -39,9 +39,9 @@ def plan(params: Params, model_dir: str, out_dir: str) -> dict:
 
 
 @task
-def generate_shard(params: Params, model_dir: str, index: int, rows: int, rule: dict | None, out_dir: str) -> dict:
+def generate_shard(params: Params, model_dir: str, index: int, quota: list, rule: dict | None, out_dir: str) -> dict:
     # One shard file per task, from its own seeds: shards run anywhere, in any order. Paths in, paths out.
-    return run_shard(params, Path(model_dir), index, rows, rule, Path(out_dir))
+    return run_shard(params, Path(model_dir), index, quota, rule, Path(out_dir))
 
 
 @task(**S3_RETRIES)
@@ -53,8 +53,8 @@ def publish(params: Params, summary: dict, version: str, bucket: str, prefix: st
 
 def generate_shards(params: Params, model_dir: Path, out_dir: Path) -> dict:
     planned = plan(params, str(model_dir), str(out_dir))
-    indices, rows = zip(*planned["shards"])
-    shards = generate_shard.map(unmapped(params), unmapped(str(model_dir)), list(indices), list(rows),
+    indices, quotas = zip(*planned["shards"])
+    shards = generate_shard.map(unmapped(params), unmapped(str(model_dir)), list(indices), list(quotas),
                                 unmapped(planned["rule"]), unmapped(str(out_dir)))
     return summarize_shards(params, shards.result(), planned["rule"])
 
@@ -63,13 +63,16 @@ def generate_shards(params: Params, model_dir: Path, out_dir: Path) -> dict:
 def generate_flow(params_path: str = "params.yaml", version: str | None = None, publish_to_s3: bool = True,
                   bucket: str | None = None, prefix: str = "datasets", dataset_name: str | None = None,
                   num_samples: int | None = None, rejection: bool | None = None, checkpoint: str | None = None,
-                  keep_last: int | None = None) -> str | None:
+                  keep_last: int | None = None, class_counts: dict[str, int] | None = None,
+                  truncation: float | None = None) -> str | None:
     """checkpoint: None for the local models/<dataset>/, else "latest", a version or an s3:// URI of one.
 
     version: by default the run's scheduled time, so that rerunning a scheduled run publishes nothing new.
+    class_counts: {class index or name: count} (num_samples then defaults to their sum); truncation: psi, 1 = off.
     """
     params = override_params(load_params(params_path), {
-        "generate.name": dataset_name, "generate.num_samples": num_samples, "generate.rejection.enabled": rejection})
+        "generate.name": dataset_name, "generate.rejection.enabled": rejection, "generate.truncation": truncation,
+        **sample_overrides(num_samples, class_counts)})
     name, bucket, version = params.generate.name, bucket or bucket_from_env(), version or scheduled_version()
     if publish_to_s3 and (uri := published(bucket, prefix, name, version)):
         report("generate", name, {"dataset": uri, "note": "already published by an earlier run of this schedule"})
@@ -82,7 +85,8 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
     get_run_logger().info("%d samples (acceptance %.2f) -> %s",
                           summary["sample_count"], summary["acceptance_rate"], uri)
     report("generate", name, {"dataset": uri, "version": version, "model": model.uri or str(model.directory),
-                              **{k: summary[k] for k in ("sample_count", "acceptance_rate", "candidates")},
+                              **{k: summary[k] for k in ("sample_count", "acceptance_rate", "candidates", "truncation",
+                                                         "class_counts")},
                               "shards": len(summary["shard_files"]), "metrics": model.metrics})
     return uri
 

@@ -49,10 +49,39 @@ def cmd_compare_rejection(args) -> object:
     return None
 
 
+def parse_class_counts(text: str) -> dict[int | str, int]:
+    """--class-counts "3=5000,7=1000" (classes by index or name) -> {3: 5000, 7: 1000}."""
+    counts: dict[int | str, int] = {}
+    for part in text.split(","):
+        cls, sep, count = part.strip().partition("=")
+        if not sep or not cls.strip() or not count.strip().isdigit() or cls.strip() in counts:
+            raise ValueError(f"--class-counts: expected CLASS=COUNT,... with each class once and whole counts "
+                             f"(got {text!r})")
+        counts[cls.strip()] = int(count)
+    return counts
+
+
+def parse_number(flag: str, text: str | None, kind: type) -> int | float | None:
+    try:
+        return None if text is None else kind(text)
+    except ValueError:
+        raise ValueError(f"{flag}: expected {'an integer' if kind is int else 'a number'} (got {text!r})") from None
+
+
+def generate_params(args):
+    """params.yaml with the command line's --num-samples, --class-counts and --truncation in place."""
+    from gan_core.stages import override_params, sample_overrides
+    counts = None if args.class_counts is None else parse_class_counts(args.class_counts)
+    params = override_params(load_params(args.params), {"generate.truncation": parse_number(
+        "--truncation", args.truncation, float)}, source="--truncation")
+    sizes = sample_overrides(parse_number("--num-samples", args.num_samples, int), counts)
+    return override_params(params, sizes, source="--num-samples/--class-counts")
+
+
 @command
 def cmd_generate(args) -> object:
     from gan_core.stages import Layout, bucket_from_env, publication_version, run_generate, run_publish
-    params = load_params(args.params)
+    params = generate_params(args)
     version = None if args.no_publish else publication_version(args.version)
     summary = run_generate(params, Layout().generated(params))
     if args.no_publish:
@@ -104,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-publish", action="store_true", help="write shards locally only")
     gen.add_argument("--version", help="dataset version to publish (default: UTC time)")
     gen.add_argument("--bucket", help="S3 bucket (default: $GANFORGE_BUCKET or 'ganforge')")
+    gen.add_argument("--num-samples", metavar="N", help="samples in all (default: generate.num_samples)")
+    gen.add_argument("--class-counts", metavar="CLASS=N,...",
+                     help="samples per class, by index or name, e.g. 3=5000,7=1000 (default: balanced)")
+    gen.add_argument("--truncation", metavar="PSI", help="truncation trick's psi in (0, 1]; 1: off")
     drs = sub.add_parser("compare-rejection", help="FD / precision / recall with and without rejection sampling")
     drs.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     drs.add_argument("--acceptance", type=float, nargs="+", default=[0.8, 0.5, 0.3],

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
+from pydantic_core import PydanticCustomError
 
 PARAMS_FILE = Path("params.yaml")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -37,6 +38,11 @@ ClassName = Annotated[str, AfterValidator(_class_name)]
 
 class ConfigError(ValueError):
     """A params file that cannot be used; the message names the file and the key."""
+
+
+def section_error(message: str) -> PydanticCustomError:
+    """An error about several keys of a section: its message names them and is shown as it is."""
+    return PydanticCustomError("section", message)
 
 
 class Section(BaseModel):
@@ -129,13 +135,49 @@ class RejectionConfig(Section):
     per_class: bool = True  # M and gamma per class (conditional models): keeps the class mix
 
 
+def class_key(key: object) -> int | str:
+    # Flow parameters and JSON give class indices as strings ("3"); a name is any other string.
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+        raise ValueError("a class is an index (0, 1, ...) or a name")
+    return int(key) if isinstance(key, str) and key.isdigit() else key
+
+
+ClassKey = Annotated[int | str, BeforeValidator(class_key)]
+
+
 class GenerateConfig(Section):
     name: SafeName = "digits-synthetic"
-    num_samples: int = Field(10000, ge=1)
+    num_samples: int = Field(10000, ge=1)  # with class_counts: their sum (filled in when left out)
+    # Samples per class, by index or (when the model's meta.json has class_names) name; None: balanced.
+    class_counts: dict[ClassKey, Annotated[int, Field(ge=1)]] | None = None
+    truncation: float = Field(1.0, gt=0.0, le=1.0)  # psi of the truncation trick; 1.0: off
     shard_size: int = Field(5000, ge=1)
     seed: int = Field(0, ge=0)
     batch_size: int = Field(500, ge=1)
     rejection: RejectionConfig = RejectionConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _num_samples_from_counts(cls, raw):
+        counts = raw.get("class_counts") if isinstance(raw, dict) else None
+        valid = isinstance(counts, dict) and counts and all(type(v) is int and v >= 1 for v in counts.values())
+        if valid and "num_samples" not in raw:
+            raw = {**raw, "num_samples": sum(counts.values())}
+        return raw
+
+    @field_validator("class_counts")
+    @classmethod
+    def _some_classes(cls, counts):
+        if counts is not None and not counts:
+            raise ValueError("give at least one CLASS: COUNT, or leave class_counts out for balanced classes")
+        return counts
+
+    @model_validator(mode="after")
+    def _counts_add_up(self):
+        if self.class_counts is not None and sum(self.class_counts.values()) != self.num_samples:
+            raise section_error(f"generate.num_samples is {self.num_samples} but generate.class_counts add up to "
+                                f"{sum(self.class_counts.values())}; leave num_samples out or make them agree")
+        return self
 
 
 class Params(Section):
@@ -152,11 +194,19 @@ class Params(Section):
         # An empty YAML section ("train:") parses as None; treat it as "all defaults".
         return {} if value is None else value
 
+    @model_validator(mode="after")
+    def _counts_need_classes(self):
+        if self.generate.class_counts is not None and not self.model.conditional:
+            raise section_error("generate.class_counts needs a class-conditional model (model.conditional is false)")
+        return self
+
 
 def _describe(error: dict) -> str:
     key = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"unknown key {key}"
+    if error["type"] == "section":
+        return error["msg"]
     got = error.get("input")
     if isinstance(got, float) and math.isnan(got):
         got = "nan"

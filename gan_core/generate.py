@@ -7,7 +7,7 @@ import json
 import math
 import os
 import shutil
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 from gan_core.config import GenerateConfig
 from gan_core.data import default_class_names
 from gan_core.png import encode_batch
-from gan_core.sampling import (RejectionRule, SampleBatch, TrainedModel, accept, candidates_through, fit_to_model,
-                               generate_and_score, logit_to_score, quantise, shard_seeds)
+from gan_core.sampling import (Quota, RejectionRule, SampleBatch, TrainedModel, class_indices, fit_to_model,
+                               logit_to_score, quantise, sample_shard)
 
 # 2: `image` became the Hugging Face `Image` struct {bytes, path} (1 held the PNG bytes themselves)
 # and the schema carries the `huggingface` features metadata (ClassLabel names).
@@ -71,12 +71,31 @@ def shard_sizes(num_samples: int, shard_size: int) -> list[int]:
     return [min(shard_size, num_samples - i * shard_size) for i in range(count)]
 
 
+def shard_quotas(num_samples: int, shard_size: int, class_counts: dict[int, int] | None) -> list[Quota]:
+    """Each shard's (class, rows): every class in turn, or each requested class spread evenly over the shards."""
+    sizes = shard_sizes(num_samples, shard_size)
+    if class_counts is None:
+        return [[(None, rows)] for rows in sizes]
+    classes = np.repeat(list(class_counts), list(class_counts.values()))
+    # Class k's j-th sample sits (j + 0.5) / n_k of the way through the dataset; shards cut that order.
+    order = np.argsort(np.concatenate([(np.arange(n) + 0.5) / n for n in class_counts.values()]), kind="stable")
+    bounds = np.cumsum([0, *sizes])
+    return [[(int(k), int(n)) for k, n in zip(*np.unique(classes[order[a:b]], return_counts=True))]
+            for a, b in zip(bounds, bounds[1:])]
+
+
+def plan_shards(model: TrainedModel, cfg: GenerateConfig) -> list[Quota]:
+    counts = None if cfg.class_counts is None else class_indices(model, cfg.class_counts)
+    return shard_quotas(cfg.num_samples, cfg.shard_size, counts)
+
+
 @dataclass(frozen=True)
 class ShardResult:
     index: int
     path: Path
     rows: int
     candidates: int
+    class_counts: dict[str, int]  # rows per class index (as a string, as in JSON); empty when unconditional
 
 
 def _to_table(batch: SampleBatch, schema: pa.Schema) -> pa.Table:
@@ -86,28 +105,21 @@ def _to_table(batch: SampleBatch, schema: pa.Schema) -> pa.Table:
                      "seed": batch.seeds.astype(np.int64), "d_score": logit_to_score(batch.logits)}, schema=schema)
 
 
-def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConfig,
+def generate_shard(model: TrainedModel, index: int, quota: Quota, cfg: GenerateConfig,
                    rule: RejectionRule | None, out_dir: Path) -> ShardResult:
-    """Write shard `index` with exactly `rows` samples; its seeds are its own, so shards run in any order."""
+    """Write shard `index` with exactly its quota of samples; its seeds are its own, so shards run in any order."""
     path = Path(out_dir) / shard_name(index)
     tmp = path.with_name(f".{path.name}.tmp")
-    written = candidates = 0
+    labels, candidates = Counter(), 0
     schema = row_schema(model_class_names(model.meta))
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer, InOrderBackground() as background:
-            while written < rows:
-                # Ask for what is missing, scaled up by the expected acceptance (bounded to one batch).
-                want = rows - written if rule is None else cfg.batch_size
-                batch = generate_and_score(model, shard_seeds(cfg.seed, index, candidates, min(want, cfg.batch_size)))
-                kept = accept(batch, rule)
-                kept = kept.select(np.arange(min(len(kept.seeds), rows - written)))
-                # Once the quota fills, the candidates after the last one kept were never examined.
-                filled = written + len(kept.seeds) == rows
-                candidates = candidates_through(kept.seeds[-1]) if filled else candidates + len(batch.seeds)
+            for kept, drawn in sample_shard(model, index, quota, cfg.seed, cfg.batch_size, rule, cfg.truncation):
+                candidates += drawn
                 if len(kept.seeds):
                     # Encoded and written in the background while the next batch is computed.
                     background.submit(lambda batch=kept: writer.write_table(_to_table(batch, schema)))
-                    written += len(kept.seeds)
+                    labels.update(kept.labels.tolist())
     except BaseException as exc:
         tmp.unlink(missing_ok=True)  # a partial shard only takes space: nothing reads .tmp files
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -116,7 +128,8 @@ def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConf
                                   "free some space and rerun") from None
         raise
     os.replace(tmp, path)
-    return ShardResult(index, path, written, candidates)
+    per_class = {str(k): n for k, n in sorted(labels.items()) if k >= 0}
+    return ShardResult(index, path, labels.total(), candidates, per_class)
 
 
 class InOrderBackground:
@@ -150,7 +163,7 @@ class InOrderBackground:
 def rejection_rule(model: TrainedModel, cfg: GenerateConfig) -> RejectionRule | None:
     if not cfg.rejection.enabled:
         return None
-    return fit_to_model(model, cfg.rejection, cfg.seed, cfg.batch_size)
+    return fit_to_model(model, cfg.rejection, cfg.seed, cfg.batch_size, cfg.truncation)
 
 
 def generate_dataset(model: TrainedModel, cfg: GenerateConfig, out_dir: Path) -> dict:
@@ -158,8 +171,7 @@ def generate_dataset(model: TrainedModel, cfg: GenerateConfig, out_dir: Path) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rule = rejection_rule(model, cfg)
-    results = [generate_shard(model, i, rows, cfg, rule, out_dir)
-               for i, rows in enumerate(shard_sizes(cfg.num_samples, cfg.shard_size))]
+    results = [generate_shard(model, i, quota, cfg, rule, out_dir) for i, quota in enumerate(plan_shards(model, cfg))]
     return summarize(results, rule, cfg)
 
 
@@ -169,5 +181,8 @@ def summarize(results: list[ShardResult], rule: RejectionRule | None, cfg: Gener
     rejection = {"enabled": rule is not None} | cfg.rejection.model_dump(exclude={"enabled"})
     if rule is not None:
         rejection |= {"max_logit": list(rule.max_logit), "gamma": list(rule.gamma)}
+    per_class = sum((Counter(r.class_counts) for r in results), Counter())
     return {"sample_count": rows, "candidates": candidates, "acceptance_rate": rows / candidates,
-            "rejection": rejection, "shard_files": [str(r.path) for r in sorted(results, key=lambda r: r.index)]}
+            "rejection": rejection, "shard_files": [str(r.path) for r in sorted(results, key=lambda r: r.index)],
+            "class_counts": dict(sorted(per_class.items(), key=lambda item: int(item[0]))) or None,
+            "truncation": cfg.truncation}

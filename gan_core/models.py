@@ -93,8 +93,11 @@ class Generator(nn.Module):
         self.to_image = nn.Conv2d(widths[-1], shape.channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        w = self.mapping(z, labels)
-        x = self.project(w).view(len(z), -1, BASE_RESOLUTION, BASE_RESOLUTION)
+        return self.synthesize(self.mapping(z, labels))
+
+    def synthesize(self, w: torch.Tensor) -> torch.Tensor:
+        """The mapping network's output w -> image: generation's truncation trick moves w in between."""
+        x = self.project(w).view(len(w), -1, BASE_RESOLUTION, BASE_RESOLUTION)
         # In the convolutions' memory layout from the first feature map on: a channels-last
         # upsample ran 20x faster than one on a contiguous map fed to channels-last convolutions.
         x = x.contiguous(memory_format=memory_format_of(self.to_image.weight))

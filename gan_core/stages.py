@@ -18,7 +18,7 @@ from gan_core.config import Params, parse_params
 from gan_core.data import BUNDLED_DIGITS, DataError, prepare_dataset
 from gan_core.evaluate import build_context, evaluate, read_metrics, rejection_table
 from gan_core.generate import (SCHEMA_VERSION, ShardResult, generate_dataset, generate_shard, model_class_names,
-                               rejection_rule, shard_sizes, summarize)
+                               plan_shards, rejection_rule, summarize)
 from gan_core.sampling import RejectionRule, load_model
 from gan_core.train import pick_device, train
 
@@ -88,7 +88,7 @@ def model_cache_dir() -> Path:
     return Path(os.environ.get("GANFORGE_CACHE") or Path.home() / ".cache" / "ganforge") / "models"
 
 
-def override_params(params: Params, overrides: dict[str, object]) -> Params:
+def override_params(params: Params, overrides: dict[str, object], source: str = "flow parameters") -> Params:
     """Params with dotted keys replaced ({"generate.num_samples": 10}), validated again; None keeps a value."""
     raw = params.model_dump(mode="json")
     for dotted, value in overrides.items():
@@ -98,7 +98,14 @@ def override_params(params: Params, overrides: dict[str, object]) -> Params:
             for section in sections:
                 node = node[section]
             node[key] = value
-    return parse_params(raw, "flow parameters")
+    return parse_params(raw, source)
+
+
+def sample_overrides(num_samples: int | None, class_counts: dict | None) -> dict[str, object]:
+    """Overrides of the output's size: class counts alone also set num_samples (their sum) in place of the file's."""
+    if class_counts and num_samples is None:
+        num_samples = sum(class_counts.values())
+    return {"generate.num_samples": num_samples, "generate.class_counts": class_counts}
 
 
 def local_model(params: Params, layout: Layout = Layout()) -> ModelSource:
@@ -147,18 +154,19 @@ def run_generate(params: Params, out_dir: Path, layout: Layout = Layout()) -> di
 # --- generation fanned out: a plan, one call per shard (any order, any host), a summary ----------
 
 def plan_generation(params: Params, model_dir: Path, out_dir: Path) -> dict:
-    """Empty `out_dir`; fit the rejection rule once; list each shard's (index, rows)."""
+    """Empty `out_dir`; fit the rejection rule once; list each shard's (index, quota: [(class, rows)])."""
     cfg = params.generate
     shutil.rmtree(out_dir, ignore_errors=True)
     Path(out_dir).mkdir(parents=True)
-    rule = rejection_rule(load_model(model_dir, pick_device(params.train.device)), cfg)
-    return {"rule": asdict(rule) if rule else None,
-            "shards": list(enumerate(shard_sizes(cfg.num_samples, cfg.shard_size)))}
-
-
-def run_shard(params: Params, model_dir: Path, index: int, rows: int, rule: dict | None, out_dir: Path) -> dict:
     model = load_model(model_dir, pick_device(params.train.device))
-    result = generate_shard(model, index, rows, params.generate, RejectionRule(**rule) if rule else None, out_dir)
+    rule = rejection_rule(model, cfg)
+    return {"rule": asdict(rule) if rule else None,
+            "shards": [(i, [list(part) for part in quota]) for i, quota in enumerate(plan_shards(model, cfg))]}
+
+
+def run_shard(params: Params, model_dir: Path, index: int, quota: list, rule: dict | None, out_dir: Path) -> dict:
+    model = load_model(model_dir, pick_device(params.train.device))
+    result = generate_shard(model, index, quota, params.generate, RejectionRule(**rule) if rule else None, out_dir)
     return {**asdict(result), "path": str(result.path)}
 
 
@@ -242,7 +250,8 @@ def build_manifest(params: Params, summary: dict, version: str, layout: Layout =
             **provenance(params, layout),
             "sample_count": summary["sample_count"], "acceptance_rate": summary["acceptance_rate"],
             "rejection": summary["rejection"], "model_uri": model.uri, "metrics": model.metrics,
-            "class_names": model_class_names(model_meta), "schema_version": SCHEMA_VERSION}
+            "class_names": model_class_names(model_meta), "schema_version": SCHEMA_VERSION,
+            "class_counts": summary["class_counts"], "truncation": summary["truncation"]}
 
 
 def run_publish(params: Params, summary: dict, version: str, bucket: str, layout: Layout = Layout(),
