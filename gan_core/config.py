@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PARAMS_FILE = Path("params.yaml")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -102,7 +102,7 @@ class RejectionConfig(Section):
 
 
 class GenerateConfig(Section):
-    name: SafeName = "digits-synthetic"
+    name: SafeName | None = None  # None: <prepare.dataset>-synthetic (Params fills it in)
     num_samples: int = Field(10000, ge=1)
     shard_size: int = Field(5000, ge=1)
     seed: int = Field(0, ge=0)
@@ -123,6 +123,22 @@ class Params(Section):
     def _none_is_default(cls, value):
         # An empty YAML section ("train:") parses as None; treat it as "all defaults".
         return {} if value is None else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_follows_data(cls, raw):
+        # Unset, the dataset's name follows its data: a user's own images never publish as digits-synthetic.
+        if not isinstance(raw, dict):
+            return raw
+        generate, prepare = (_as_dict(raw.get(key)) for key in ("generate", "prepare"))
+        if not isinstance(generate, dict) or generate.get("name") is not None:
+            return raw
+        dataset = prepare.get("dataset", PrepareConfig().dataset) if isinstance(prepare, dict) else None
+        return {**raw, "generate": {**generate, "name": f"{dataset}-synthetic"}}
+
+
+def _as_dict(section: object) -> object:
+    return section.model_dump() if isinstance(section, BaseModel) else section or {}
 
 
 def _describe(error: dict) -> str:
