@@ -76,6 +76,8 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
     """checkpoint: None for the local models/<dataset>/, else "latest", a version or an s3:// URI of one.
 
     version: by default the run's scheduled time, so that rerunning a scheduled run publishes nothing new.
+    Under `dvc exp run` the prefix is experiments/<exp>/PREFIX; a deployment run writes its shards into
+    a folder of its own (flows.tasks.run_layout).
     """
     params = override_params(load_params(params_path), {
         "generate.name": dataset_name, "generate.num_samples": num_samples, "generate.rejection.enabled": rejection})

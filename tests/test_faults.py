@@ -254,6 +254,56 @@ def test_simultaneous_publishers_one_wins(s3_env, tmp_path):
         assert_published_exactly(s3_env, name, version, sets[winners[0]], tmp_path / version)
 
 
+def put_claim_of_another_run(env, folder: str, expires_at: str) -> None:
+    """What a run publishing other files leaves while it holds the version (or after it died), with a stray shard."""
+    body = {"content_sha256": "0" * 64, "token": "another", "host": "elsewhere", "pid": 1, "since": expires_at,
+            "expires_at": expires_at}
+    env.client.put_object(Bucket=env.bucket, Key=folder + storage.CLAIM, Body=json.dumps(body).encode())
+    env.client.put_object(Bucket=env.bucket, Key=folder + "part-00009.parquet", Body=b"the other run's")
+
+
+def test_a_claim_past_its_lease_is_taken_over_a_fresh_one_is_not(s3_env, tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    first, _ = two_shard_sets(tmp_path)
+    name, now = f"lease-{secrets.token_hex(4)}", datetime.now(timezone.utc)
+    put_claim_of_another_run(s3_env, f"datasets/{name}/v1/", (now + timedelta(minutes=4)).isoformat())
+    with pytest.raises(VersionBusyError, match=r"lease until .*retry after its lease"):
+        publish_dataset(first, bucket=s3_env.bucket, name=name, version="v1", manifest={})
+    put_claim_of_another_run(s3_env, f"datasets/{name}/v2/", (now - timedelta(seconds=1)).isoformat())
+    publish_dataset(first, bucket=s3_env.bucket, name=name, version="v2", manifest={})
+    assert_published_exactly(s3_env, name, "v2", first, tmp_path / "down")  # the stale run's stray shard is gone
+
+
+def test_a_claim_is_renewed_while_its_run_publishes(s3_env, tmp_path, monkeypatch):
+    first, second = two_shard_sets(tmp_path)
+    name, outcome = f"lease-{secrets.token_hex(4)}", []
+    monkeypatch.setenv("GANFORGE_CLAIM_LEASE_S", "1")
+
+    def second_run_publishes(params, **_):  # 2.5 leases after the first claimed the version
+        if not outcome and params["Key"].endswith("part-00001.parquet"):
+            time.sleep(2.5)
+            with pytest.raises(VersionBusyError) as refused:
+                publish_dataset(second, bucket=s3_env.bucket, name=name, version="v1", manifest={},
+                                client=s3_env.client)
+            outcome.append(str(refused.value))
+
+    client = storage.s3_client()
+    client.meta.events.register("provide-client-params.s3.PutObject", second_run_publishes)
+    monkeypatch.setattr(storage, "MAX_WORKERS", 1)
+    publish_dataset(first, bucket=s3_env.bucket, name=name, version="v1", manifest={}, client=client)
+    assert "is being published by another run" in outcome[0]
+    assert_published_exactly(s3_env, name, "v1", first, tmp_path / "down")
+
+
+def test_a_claim_lease_setting_is_checked(s3_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANFORGE_CLAIM_LEASE_S", "soon")
+    with pytest.raises(StorageError, match="GANFORGE_CLAIM_LEASE_S must be a number of seconds from 1 to 86400 "
+                                           r"\(got 'soon'\)"):
+        publish_dataset(two_shard_sets(tmp_path)[0], bucket=s3_env.bucket, name="lease-bad", version="v1",
+                        manifest={})
+
+
 # --- 4. S3 answers slowly or resets connections -------------------------------------------------
 
 def attempts_at(client, key_part: str) -> list[float]:
