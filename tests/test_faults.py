@@ -216,12 +216,16 @@ def assert_published_exactly(env, name: str, version: str, files: list[Path], to
     assert keys_under(env.client, env.bucket, folder) == [folder + MANIFEST] + [folder + p.name for p in files]
 
 
-def test_a_second_publisher_is_refused_while_the_first_uploads(s3_env, tmp_path, monkeypatch):
+# Late: 2.5 leases of 1 s after the first run claimed the version, which it has renewed meanwhile.
+@pytest.mark.parametrize("lease, late", [("300", 0.0), ("1", 2.5)], ids=["at-once", "after-its-lease"])
+def test_a_second_publisher_is_refused_while_the_first_uploads(lease, late, s3_env, tmp_path, monkeypatch):
     first, second = two_shard_sets(tmp_path)
     name, outcome = f"race-{secrets.token_hex(4)}", []
+    monkeypatch.setenv("GANFORGE_CLAIM_LEASE_S", lease)
 
     def second_run_publishes(params, **_):  # runs whole while the first is between two uploads
         if not outcome and params["Key"].endswith("part-00001.parquet"):
+            time.sleep(late)
             with pytest.raises(VersionBusyError) as refused:
                 publish_dataset(second, bucket=s3_env.bucket, name=name, version="v1", manifest={},
                                 client=s3_env.client)
@@ -273,27 +277,6 @@ def test_a_claim_past_its_lease_is_taken_over_a_fresh_one_is_not(s3_env, tmp_pat
     put_claim_of_another_run(s3_env, f"datasets/{name}/v2/", (now - timedelta(seconds=1)).isoformat())
     publish_dataset(first, bucket=s3_env.bucket, name=name, version="v2", manifest={})
     assert_published_exactly(s3_env, name, "v2", first, tmp_path / "down")  # the stale run's stray shard is gone
-
-
-def test_a_claim_is_renewed_while_its_run_publishes(s3_env, tmp_path, monkeypatch):
-    first, second = two_shard_sets(tmp_path)
-    name, outcome = f"lease-{secrets.token_hex(4)}", []
-    monkeypatch.setenv("GANFORGE_CLAIM_LEASE_S", "1")
-
-    def second_run_publishes(params, **_):  # 2.5 leases after the first claimed the version
-        if not outcome and params["Key"].endswith("part-00001.parquet"):
-            time.sleep(2.5)
-            with pytest.raises(VersionBusyError) as refused:
-                publish_dataset(second, bucket=s3_env.bucket, name=name, version="v1", manifest={},
-                                client=s3_env.client)
-            outcome.append(str(refused.value))
-
-    client = storage.s3_client()
-    client.meta.events.register("provide-client-params.s3.PutObject", second_run_publishes)
-    monkeypatch.setattr(storage, "MAX_WORKERS", 1)
-    publish_dataset(first, bucket=s3_env.bucket, name=name, version="v1", manifest={}, client=client)
-    assert "is being published by another run" in outcome[0]
-    assert_published_exactly(s3_env, name, "v1", first, tmp_path / "down")
 
 
 def test_a_claim_lease_setting_is_checked(s3_env, tmp_path, monkeypatch):
