@@ -69,3 +69,14 @@ def test_override_keeps_other_defaults(tmp_path):
     raw["train"]["epochs"] = 3
     params = load_params(write(tmp_path, yaml.safe_dump(raw)))
     assert params.train.epochs == 3 and params.train.lr_g == 2e-4
+
+
+def test_the_dataset_name_follows_the_data_unless_set(tmp_path):
+    # "Your own data": only prepare.dataset and prepare.source change in the repository's params.yaml.
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"] |= {"dataset": "faces", "source": "data/raw/faces"}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(params))
+    assert load_params(tmp_path / "own.yaml").generate.name == "faces-synthetic"
+    params["generate"]["name"] = "portraits"
+    (tmp_path / "named.yaml").write_text(yaml.safe_dump(params))
+    assert load_params(tmp_path / "named.yaml").generate.name == "portraits"
