@@ -53,8 +53,8 @@ def assert_checkout_untouched(root: Path, dataset: str) -> None:
     assert list((root / ".ganforge" / "runs").iterdir()) == []  # each run's folder removed once published
 
 
-def test_concurrent_generation_deployment_runs_keep_their_own_shards(checkout, s3_env, prefect_api_url, monkeypatch,
-                                                                     tmp_path):
+def test_two_generation_deployment_runs_keep_their_own_shards(checkout, s3_env, prefect_api_url, monkeypatch,
+                                                              tmp_path):
     from flows.generate import generate_flow
 
     root, dataset = checkout
