@@ -3,23 +3,29 @@
 from prefect import flow, get_run_logger
 
 from flows.prepare import prepare_flow
-from flows.tasks import fetch_model, report
+from flows.tasks import fetch_model, report, run_layout, use_checkout_data
 from gan_core.config import load_params
 from gan_core.stages import Layout, bucket_from_env, run_evaluate
 
 
 @flow(name="evaluate")
 def evaluate_flow(params_path: str = "params.yaml", checkpoint: str | None = None, bucket: str | None = None,
-                  prepare_data: bool = False) -> dict:
-    """checkpoint: None for the local models/<dataset>/, else "latest", a version or an s3:// URI of one."""
-    params = load_params(params_path)
+                  prepare_data: bool = False, workdir: str | None = None) -> dict:
+    """checkpoint: None for the local models/<dataset>/, else "latest", a version or an s3:// URI of one.
+
+    workdir: where to write (flows.tasks.run_layout); a deployment run writes into a folder of its own.
+    """
+    params, layout = load_params(params_path), run_layout(workdir)
     if prepare_data:  # a fresh worker host has no prepared held-out data yet
-        prepare_flow(params_path)
+        prepare_flow(params_path, str(layout.root))
+    use_checkout_data(params, layout)
     model = fetch_model(checkpoint, bucket or bucket_from_env(), params.prepare.dataset) if checkpoint else None
-    metrics = run_evaluate(params, model_dir=model.directory if model else None)
+    # A run folder evaluates the model it trained, else (an evaluation deployment run) the checkout's.
+    local = layout.model(params) if layout.model(params).exists() else Layout().model(params)
+    metrics = run_evaluate(params, layout, model_dir=model.directory if model else local)
     get_run_logger().info("discriminator AUC %.3f", metrics.get("d_auc", float("nan")))
     report("evaluate", params.prepare.dataset,
-           {"model": model.uri if model else str(Layout().model(params)), "metrics": metrics})
+           {"model": model.uri if model else str(local), "metrics": metrics})
     return metrics
 
 

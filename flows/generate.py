@@ -8,10 +8,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.tasks import S3_RETRIES, fetch_model, prune, publish_once, published, report, scheduled_version
+from flows.tasks import (S3_RETRIES, fetch_model, prune, publish_once, published, remove_run_folder, report,
+                         run_layout, scheduled_version)
 from gan_core.config import Params, load_params
-from gan_core.stages import (Layout, ModelSource, bucket_from_env, local_model, override_params, plan_generation,
-                             run_publish, run_shard, sample_overrides, summarize_shards)
+from gan_core.stages import (ModelSource, bucket_from_env, generation_inputs, local_model, override_params,
+                             plan_generation, run_publish, run_shard, sample_overrides, summarize_shards)
+from gan_core.storage import validate_name
 
 # A local Dask cluster: worker processes with one thread each, and one torch thread each
 # (distributed's nanny sets these too; here they are explicit, as two torch threads per
@@ -48,7 +50,14 @@ def generate_shard(params: Params, model_dir: str, index: int, quota: list, rule
 def publish(params: Params, summary: dict, version: str, bucket: str, prefix: str, model: ModelSource) -> str:
     # Safe to repeat: no manifest until every shard is in.
     return publish_once(lambda: run_publish(params, summary, version, bucket, model=model, prefix=prefix),
-                        bucket, prefix, params.generate.name, version)
+                        bucket, prefix, params.generate.name, version, generation_inputs(params, model))
+
+
+def experiment_prefix(prefix: str) -> str:
+    """Under `dvc exp run` (DVC sets DVC_EXP_NAME), experiments/<name>/PREFIX: an experiment never publishes
+    to production, where the last one to finish would become `latest`."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    return f"experiments/{validate_name('experiment name', experiment)}/{prefix}" if experiment else prefix
 
 
 def generate_shards(params: Params, model_dir: Path, out_dir: Path) -> dict:
@@ -69,17 +78,22 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
 
     version: by default the run's scheduled time, so that rerunning a scheduled run publishes nothing new.
     class_counts: {class index or name: count} (num_samples then defaults to their sum); truncation: psi, 1 = off.
+    Under `dvc exp run` the prefix is experiments/<exp>/PREFIX; a deployment run writes its shards into
+    a folder of its own (flows.tasks.run_layout).
     """
     params = override_params(load_params(params_path), {
         "generate.name": dataset_name, "generate.rejection.enabled": rejection, "generate.truncation": truncation,
         **sample_overrides(num_samples, class_counts)})
     name, bucket, version = params.generate.name, bucket or bucket_from_env(), version or scheduled_version()
-    if publish_to_s3 and (uri := published(bucket, prefix, name, version)):
+    prefix, layout = experiment_prefix(prefix), run_layout()
+    model = fetch_model(checkpoint, bucket, params.prepare.dataset) if checkpoint else local_model(params)
+    if publish_to_s3 and (uri := published(bucket, prefix, name, version, generation_inputs(params, model))):
         report("generate", name, {"dataset": uri, "note": "already published by an earlier run of this schedule"})
         return uri
-    model = fetch_model(checkpoint, bucket, params.prepare.dataset) if checkpoint else local_model(params)
-    summary = generate_shards(params, model.directory, Layout().generated(params))
+    summary = generate_shards(params, model.directory, layout.generated(params))
     uri = publish(params, summary, version, bucket, prefix, model) if publish_to_s3 else None
+    if uri:
+        remove_run_folder(layout)
     if uri and keep_last:
         prune(bucket, prefix, name, keep_last)
     get_run_logger().info("%d samples (acceptance %.2f) -> %s",

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+import shutil
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.tasks import exponential_backoff
 
 from gan_core import storage
-from gan_core.config import ConfigError
-from gan_core.stages import ModelSource, default_version, fetch_published_model
+from gan_core.config import ConfigError, Params
+from gan_core.stages import Layout, ModelSource, default_version, fetch_published_model
+
+RUNS = Path(".ganforge") / "runs"  # one folder per deployment run, git-ignored
 
 
 def _transient(task, task_run, state) -> bool:
@@ -33,24 +38,69 @@ def scheduled_version() -> str:
     return default_version(flow_run.scheduled_start_time.astimezone(dt.timezone.utc))
 
 
+def run_layout(workdir: str | None = None) -> Layout:
+    """Where this flow run writes: the checkout's DVC outputs under `dvc repro` or a direct call.
+
+    A deployment run (a worker started it) gets a folder of its own: runs in one checkout never
+    share or delete each other's files, and the checkout's outputs stay what dvc.lock records.
+    workdir: a parent flow's run folder, for its subflows.
+    """
+    if workdir:
+        return Layout(root=Path(workdir))
+    if deployment.id is None:
+        return Layout()
+    return Layout(root=RUNS / flow_run.get_id())
+
+
+def in_run_folder(layout: Layout) -> bool:
+    return layout.root != layout.project
+
+
+def use_checkout_data(params: Params, layout: Layout) -> None:
+    """A run folder that prepares no data of its own trains and evaluates on the checkout's."""
+    target = layout.prepared(params)
+    if in_run_folder(layout) and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Layout(layout.project).prepared(params), target)
+
+
+def remove_run_folder(layout: Layout) -> None:
+    # Only after a successful publication: what it holds is in S3 now.
+    if in_run_folder(layout):
+        shutil.rmtree(layout.root, ignore_errors=True)
+
+
 @task(**S3_RETRIES)
-def published(bucket: str, prefix: str, name: str, version: str) -> str | None:
-    """The URI of VERSION when it is already complete, else None."""
+def published(bucket: str, prefix: str, name: str, version: str, inputs: dict) -> str | None:
+    """The URI of VERSION when it is already complete from these inputs, else None; other inputs fail."""
     try:
-        storage.read_manifest(bucket, name, version, prefix)
+        manifest = storage.read_manifest(bucket, name, version, prefix)
     except storage.VersionNotFoundError:
         return None
-    return storage.version_uri(bucket, prefix, name, version)
+    return _same_inputs(manifest, inputs, storage.version_uri(bucket, prefix, name, version))
 
 
-def publish_once(publish, bucket: str, prefix: str, name: str, version: str) -> str:
-    """publish(); a version that another run of the same scheduled slot completed first stands."""
+def publish_once(publish, bucket: str, prefix: str, name: str, version: str, inputs: dict) -> str:
+    """publish(); a version that another run of the same inputs completed first stands."""
     try:
         return publish()
     except storage.VersionExistsError:
-        uri = storage.version_uri(bucket, prefix, name, version)
-        get_run_logger().warning("%s was published by another run first: keeping it", uri)
+        uri = _same_inputs(storage.read_manifest(bucket, name, version, prefix), inputs,
+                           storage.version_uri(bucket, prefix, name, version))
+        get_run_logger().warning("%s was published by another run of the same inputs first: keeping it", uri)
         return uri
+
+
+def _same_inputs(manifest: dict, inputs: dict, uri: str) -> str:
+    """uri, when the manifest records these inputs (manifest["inputs"]); else what differs, as an error."""
+    theirs, ours = _flatten(manifest.get("inputs") or {}), _flatten(json.loads(json.dumps(inputs)))
+    differ = [f"{key} {theirs.get(key, 'unset')} vs {ours.get(key, 'unset')}"
+              for key in sorted(set(theirs) | set(ours)) if theirs.get(key) != ours.get(key)]
+    if differ:
+        shown = "; ".join(differ[:5]) + (f"; and {len(differ) - 5} more" if len(differ) > 5 else "")
+        raise storage.VersionExistsError(f"version {manifest.get('version')} exists with other inputs ({shown}) "
+                                         f"at {uri}: choose another version")
+    return uri
 
 
 @task(**S3_RETRIES)

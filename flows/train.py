@@ -4,16 +4,17 @@ from prefect import flow, get_run_logger, task
 
 from flows.evaluate import evaluate_flow
 from flows.prepare import prepare_flow
-from flows.tasks import S3_RETRIES, prune, publish_once, published, report, scheduled_version
+from flows.tasks import (S3_RETRIES, prune, publish_once, published, remove_run_folder, report, run_layout,
+                         scheduled_version, use_checkout_data)
 from gan_core.config import Params, load_params
-from gan_core.stages import bucket_from_env, run_publish_model, run_train
+from gan_core.stages import Layout, bucket_from_env, run_publish_model, run_train, training_inputs
 from gan_core.storage import MODELS_PREFIX
 
 
 @task(**S3_RETRIES)
-def publish_model(params: Params, version: str, bucket: str, metrics: dict) -> str:
-    return publish_once(lambda: run_publish_model(params, version, bucket, metrics),
-                        bucket, MODELS_PREFIX, params.prepare.dataset, version)
+def publish_model(params: Params, version: str, bucket: str, metrics: dict, layout: Layout) -> str:
+    return publish_once(lambda: run_publish_model(params, version, bucket, metrics, layout),
+                        bucket, MODELS_PREFIX, params.prepare.dataset, version, training_inputs(params))
 
 
 @flow(name="train")
@@ -26,20 +27,23 @@ def train_flow(params_path: str = "params.yaml", resume: bool = False, prepare_d
     """
     params = load_params(params_path)
     name, bucket, version = params.prepare.dataset, bucket or bucket_from_env(), version or scheduled_version()
-    if publish and (uri := published(bucket, MODELS_PREFIX, name, version)):
+    layout = run_layout()  # a deployment run trains in a folder of its own, never in the checkout's DVC outputs
+    if publish and (uri := published(bucket, MODELS_PREFIX, name, version, training_inputs(params))):
         report("train", name, {"model": uri, "note": "already published by an earlier run of this schedule"})
         return {"model_uri": uri}
     if prepare_data:  # a fresh worker host has no prepared data yet
-        prepare_flow(params_path)
+        prepare_flow(params_path, str(layout.root))
+    use_checkout_data(params, layout)
     # No retries: a failed training run is a bug or a bad config, and resuming is explicit.
-    summary = run_train(params, resume=resume)
+    summary = run_train(params, layout, resume=resume)
     get_run_logger().info("trained %s", summary)
-    metrics = evaluate_flow(params_path) if publish else {}
+    metrics = evaluate_flow(params_path, workdir=str(layout.root)) if publish else {}
     if publish:
-        summary["model_uri"] = publish_model(params, version, bucket, metrics)
+        summary["model_uri"] = publish_model(params, version, bucket, metrics, layout)
+        remove_run_folder(layout)
         if keep_last:
             prune(bucket, MODELS_PREFIX, name, keep_last)
-    report("train", name, {"model_uri": f"models/{name}/ (not published)", **summary, "metrics": metrics})
+    report("train", name, {"model_uri": f"{layout.model(params)}/ (not published)", **summary, "metrics": metrics})
     return summary
 
 

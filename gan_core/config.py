@@ -146,7 +146,7 @@ ClassKey = Annotated[int | str, BeforeValidator(class_key)]
 
 
 class GenerateConfig(Section):
-    name: SafeName = "digits-synthetic"
+    name: SafeName | None = None  # None: <prepare.dataset>-synthetic (Params fills it in)
     num_samples: int = Field(10000, ge=1)  # with class_counts: their sum (filled in when left out)
     # Samples per class, by index or (when the model's meta.json has class_names) name; None: balanced.
     class_counts: dict[ClassKey, Annotated[int, Field(ge=1)]] | None = None
@@ -199,6 +199,22 @@ class Params(Section):
         if self.generate.class_counts is not None and not self.model.conditional:
             raise section_error("generate.class_counts needs a class-conditional model (model.conditional is false)")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_follows_data(cls, raw):
+        # Unset, the dataset's name follows its data: a user's own images never publish as digits-synthetic.
+        if not isinstance(raw, dict):
+            return raw
+        generate, prepare = (_as_dict(raw.get(key)) for key in ("generate", "prepare"))
+        if not isinstance(generate, dict) or generate.get("name") is not None:
+            return raw
+        dataset = prepare.get("dataset", PrepareConfig().dataset) if isinstance(prepare, dict) else None
+        return {**raw, "generate": {**generate, "name": f"{dataset}-synthetic"}}
+
+
+def _as_dict(section: object) -> object:
+    return section.model_dump() if isinstance(section, BaseModel) else section or {}
 
 
 def _describe(error: dict) -> str:

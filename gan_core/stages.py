@@ -27,9 +27,14 @@ DEFAULT_BUCKET = "ganforge"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each stage reads and writes, relative to the project root (the DVC outs of dvc.yaml)."""
+    """Where each stage reads and writes, relative to the project root (the DVC outs of dvc.yaml).
+
+    A run of its own (a deployment run) writes under another root; it still reads the checkout's
+    (`project`) raw data, evaluator cache, dvc.lock and git state.
+    """
 
     root: Path = Path(".")
+    project: Path = Path(".")
 
     def prepared(self, params: Params) -> Path:
         return self.root / "data" / "prepared" / f"{params.prepare.dataset}.npz"
@@ -41,12 +46,13 @@ class Layout:
         return self.root / "checkpoints" / params.prepare.dataset
 
     def generated(self, params: Params) -> Path:
-        return self.root / "data" / "generated" / params.generate.name
+        # By dataset, as models/: dvc.yaml cannot name the out by generate.name when params.yaml leaves it unset.
+        return self.root / "data" / "generated" / params.prepare.dataset
 
     @property
     def feature_cache(self) -> Path:
         """The evaluator networks, one per training split (git-ignored, rebuilt offline when missing)."""
-        return self.root / ".ganforge" / "cache" / "features"
+        return self.project / ".ganforge" / "cache" / "features"
 
     @property
     def metrics(self) -> Path:
@@ -59,11 +65,11 @@ class Layout:
     @property
     def raw(self) -> Path:
         """The user's datasets (`dvc add data/raw/NAME`); dvc.yaml's prepare stage depends on all of it."""
-        return self.root / "data" / "raw"
+        return self.project / "data" / "raw"
 
     @property
     def lock(self) -> Path:
-        return self.root / "dvc.lock"
+        return self.project / "dvc.lock"
 
     def outputs(self, params: Params) -> list[Path]:
         """What the pipeline itself writes: none of it makes the work tree dirty."""
@@ -224,7 +230,8 @@ def source_hash(source: str) -> dict:
 def provenance(params: Params, layout: Layout = Layout()) -> dict:
     """What a published manifest came from: code revision, DVC hashes of its data and model, params."""
     locked = locked_outputs(layout.lock)
-    return {"git": git_revision(layout.root, exclude=layout.outputs(params)),
+    checkout = Layout(layout.project)
+    return {"git": git_revision(checkout.root, exclude=checkout.outputs(params)),
             "dvc": {"source": source_hash(params.prepare.source),
                     "data": dvc_hash(layout.prepared(params), locked, layout.root),
                     "model": dvc_hash(layout.model(params), locked, layout.root)},
@@ -240,17 +247,32 @@ def publication_version(version: str | None) -> str:
     return storage.validate_name("version", default_version() if version is None else version)
 
 
+def generator_sha256(model_dir: Path) -> str | None:
+    return read_metrics(model_dir / "meta.json").get("files", {}).get("ema.safetensors")
+
+
+def generation_inputs(params: Params, model: ModelSource) -> dict:
+    """What makes a dataset publication this run's own: a version with other inputs is another run's."""
+    return {"model_sha256": generator_sha256(model.directory), "model": params.model.model_dump(mode="json"),
+            "generate": params.generate.model_dump(mode="json"), "sample_count": params.generate.num_samples}
+
+
+def training_inputs(params: Params) -> dict:
+    """What makes a model publication this run's own: the data and every setting that trains it."""
+    return {section: getattr(params, section).model_dump(mode="json")
+            for section in ("prepare", "model", "train", "features")}
+
+
 def build_manifest(params: Params, summary: dict, version: str, layout: Layout = Layout(),
                    model: ModelSource | None = None) -> dict:
     model = model or local_model(params, layout)
-    model_meta = read_metrics(model.directory / "meta.json")
-    return {"name": params.generate.name, "version": version,
+    return {"inputs": generation_inputs(params, model), "name": params.generate.name, "version": version,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "generator_sha256": model_meta.get("files", {}).get("ema.safetensors"),
+            "generator_sha256": generator_sha256(model.directory),
             **provenance(params, layout),
             "sample_count": summary["sample_count"], "acceptance_rate": summary["acceptance_rate"],
             "rejection": summary["rejection"], "model_uri": model.uri, "metrics": model.metrics,
-            "class_names": model_class_names(model_meta), "schema_version": SCHEMA_VERSION,
+            "class_names": model_class_names(read_metrics(model.directory / "meta.json")), "schema_version": SCHEMA_VERSION,
             "class_counts": summary["class_counts"], "truncation": summary["truncation"]}
 
 
@@ -260,7 +282,8 @@ def run_publish(params: Params, summary: dict, version: str, bucket: str, layout
     shards = [Path(p) for p in summary["shard_files"]]
     uri = storage.publish_dataset(shards, bucket=bucket, name=params.generate.name, version=version,
                                   manifest=manifest, prefix=prefix)
-    write_json_atomic(layout.generated(params) / "_published.json", {"uri": uri, "version": version})
+    # Beside the shards, wherever this run wrote them (the DVC out, or a run folder of its own).
+    write_json_atomic(shards[0].parent / "_published.json", {"uri": uri, "version": version})
     return uri
 
 
@@ -269,7 +292,7 @@ def run_publish(params: Params, summary: dict, version: str, bucket: str, layout
 def run_publish_model(params: Params, version: str, bucket: str, metrics: dict, layout: Layout = Layout(),
                       prefix: str = storage.MODELS_PREFIX) -> str:
     """Publish models/<dataset>/ as s3://BUCKET/models/<dataset>/VERSION/ with its evaluation metrics."""
-    manifest = {**provenance(params, layout), "metrics": metrics}
+    manifest = {**provenance(params, layout), "metrics": metrics, "inputs": training_inputs(params)}
     return storage.publish_model(layout.model(params), bucket=bucket, name=params.prepare.dataset,
                                  version=version, manifest=manifest, prefix=prefix)
 

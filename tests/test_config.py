@@ -77,3 +77,14 @@ def test_split_fractions_must_leave_a_training_split(tmp_path):
         load_params(write(tmp_path, "prepare:\n  validation_fraction: 0.5\n  test_fraction: 0.5\n"))
     with pytest.raises(ConfigError, match="unknown key prepare.holdout_fraction"):
         load_params(write(tmp_path, "prepare:\n  holdout_fraction: 0.3\n"))
+
+
+def test_the_dataset_name_follows_the_data_unless_set(tmp_path):
+    # "Your own data": only prepare.dataset and prepare.source change in the repository's params.yaml.
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"] |= {"dataset": "faces", "source": "data/raw/faces"}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(params))
+    assert load_params(tmp_path / "own.yaml").generate.name == "faces-synthetic"
+    params["generate"]["name"] = "portraits"
+    (tmp_path / "named.yaml").write_text(yaml.safe_dump(params))
+    assert load_params(tmp_path / "named.yaml").generate.name == "portraits"

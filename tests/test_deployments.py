@@ -117,6 +117,8 @@ def test_a_scheduled_generation_publishes_once(deployed, server_env, s3_server):
         assert training.global_concurrency_limit.limit == 1 and training.work_pool_name == "gpu"
         generation = client.read_deployment_by_name("generate/batch-generation")
         assert generation.work_pool_name == "cpu" and generation.schedules[0].schedule.cron == "0 2 * * *"
+        assert generation.global_concurrency_limit.limit == 1
+        assert generation.concurrency_options.collision_strategy == "ENQUEUE"
         deadline = time.monotonic() + 60
         while not (scheduled := client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id={"any_": [generation.id]}),
@@ -129,6 +131,9 @@ def test_a_scheduled_generation_publishes_once(deployed, server_env, s3_server):
         pull_forward(client, flow_run.id)
         run_worker_once(deployed, server_env)
         assert client.read_flow_run(flow_run.id).state.is_completed()
+        # The run worked in a folder of its own, removed once published; the checkout's DVC out untouched.
+        assert not (deployed / "data" / "generated").exists()
+        assert list((deployed / ".ganforge" / "runs").iterdir()) == []
         versions = storage.list_versions(s3_server.bucket, DATASET, client=s3_server.client())
         assert [m["version"] for m in versions] == [version]
         manifest = versions[0]

@@ -13,7 +13,7 @@ import yaml
 from gan_core import storage
 from tests.helpers import git_commit, make_project, run, tiny_project_params, write_digit_images
 
-NAME = "dvc-test"
+NAME = "rgbdigits-synthetic"  # generate.name unset: it follows prepare.dataset
 EXPERIMENTS = {"lr-fast": 0.002, "lr-slow": 0.00005}
 
 
@@ -22,6 +22,7 @@ def project(pipeline_env, tmp_path_factory) -> Path:
     """A fresh clone trained on the user's own RGB digits through `make run`'s script, its results committed."""
     root = tmp_path_factory.mktemp("dvc-project")
     params = tiny_project_params(NAME)
+    del params["generate"]["name"]  # as "Your own data" says: only prepare.dataset and prepare.source change
     params["prepare"] |= {"dataset": "rgbdigits", "source": "data/raw/rgbdigits"}
     params["train"]["epochs"] = 1
     make_project(root, params)
@@ -78,6 +79,7 @@ def test_manifest_records_git_dvc_hashes_and_params(project, pipeline_env):
 
 
 def test_experiments_run_show_and_diff(project, pipeline_env, s3_env, tmp_path):
+    production = storage.list_versions(s3_env.bucket, NAME, client=s3_env.client)
     for name, lr in EXPERIMENTS.items():
         run(["dvc", "exp", "run", "-n", name, "-S", f"train.lr_g={lr}", "-S", "model.d_hidden=8"],
             project, pipeline_env)
@@ -100,8 +102,11 @@ def test_experiments_run_show_and_diff(project, pipeline_env, s3_env, tmp_path):
     assert {p.name for p in tmp_path.glob("*samples.png")} == {"lr-fast_plots_samples.png",
                                                               "lr-slow_plots_samples.png"}
 
-    # Each experiment published a dataset whose manifest says it came from uncommitted params.
-    manifests = storage.list_versions(s3_env.bucket, NAME, client=s3_env.client)
-    by_lr = {m["params"]["train"]["lr_g"]: m for m in manifests}
-    for lr in EXPERIMENTS.values():
-        assert by_lr[lr]["git"]["dirty"] is True and by_lr[lr]["git"]["changed"] == ["params.yaml"]
+    # Experiments never publish to production: `latest` there is still what `make run` published.
+    assert storage.list_versions(s3_env.bucket, NAME, client=s3_env.client) == production != []
+    # Each published under experiments/<exp>/datasets/, its manifest saying it came from uncommitted params.
+    for name, lr in EXPERIMENTS.items():
+        manifests = storage.list_versions(s3_env.bucket, NAME, prefix=f"experiments/{name}/datasets",
+                                          client=s3_env.client)
+        assert [m["params"]["train"]["lr_g"] for m in manifests] == [lr]
+        assert manifests[0]["git"]["dirty"] is True and manifests[0]["git"]["changed"] == ["params.yaml"]

@@ -39,7 +39,7 @@ def test_dask_fan_out_writes_the_same_bytes_as_one_process(project, tiny_model_d
 
     from flows.generate import LOCAL_DASK, generate_flow
 
-    out = project / "data" / "generated" / "fanout-test"
+    out = project / "data" / "generated" / "fanout"  # by dataset, as dvc.yaml names the out
     generate_flow(checkpoint="v1", publish_to_s3=False)
     threads = shard_digests(out)
     generate_flow.with_options(task_runner=DaskTaskRunner(cluster_kwargs=LOCAL_DASK))(

@@ -216,12 +216,16 @@ def assert_published_exactly(env, name: str, version: str, files: list[Path], to
     assert keys_under(env.client, env.bucket, folder) == [folder + MANIFEST] + [folder + p.name for p in files]
 
 
-def test_a_second_publisher_is_refused_while_the_first_uploads(s3_env, tmp_path, monkeypatch):
+# Late: 2.5 leases of 1 s after the first run claimed the version, which it has renewed meanwhile.
+@pytest.mark.parametrize("lease, late", [("300", 0.0), ("1", 2.5)], ids=["at-once", "after-its-lease"])
+def test_a_second_publisher_is_refused_while_the_first_uploads(lease, late, s3_env, tmp_path, monkeypatch):
     first, second = two_shard_sets(tmp_path)
     name, outcome = f"race-{secrets.token_hex(4)}", []
+    monkeypatch.setenv("GANFORGE_CLAIM_LEASE_S", lease)
 
     def second_run_publishes(params, **_):  # runs whole while the first is between two uploads
         if not outcome and params["Key"].endswith("part-00001.parquet"):
+            time.sleep(late)
             with pytest.raises(VersionBusyError) as refused:
                 publish_dataset(second, bucket=s3_env.bucket, name=name, version="v1", manifest={},
                                 client=s3_env.client)
@@ -252,6 +256,35 @@ def test_simultaneous_publishers_one_wins(s3_env, tmp_path):
         winners = [i for i, r in enumerate(results) if isinstance(r, str)]
         assert len(winners) == 1 and isinstance(results[1 - winners[0]], StorageError), results
         assert_published_exactly(s3_env, name, version, sets[winners[0]], tmp_path / version)
+
+
+def put_claim_of_another_run(env, folder: str, expires_at: str) -> None:
+    """What a run publishing other files leaves while it holds the version (or after it died), with a stray shard."""
+    body = {"content_sha256": "0" * 64, "token": "another", "host": "elsewhere", "pid": 1, "since": expires_at,
+            "expires_at": expires_at}
+    env.client.put_object(Bucket=env.bucket, Key=folder + storage.CLAIM, Body=json.dumps(body).encode())
+    env.client.put_object(Bucket=env.bucket, Key=folder + "part-00009.parquet", Body=b"the other run's")
+
+
+def test_a_claim_past_its_lease_is_taken_over_a_fresh_one_is_not(s3_env, tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    first, _ = two_shard_sets(tmp_path)
+    name, now = f"lease-{secrets.token_hex(4)}", datetime.now(timezone.utc)
+    put_claim_of_another_run(s3_env, f"datasets/{name}/v1/", (now + timedelta(minutes=4)).isoformat())
+    with pytest.raises(VersionBusyError, match=r"lease until .*retry after its lease"):
+        publish_dataset(first, bucket=s3_env.bucket, name=name, version="v1", manifest={})
+    put_claim_of_another_run(s3_env, f"datasets/{name}/v2/", (now - timedelta(seconds=1)).isoformat())
+    publish_dataset(first, bucket=s3_env.bucket, name=name, version="v2", manifest={})
+    assert_published_exactly(s3_env, name, "v2", first, tmp_path / "down")  # the stale run's stray shard is gone
+
+
+def test_a_claim_lease_setting_is_checked(s3_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANFORGE_CLAIM_LEASE_S", "soon")
+    with pytest.raises(StorageError, match="GANFORGE_CLAIM_LEASE_S must be a number of seconds from 1 to 86400 "
+                                           r"\(got 'soon'\)"):
+        publish_dataset(two_shard_sets(tmp_path)[0], bucket=s3_env.bucket, name="lease-bad", version="v1",
+                        manifest={})
 
 
 # --- 4. S3 answers slowly or resets connections -------------------------------------------------
