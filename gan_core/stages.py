@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from gan_core import storage
+from gan_core.card import CardSources, write_card
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params, parse_params
 from gan_core.data import BUNDLED_DIGITS, DataError, prepare_dataset
@@ -85,6 +86,10 @@ def bucket_from_env() -> str:
 
 def model_cache_dir() -> Path:
     return Path(os.environ.get("GANFORGE_CACHE") or Path.home() / ".cache" / "ganforge") / "models"
+
+
+def card_cache_dir() -> Path:
+    return model_cache_dir().parent / "cards"
 
 
 def override_params(params: Params, overrides: dict[str, object]) -> Params:
@@ -244,10 +249,13 @@ def build_manifest(params: Params, summary: dict, version: str, layout: Layout =
 
 def run_publish(params: Params, summary: dict, version: str, bucket: str, layout: Layout = Layout(),
                 model: ModelSource | None = None, prefix: str = "datasets") -> str:
+    model = model or local_model(params, layout)
     manifest = build_manifest(params, summary, version, layout, model)
     shards = [Path(p) for p in summary["shard_files"]]
+    card = write_card(layout.generated(params) / storage.EXTRA_FOLDER, CardSources(
+        manifest, shards, layout.prepared(params), model.directory, layout.plots, params.generate.license))
     uri = storage.publish_dataset(shards, bucket=bucket, name=params.generate.name, version=version,
-                                  manifest=manifest, prefix=prefix)
+                                  manifest=manifest, prefix=prefix, extra_files=card)
     write_json_atomic(layout.generated(params) / "_published.json", {"uri": uri, "version": version})
     return uri
 
