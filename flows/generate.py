@@ -10,8 +10,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.tasks import S3_RETRIES, fetch_model, prune, publish_once, published, report, scheduled_version
 from gan_core.config import Params, load_params
-from gan_core.stages import (Layout, ModelSource, bucket_from_env, local_model, override_params, plan_generation,
-                             run_publish, run_shard, summarize_shards)
+from gan_core.stages import (Layout, ModelSource, bucket_from_env, card_uri, local_model, override_params,
+                             plan_generation, run_publish, run_shard, summarize_shards)
 
 # A local Dask cluster: worker processes with one thread each, and one torch thread each
 # (distributed's nanny sets these too; here they are explicit, as two torch threads per
@@ -81,7 +81,8 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
         prune(bucket, prefix, name, keep_last)
     get_run_logger().info("%d samples (acceptance %.2f) -> %s",
                           summary["sample_count"], summary["acceptance_rate"], uri)
-    report("generate", name, {"dataset": uri, "version": version, "model": model.uri or str(model.directory),
+    report("generate", name, {"dataset": uri, "card": uri and card_uri(uri), "version": version,
+                              "model": model.uri or str(model.directory),
                               **{k: summary[k] for k in ("sample_count", "acceptance_rate", "candidates")},
                               "shards": len(summary["shard_files"]), "metrics": model.metrics})
     return uri

@@ -260,6 +260,11 @@ def run_publish(params: Params, summary: dict, version: str, bucket: str, layout
     return uri
 
 
+def card_uri(dataset_uri: str) -> str:
+    """The report page of a published version's card (`ganforge show NAME --version V` fetches it)."""
+    return f"{dataset_uri.rstrip('/')}/{storage.EXTRA_FOLDER}/report.html"
+
+
 # --- model hand-off through S3 ----------------------------------------------------------------
 
 def run_publish_model(params: Params, version: str, bucket: str, metrics: dict, layout: Layout = Layout(),

@@ -517,8 +517,8 @@ def _checked_entries(manifest: dict, field: str, bucket: str, folder: str) -> li
     for entry in entries:
         key = entry.get("key") if isinstance(entry, dict) else None
         base = key[len(folder) + 1:] if isinstance(key, str) and key.startswith(folder + "/") else ""
-        sub, _, file = base.rpartition("/")
-        if sub not in ("", EXTRA_FOLDER) or not NAME_RE.match(file) or ".." in file or base in seen:
+        sub, slash, file = base.rpartition("/")
+        if (slash and sub != EXTRA_FOLDER) or not NAME_RE.match(file) or ".." in file or base in seen:
             raise IntegrityError(f"{_uri(bucket, folder)}/{MANIFEST}: refusing entry {key!r}: "
                                  f"not a distinct file directly inside {folder}/ or its {EXTRA_FOLDER}/")
         if not isinstance(entry.get("bytes"), int) or not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256"))):
