@@ -64,18 +64,25 @@ def write_card(out_dir: Path, sources: CardSources) -> list[Path]:
 # --- inputs ---------------------------------------------------------------------------------
 
 def read_generated(shard_paths: list[Path]) -> Generated:
-    images: dict[int, list[np.ndarray]] = {}
-    scores = []
-    schema = {}
-    for path in shard_paths:
-        table = pq.read_table(path, columns=["image", "label", "d_score"])
-        schema = {f.name: str(f.type) for f in pq.read_schema(path)}
-        scores.append(table.column("d_score").to_numpy())
-        for png, label in zip(table.column("image").to_pylist(), table.column("label").to_pylist()):
-            kept = images.setdefault(int(label), [])
-            if len(kept) < PER_CLASS:
-                kept.append(np.asarray(Image.open(io.BytesIO(png))))
-    return Generated(images, np.concatenate(scores) if scores else np.zeros(0), schema)
+    """Every row's d_score, and the first PER_CLASS images of each label (decoding stops once all are found)."""
+    files = [pq.ParquetFile(path) for path in shard_paths]
+    columns = [f.read(columns=["label", "d_score"]) for f in files]
+    labels = np.unique(np.concatenate([c.column("label").to_numpy() for c in columns]))
+    return Generated(_first_images(files, [int(label) for label in labels]),
+                     np.concatenate([c.column("d_score").to_numpy() for c in columns]),
+                     {f.name: str(f.type) for f in files[0].schema_arrow})
+
+
+def _first_images(files: list[pq.ParquetFile], labels: list[int]) -> dict[int, list[np.ndarray]]:
+    images: dict[int, list[np.ndarray]] = {label: [] for label in labels}
+    for file in files:
+        for batch in file.iter_batches(batch_size=1024, columns=["image", "label"]):
+            for png, label in zip(batch.column("image").to_pylist(), batch.column("label").to_pylist()):
+                if len(images[label]) < PER_CLASS:
+                    images[label].append(np.asarray(Image.open(io.BytesIO(png))))
+            if all(len(kept) == PER_CLASS for kept in images.values()):
+                return images
+    return images
 
 
 def _real_splits(prepared: Path) -> tuple[ImageSet, ImageSet]:

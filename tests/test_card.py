@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from gan_core import storage
-from gan_core.card import CARD_FILES, CELL, nearest_training
+from gan_core.card import CARD_FILES, CELL, metrics_table, nearest_training
 from gan_core.cli import main
 from gan_core.data import load_prepared
 from gan_core.stages import Layout, run_generate, run_publish, run_train
@@ -77,6 +77,22 @@ def test_show_fetches_the_card_and_refuses_a_changed_file(published, s3_env, tmp
     assert main(["show", "card-digits", "--version", manifest["version"], "--to", str(tmp_path / "again")]) == 1
     assert "does not match its manifest" in capsys.readouterr().err
     assert not (tmp_path / "again" / "card-digits").exists()
+
+
+def test_a_missing_card_file_stops_publishing_before_anything_is_written(project, s3_env, tmp_path):
+    layout, params, summary = project
+    shards = [Path(p) for p in summary["shard_files"]]
+    with pytest.raises(storage.StorageError, match="cannot publish missing files"):
+        storage.publish_dataset(shards, bucket=s3_env.bucket, name="card-missing", version="v1", manifest={},
+                                extra_files=[tmp_path / "README.md"])
+    assert s3_env.client.list_objects_v2(Bucket=s3_env.bucket, Prefix="datasets/card-missing/")["KeyCount"] == 0
+
+
+def test_metrics_sit_next_to_their_goals_and_the_real_real_floor():
+    rows = metrics_table({"fd": 3.74, "fd_floor": 2.79, "fd_ratio": 1.34, "memorisation": 0.0016,
+                          "d_score_real": {"mean": 0.5}})
+    assert rows[2:] == ["| d_score_real.mean | 0.5 |  |", "| fd | 3.74 | real-real floor 2.79 |",
+                        "| fd_floor | 2.79 |  |", "| fd_ratio | 1.34 | <= 1.5 |", "| memorisation | 0.0016 | < 0.01 |"]
 
 
 def test_readme_header_has_license_size_features_and_class_names(project, published):
