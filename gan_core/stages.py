@@ -253,7 +253,8 @@ def run_publish(params: Params, summary: dict, version: str, bucket: str, layout
     manifest = build_manifest(params, summary, version, layout, model)
     shards = [Path(p) for p in summary["shard_files"]]
     card = write_card(layout.generated(params) / storage.EXTRA_FOLDER, CardSources(
-        manifest, shards, layout.prepared(params), model.directory, layout.plots, params.generate.license))
+        manifest, storage.version_uri(bucket, prefix, params.generate.name, version), shards,
+        layout.prepared(params), model.directory, layout.plots, params.generate.license))
     uri = storage.publish_dataset(shards, bucket=bucket, name=params.generate.name, version=version,
                                   manifest=manifest, prefix=prefix, extra_files=card)
     write_json_atomic(layout.generated(params) / "_published.json", {"uri": uri, "version": version})

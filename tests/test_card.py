@@ -105,7 +105,8 @@ def test_readme_header_has_license_size_features_and_class_names(project, publis
     features = {f["name"]: f["dtype"] for f in header["dataset_info"]["features"]}
     assert features["image"] == "image" and features["seed"] == "int64"
     assert features["label"]["class_label"]["names"] == {str(i): name for i, name in enumerate(NAMES)}
-    assert "acceptance rate 1.000" in card.text and f"datasets/card-digits/{published[0]['version']}/" in card.text
+    assert "rejection sampling: off; acceptance rate 1.000" in card.text
+    assert f"pd.read_parquet('{published[1]}')" in card.text
 
 
 def test_preview_has_one_row_per_class(project, published):
