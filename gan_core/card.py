@@ -228,11 +228,18 @@ def metrics_table(metrics: dict) -> list[str]:
     rows = ["| metric | value | goal |", "|---|---|---|"]
     for key, value in sorted(_flat(metrics).items()):
         goal = GOALS.get(key)
-        note = f"{goal[0]} {goal[1]}" if goal else ""
+        note = f"{goal[0]} {goal[1]}{_verdict(value, *goal)}" if goal else ""
         if key == "fd" and "fd_floor" in metrics:
             note = f"real-real floor {metrics['fd_floor']:.4g}"
         rows.append(f"| {key} | {value:.4g} | {note} |" if isinstance(value, float) else f"| {key} | {value} | {note} |")
     return rows
+
+
+def _verdict(value, comparison: str, bound: float) -> str:
+    checks = {"<=": lambda: value <= bound, ">=": lambda: value >= bound, "<": lambda: value < bound}
+    if comparison not in checks or not isinstance(value, (int, float)):
+        return ""
+    return ": met" if checks[comparison]() else ": missed"
 
 
 def _flat(metrics: dict, parent: str = "") -> dict:

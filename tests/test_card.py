@@ -18,7 +18,7 @@ from gan_core import storage
 from gan_core.card import CARD_FILES, CELL, metrics_table, nearest_training
 from gan_core.cli import main
 from gan_core.data import load_prepared
-from gan_core.stages import Layout, run_generate, run_publish, run_train
+from gan_core.stages import Layout, run_evaluate, run_generate, run_publish, run_train
 from tests.helpers import prepared_digits, tiny_params
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -27,7 +27,8 @@ NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A project folder after prepare, train (tiny) and generate; class names in meta.json as 13a writes them."""
+    """A project folder after prepare, train, evaluate (tiny) and generate; class names in meta.json as 13a
+    writes them."""
     root = tmp_path_factory.mktemp("card-project")
     layout = Layout(root)
     params = tiny_params(generate__name="card-digits", generate__license="cc-by-4.0")
@@ -35,6 +36,7 @@ def project(tmp_path_factory):
     run_train(params, layout, progress=False)
     meta_path = layout.model(params) / "meta.json"
     meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"class_names": NAMES}))
+    run_evaluate(params, layout)
     summary = run_generate(params, layout.generated(params), layout)
     return layout, params, summary
 
@@ -90,9 +92,10 @@ def test_a_missing_card_file_stops_publishing_before_anything_is_written(project
 
 def test_metrics_sit_next_to_their_goals_and_the_real_real_floor():
     rows = metrics_table({"fd": 3.74, "fd_floor": 2.79, "fd_ratio": 1.34, "memorisation": 0.0016,
-                          "d_score_real": {"mean": 0.5}})
+                          "d_score_real": {"mean": 0.5}, "utility": 0.5})
     assert rows[2:] == ["| d_score_real.mean | 0.5 |  |", "| fd | 3.74 | real-real floor 2.79 |",
-                        "| fd_floor | 2.79 |  |", "| fd_ratio | 1.34 | <= 1.5 |", "| memorisation | 0.0016 | < 0.01 |"]
+                        "| fd_floor | 2.79 |  |", "| fd_ratio | 1.34 | <= 1.5: met |", "| memorisation | 0.0016 | < 0.01: met |",
+                        "| utility | 0.5 | >= 0.97: missed |"]
 
 
 def test_readme_header_has_license_size_features_and_class_names(project, published):
@@ -107,6 +110,10 @@ def test_readme_header_has_license_size_features_and_class_names(project, publis
     assert features["label"]["class_label"]["names"] == {str(i): name for i, name in enumerate(NAMES)}
     assert "rejection sampling: off; acceptance rate 1.000" in card.text
     assert f"pd.read_parquet('{published[1]}')" in card.text
+    metrics = json.loads(layout.metrics.read_text())  # this model's evaluation, beside the README's goals
+    assert f"| fd | {metrics['fd']:.4g} | real-real floor {metrics['fd_floor']:.4g} |" in card.text
+    met = "met" if metrics["utility"] >= 0.97 else "missed"
+    assert f"| utility | {metrics['utility']:.4g} | >= 0.97: {met} |" in card.text
 
 
 def test_preview_has_one_row_per_class(project, published):
@@ -155,7 +162,7 @@ def test_report_opens_in_a_real_browser_with_every_image_loaded(project, publish
     loaded = re.search(r'data-images-loaded="(\d+)"', dom)
     assert loaded, "the page's load handler never ran"
     assert int(loaded.group(1)) == len(tags) == 32
-    _chromium("--window-size=1100,2600", f"--screenshot={tmp_path / 'page.png'}", report.as_uri())
+    _chromium("--window-size=1100,3400", f"--screenshot={tmp_path / 'page.png'}", report.as_uri())
     shot = Image.open(tmp_path / "page.png").convert("RGB")
     colours = shot.getcolors(maxcolors=1 << 20)
-    assert shot.size == (1100, 2600) and len(colours) > 50  # text, greys of digits, coloured curves
+    assert shot.size == (1100, 3400) and len(colours) > 50  # text, greys of digits, coloured curves
