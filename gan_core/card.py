@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from gan_core.data import ImageSet, load_prepared
+from gan_core.loader import png_bytes
 
 # The card lives in a `_card/` sub-folder: Parquet readers skip only `_`/`.` names, and a README.md
 # beside the shards makes `pandas.read_parquet(version folder)` fail ("Could not read schema").
@@ -78,7 +79,7 @@ def _first_images(files: list[pq.ParquetFile], labels: list[int]) -> dict[int, l
     images: dict[int, list[np.ndarray]] = {label: [] for label in labels}
     for file in files:
         for batch in file.iter_batches(batch_size=1024, columns=["image", "label"]):
-            for png, label in zip(batch.column("image").to_pylist(), batch.column("label").to_pylist()):
+            for png, label in zip(png_bytes(batch.column("image")).to_pylist(), batch.column("label").to_pylist()):
                 if len(images[label]) < PER_CLASS:
                     images[label].append(np.asarray(Image.open(io.BytesIO(png))))
             if all(len(kept) == PER_CLASS for kept in images.values()):
@@ -87,9 +88,9 @@ def _first_images(files: list[pq.ParquetFile], labels: list[int]) -> dict[int, l
 
 
 def _real_splits(prepared: Path) -> tuple[ImageSet, ImageSet]:
-    """(training split, held-out split): the prepared data's test part once it has three."""
+    """(training split, held-out split): the held-out images are the test split, as in reported metrics."""
     data = load_prepared(prepared)
-    return (data[0], data[1]) if isinstance(data, tuple) else (data.train, data.test)
+    return data.train, data.test
 
 
 def class_names(model_dir: Path, labels: list[int]) -> dict[int, str]:

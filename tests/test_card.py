@@ -17,7 +17,7 @@ from PIL import Image
 from gan_core import storage
 from gan_core.card import CARD_FILES, CELL, metrics_table, nearest_training
 from gan_core.cli import main
-from gan_core.data import load_prepared
+from gan_core.data import load_prepared, prepare_dataset
 from gan_core.stages import Layout, run_evaluate, run_generate, run_publish, run_train
 from tests.helpers import prepared_digits, tiny_params
 
@@ -27,15 +27,13 @@ NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A project folder after prepare, train, evaluate (tiny) and generate; class names in meta.json as 13a
-    writes them."""
+    """A project folder after prepare (digits with class names), train, evaluate (tiny) and generate."""
     root = tmp_path_factory.mktemp("card-project")
     layout = Layout(root)
     params = tiny_params(generate__name="card-digits", generate__license="cc-by-4.0")
-    prepared_digits(layout.prepared(params).parent)
+    prepare_dataset("bundled:digits", layout.prepared(params), 0.15, 0.15, 0, class_names=NAMES)
     run_train(params, layout, progress=False)
-    meta_path = layout.model(params) / "meta.json"
-    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | {"class_names": NAMES}))
+    assert json.loads((layout.model(params) / "meta.json").read_text())["class_names"] == NAMES
     run_evaluate(params, layout)
     summary = run_generate(params, layout.generated(params), layout)
     return layout, params, summary
@@ -65,6 +63,21 @@ def test_card_is_listed_in_the_manifest_and_downloads_verified(project, publishe
     assert len(frame) == manifest["sample_count"] == 120
     assert list(frame.columns) == ["image", "label", "seed", "d_score"]
     assert len(pd.read_parquet(got)) == 120
+
+
+def test_the_cards_loading_code_runs_as_written(project, published, s3_env, tmp_path, monkeypatch):
+    layout, params, _ = project
+    manifest, _ = published
+    storage.download_dataset(s3_env.bucket, "card-digits", manifest["version"], tmp_path / "downloads")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    readme = (layout.generated(params) / "_card" / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    scope: dict = {}
+    exec(code, scope)
+    assert len(scope["frame"]) == len(scope["ds"]) == 120
+    assert scope["ds"].features["label"].names == NAMES and scope["ds"][0]["image"].size == (8, 8)
 
 
 def test_show_fetches_the_card_and_refuses_a_changed_file(published, s3_env, tmp_path, capsys):
@@ -125,7 +138,7 @@ def test_preview_has_one_row_per_class(project, published):
 
 
 def test_nearest_training_image_of_a_training_image_is_itself(tmp_path):
-    train, _ = load_prepared(prepared_digits(tmp_path))
+    train = load_prepared(prepared_digits(tmp_path)).train
     picks = [train.images[5, 0], np.zeros((8, 8), np.uint8)]
     (same, d_same), (_, d_blank) = nearest_training(picks, train)
     assert d_same == 0.0 and np.array_equal(same, train.images[5, 0]) and d_blank > 0
