@@ -11,7 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.tasks import (S3_RETRIES, fetch_model, prune, publish_once, published, remove_run_folder, report,
                          run_layout, scheduled_version)
 from gan_core.config import Params, load_params
-from gan_core.stages import (ModelSource, bucket_from_env, generation_inputs, local_model, override_params,
+from gan_core.stages import (ModelSource, bucket_from_env, card_uri, generation_inputs, local_model, override_params,
                              plan_generation, run_publish, run_shard, sample_overrides, summarize_shards)
 from gan_core.storage import validate_name
 
@@ -98,7 +98,7 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
         prune(bucket, prefix, name, keep_last)
     get_run_logger().info("%d samples (acceptance %.2f) -> %s",
                           summary["sample_count"], summary["acceptance_rate"], uri)
-    report("generate", name, {"dataset": uri, "version": version, "model": model.uri or str(model.directory),
+    report("generate", name, {"dataset": uri, "card": uri and card_uri(uri), "version": version, "model": model.uri or str(model.directory),
                               **{k: summary[k] for k in ("sample_count", "acceptance_rate", "candidates", "truncation",
                                                          "class_counts")},
                               "shards": len(summary["shard_files"]), "metrics": model.metrics})

@@ -115,6 +115,16 @@ def cmd_download(args) -> object:
 
 
 @command
+def cmd_show(args) -> object:
+    from gan_core import storage
+    from gan_core.card import CARD_FILES
+    from gan_core.stages import bucket_from_env, card_cache_dir
+    folder = storage.download_card(args.bucket or bucket_from_env(), args.name, args.version,
+                                   Path(args.to) if args.to else card_cache_dir())
+    return {name: str(folder / name) for name in CARD_FILES} | {"open": (folder / "report.html").resolve().as_uri()}
+
+
+@command
 def cmd_s3(args) -> object:
     from gan_core import s3server
     action = {"start": s3server.start_embedded, "stop": s3server.stop_embedded,
@@ -152,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--version", default="latest")
     down.add_argument("--to", required=True, help="target folder; the data lands in TO/NAME/VERSION")
     down.add_argument("--bucket")
+    show = sub.add_parser("show", help="fetch a dataset version's card (README.md, preview.png, report.html), verified")
+    show.add_argument("name")
+    show.add_argument("--version", default="latest")
+    show.add_argument("--to", help="target folder (default: ~/.cache/ganforge/cards, or $GANFORGE_CACHE/cards); "
+                                   "the card lands in TO/NAME/VERSION/_card")
+    show.add_argument("--bucket")
     s3 = sub.add_parser("s3", help="the embedded SeaweedFS S3 server")
     s3.add_argument("action", choices=["start", "stop", "status"])
     s3.add_argument("--state-dir", default=".ganforge", help="where its data, pid and s3.env live")

@@ -155,6 +155,8 @@ class GenerateConfig(Section):
     seed: int = Field(0, ge=0)
     batch_size: int = Field(500, ge=1)
     rejection: RejectionConfig = RejectionConfig()
+    # The dataset card's license: a Hugging Face license id (cc-by-4.0, mit, ...); "other" until someone decides.
+    license: str = Field("other", pattern=r"^[a-z0-9][a-z0-9.+-]*$")
 
     @model_validator(mode="before")
     @classmethod

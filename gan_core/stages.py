@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from gan_core import storage
+from gan_core.card import CardSources, write_card
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params, parse_params
 from gan_core.data import BUNDLED_DIGITS, DataError, prepare_dataset
@@ -92,6 +93,10 @@ def bucket_from_env() -> str:
 
 def model_cache_dir() -> Path:
     return Path(os.environ.get("GANFORGE_CACHE") or Path.home() / ".cache" / "ganforge") / "models"
+
+
+def card_cache_dir() -> Path:
+    return model_cache_dir().parent / "cards"
 
 
 def override_params(params: Params, overrides: dict[str, object], source: str = "flow parameters") -> Params:
@@ -278,13 +283,22 @@ def build_manifest(params: Params, summary: dict, version: str, layout: Layout =
 
 def run_publish(params: Params, summary: dict, version: str, bucket: str, layout: Layout = Layout(),
                 model: ModelSource | None = None, prefix: str = "datasets") -> str:
+    model = model or local_model(params, layout)
     manifest = build_manifest(params, summary, version, layout, model)
     shards = [Path(p) for p in summary["shard_files"]]
+    card = write_card(shards[0].parent / storage.EXTRA_FOLDER, CardSources(
+        manifest, storage.version_uri(bucket, prefix, params.generate.name, version), shards,
+        layout.prepared(params), model.directory, layout.plots, params.generate.license))
     uri = storage.publish_dataset(shards, bucket=bucket, name=params.generate.name, version=version,
-                                  manifest=manifest, prefix=prefix)
+                                  manifest=manifest, prefix=prefix, extra_files=card)
     # Beside the shards, wherever this run wrote them (the DVC out, or a run folder of its own).
     write_json_atomic(shards[0].parent / "_published.json", {"uri": uri, "version": version})
     return uri
+
+
+def card_uri(dataset_uri: str) -> str:
+    """The report page of a published version's card (`ganforge show NAME --version V` fetches it)."""
+    return f"{dataset_uri.rstrip('/')}/{storage.EXTRA_FOLDER}/report.html"
 
 
 # --- model hand-off through S3 ----------------------------------------------------------------

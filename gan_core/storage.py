@@ -29,6 +29,9 @@ from botocore.exceptions import ClientError
 
 log = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
+# Extra files (a dataset's card) go into this sub-folder: Parquet readers skip `_`-prefixed names,
+# while a README.md beside the shards breaks `pandas.read_parquet(version folder)`.
+EXTRA_FOLDER = "_card"
 CLAIM = "_publishing.json"  # held while a version is being published; '_': Parquet readers skip it
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_WORKERS = 4
@@ -147,32 +150,39 @@ def file_digest(path: Path) -> tuple[str, int]:
 
 def publish_files(paths: list[Path], *, bucket: str, prefix: str, name: str, version: str,
                   manifest: dict, entries_field: str = "files",
-                  describe: Callable[[Path], dict] | None = None, client=None) -> str:
+                  describe: Callable[[Path], dict] | None = None, extra_paths: list[Path] = (),
+                  client=None) -> str:
     """Upload files into PREFIX/NAME/VERSION/, then write _manifest.json last; return its s3:// URI.
 
     The manifest is the commit marker: it is written with If-None-Match, only after every
     file is uploaded, and lists each file's key, size, sha256 plus describe(path). While the
     files upload, the version is claimed, so that a concurrent publication of other files
-    fails before it writes anything.
+    fails before it writes anything. extra_paths (a card) upload after the others, into
+    EXTRA_FOLDER/, listed under the manifest's `files`.
     """
     client = client or s3_client()
     folder = version_prefix(prefix, name, version)
-    paths = _check_files(paths)
+    paths, extra_paths = _check_files(paths), _check_files(extra_paths) if extra_paths else []
+    if extra_paths and entries_field == "files":
+        raise StorageError("extra files need the main files listed under another manifest key than 'files'")
     body = {**manifest, "name": name, "version": version}
     body.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     _refuse_secrets(json.dumps(body, sort_keys=True))  # also fails early on non-JSON values
     manifest_key = f"{folder}/{MANIFEST}"
     _refuse_existing(client, bucket, manifest_key)
     body[entries_field] = entries = _run_all(lambda path: _entry(folder, path, describe), paths)
-    with _claimed(client, bucket, folder, entries) as claim:
-        _clear_leftovers(claim, keep={e["key"] for e in entries})
-        _upload_all(claim, paths, entries)
+    extras = [_entry(f"{folder}/{EXTRA_FOLDER}", path, None) for path in extra_paths]
+    if extras:
+        body["files"] = extras
+    with _claimed(client, bucket, folder, entries + extras) as claim:
+        _clear_leftovers(claim, keep={e["key"] for e in entries + extras})
+        _upload_all(claim, [list(zip(paths, entries)), list(zip(extra_paths, extras))])
         if not claim.is_ours():  # our lease ran out and another run took the version over
             raise VersionBusyError(f"{_uri(bucket, folder)}/: this run's claim expired and was taken over")
         try:
             _put_manifest(client, bucket, manifest_key, json.dumps(body, indent=2, sort_keys=True).encode())
         except VersionExistsError:
-            _delete_unlisted(client, bucket, manifest_key, entries_field, [e["key"] for e in entries])
+            _delete_unlisted(client, bucket, manifest_key, {entries_field: entries, "files": extras})
             raise
     return _uri(bucket, folder) + "/"
 
@@ -353,18 +363,20 @@ def _sizes_under(client, bucket: str, prefix: str) -> dict[str, int]:
     return sizes
 
 
-def _upload_all(claim: _Claim, paths: list[Path], entries: list[dict]) -> None:
+def _upload_all(claim: _Claim, groups: list[list[tuple[Path, dict]]]) -> None:
+    """Upload each group of (path, manifest entry) after the one before it."""
     client, bucket, folder = claim.client, claim.bucket, claim.folder
     uploaded: list[str] = []
 
-    def upload(path: Path) -> None:
-        key = f"{folder}/{path.name}"
-        client.upload_file(str(path), bucket, key, Config=transfer_config())
-        uploaded.append(key)
+    def upload(item: tuple[Path, dict]) -> None:
+        path, entry = item
+        client.upload_file(str(path), bucket, entry["key"], Config=transfer_config())
+        uploaded.append(entry["key"])
 
     try:
-        _run_all(upload, paths)
-        _verify_sizes(client, bucket, folder, entries)
+        for group in groups:
+            _run_all(upload, group)
+        _verify_sizes(client, bucket, folder, [entry for group in groups for _, entry in group])
     except Exception as e:
         _delete_orphans(claim, uploaded)
         raise StorageError(f"publishing {_uri(bucket, folder)}/ failed, no manifest written: {e}") from e
@@ -399,12 +411,12 @@ def _delete_orphans(claim: _Claim, keys: list[str]) -> None:
 
 
 @_best_effort
-def _delete_unlisted(client, bucket: str, manifest_key: str, field: str, keys: list[str]) -> None:
+def _delete_unlisted(client, bucket: str, manifest_key: str, ours: dict[str, list[dict]]) -> None:
     # We lost the race for this version: our files that the winner does not list would be
     # read by folder readers (pandas) as if they belonged to it.
     winner = json.loads(_existing_bytes(client, bucket, manifest_key) or b"{}")
-    listed = {e.get("key") for e in winner.get(field, []) if isinstance(e, dict)}
-    _delete_keys(client, bucket, [k for k in keys if k not in listed])
+    listed = {e.get("key") for field in ours for e in winner.get(field, []) if isinstance(e, dict)}
+    _delete_keys(client, bucket, [e["key"] for entries in ours.values() for e in entries if e["key"] not in listed])
 
 
 def _delete_keys(client, bucket: str, keys: list[str]) -> None:
@@ -434,10 +446,14 @@ def _put_manifest(client, bucket: str, key: str, body: bytes) -> None:
 
 
 def publish_dataset(shard_paths: list[Path], *, bucket: str, name: str, version: str, manifest: dict,
-                    prefix: str = "datasets", client=None) -> str:
-    """Publish Parquet shards as s3://BUCKET/PREFIX/NAME/VERSION/; return that folder's URI."""
+                    prefix: str = "datasets", extra_files: list[Path] = (), client=None) -> str:
+    """Publish Parquet shards as s3://BUCKET/PREFIX/NAME/VERSION/; return that folder's URI.
+
+    extra_files (the card) land in VERSION/_card/ after the shards, listed under the manifest's `files`.
+    """
     return publish_files(shard_paths, bucket=bucket, prefix=prefix, name=name, version=version,
-                         manifest=manifest, entries_field="shards", describe=_parquet_rows, client=client)
+                         manifest=manifest, entries_field="shards", describe=_parquet_rows,
+                         extra_paths=extra_files, client=client)
 
 
 def _parquet_rows(path: Path) -> dict:
@@ -520,21 +536,24 @@ def resolve_version(bucket: str, name: str, version: str = "latest", prefix: str
 # --- downloading --------------------------------------------------------------------------
 
 def download_files(bucket: str, name: str, version: str, to_dir: Path, *, prefix: str,
-                   entries_field: str = "files", client=None) -> Path:
+                   entries_field: str = "files", also: tuple[str, ...] = (), client=None) -> Path:
     """Download a complete version into TO_DIR/NAME/VERSION, every file's sha256 verified.
 
     Files land in a temporary folder inside to_dir that is renamed into place only when all
-    of them match the manifest, so a failure leaves nothing behind.
+    of them match the manifest, so a failure leaves nothing behind. `also`: more manifest keys
+    whose files come too when the manifest has them (a dataset's card, under `files`).
     """
     client = client or s3_client()
     version = resolve_version(bucket, name, version, prefix, client)
     raw = _read_manifest_bytes(client, bucket, prefix, name, version)
-    entries = _checked_entries(json.loads(raw), entries_field, bucket, version_prefix(prefix, name, version))
+    manifest, folder = json.loads(raw), version_prefix(prefix, name, version)
+    entries = [entry for field in (entries_field, *(f for f in also if manifest.get(f)))
+               for entry in _checked_entries(manifest, field, bucket, folder)]
     to_dir = Path(to_dir)
     to_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{version}-", dir=to_dir))
     try:
-        _run_all(lambda entry: _download_verified(client, bucket, entry, tmp), entries)
+        _run_all(lambda entry: _download_verified(client, bucket, entry, tmp, folder), entries)
         (tmp / MANIFEST).write_bytes(raw)
         return _install(tmp, to_dir / name / version)
     except BaseException:
@@ -551,18 +570,20 @@ def _checked_entries(manifest: dict, field: str, bucket: str, folder: str) -> li
     for entry in entries:
         key = entry.get("key") if isinstance(entry, dict) else None
         base = key[len(folder) + 1:] if isinstance(key, str) and key.startswith(folder + "/") else ""
-        if not NAME_RE.match(base) or ".." in base or base in seen:
+        sub, slash, file = base.rpartition("/")
+        if (slash and sub != EXTRA_FOLDER) or not NAME_RE.match(file) or ".." in file or base in seen:
             raise IntegrityError(f"{_uri(bucket, folder)}/{MANIFEST}: refusing entry {key!r}: "
-                                 f"not a distinct file directly inside {folder}/")
+                                 f"not a distinct file directly inside {folder}/ or its {EXTRA_FOLDER}/")
         if not isinstance(entry.get("bytes"), int) or not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256"))):
             raise IntegrityError(f"{_uri(bucket, folder)}/{MANIFEST}: entry {key!r} lacks bytes or sha256")
         seen.add(base)
     return entries
 
 
-def _download_verified(client, bucket: str, entry: dict, folder: Path) -> None:
+def _download_verified(client, bucket: str, entry: dict, folder: Path, version_folder: str) -> None:
     key = entry["key"]
-    dest = folder / key.rsplit("/", 1)[1]
+    dest = folder / key[len(version_folder) + 1:]  # checked: a file name, or EXTRA_FOLDER/ and one
+    dest.parent.mkdir(exist_ok=True)
     with _listed_object(bucket, key):
         client.download_file(bucket, key, str(dest), Config=transfer_config())
     _check_digest(bucket, entry, *file_digest(dest))
@@ -618,10 +639,17 @@ def _install(tmp: Path, final: Path) -> Path:
     return final
 
 
+def download_card(bucket: str, name: str, version: str, to_dir: Path, prefix: str = "datasets",
+                  client=None) -> Path:
+    """A dataset version's card (its manifest's `files`) into TO_DIR/NAME/VERSION/_card/; return that folder."""
+    return download_files(bucket, name, version, to_dir, prefix=prefix, client=client) / EXTRA_FOLDER
+
+
 def download_dataset(bucket: str, name: str, version: str, to_dir: Path, prefix: str = "datasets",
                      client=None) -> Path:
     """Download s3://BUCKET/PREFIX/NAME/VERSION ("latest" allowed) into TO_DIR/NAME/VERSION."""
-    return download_files(bucket, name, version, to_dir, prefix=prefix, entries_field="shards", client=client)
+    return download_files(bucket, name, version, to_dir, prefix=prefix, entries_field="shards", also=("files",),
+                          client=client)
 
 
 # --- models -------------------------------------------------------------------------------

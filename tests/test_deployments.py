@@ -144,6 +144,8 @@ def test_a_scheduled_generation_publishes_once(deployed, server_env, s3_server):
         assert artifact.key == "generate-deploy-test"
         assert f"| dataset | s3://{s3_server.bucket}/datasets/{DATASET}/{version}/ |" in artifact.data
         assert "| sample_count | 120 |" in artifact.data and "| acceptance_rate | 1 |" in artifact.data
+        card = f"s3://{s3_server.bucket}/datasets/{DATASET}/{version}/_card/report.html"
+        assert f"| card | {card} |" in artifact.data and manifest["files"][2]["key"] == card.split("/", 3)[3]
 
         pull_forward(client, flow_run.id)  # the same scheduled run, triggered again
         run_worker_once(deployed, server_env)

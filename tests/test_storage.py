@@ -231,6 +231,7 @@ def test_shard_names_readers_would_skip_are_refused(tmp_path):
 @pytest.mark.parametrize("key", ["datasets/other/v1/part-00000.parquet", "datasets/{name}/v1/../../x.parquet",
                                  "datasets/{name}/v1/sub/x.parquet", "datasets/{name}/v1/_manifest.json",
                                  "/etc/passwd", "datasets/{name}/v1/", "datasets/{name}/v1/.hidden.parquet",
+                                 "datasets/{name}/v1/_card/../x.parquet", "datasets/{name}/v1/_card/sub/x.md",
                                  "datasets/{name}/v1/a\x00.parquet", "datasets/{name}/v1//x.parquet"])
 def test_manifest_keys_outside_the_version_are_refused(s3_env, name, key, tmp_path):
     key = key.format(name=name)
