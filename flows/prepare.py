@@ -17,4 +17,5 @@ def prepare_flow(params_path: str = "params.yaml") -> dict:
 
 
 if __name__ == "__main__":
-    prepare_flow()
+    from flows.local import run_stage
+    run_stage(prepare_flow)

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _readable_errors() -> tuple[type[Exception], ...]:
+def readable_errors() -> tuple[type[Exception], ...]:
     # Evaluated only once an error is raised: botocore is not imported by commands that do not need it.
     from botocore.exceptions import BotoCoreError, ClientError
     return ValueError, OSError, RuntimeError, BotoCoreError, ClientError
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = COMMANDS[args.command](args)
-    except _readable_errors() as exc:
+    except readable_errors() as exc:
         # Library errors are written to be read: print them without a traceback.
         from gan_core.storage import setup_hint
         print(f"ganforge {args.command}: error: {exc}{setup_hint(exc)}", file=sys.stderr)

@@ -18,6 +18,7 @@ import torch
 
 from gan_core.config import GenerateConfig
 from gan_core.png import encode_batch
+from gan_core.progress import progress_bar
 from gan_core.sampling import (RejectionRule, SampleBatch, TrainedModel, accept, fit_to_model, generate_and_score,
                                logit_to_score, shard_seeds)
 
@@ -68,7 +69,8 @@ def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConf
     tmp = path.with_name(f".{path.name}.tmp")
     written = candidates = 0
     try:
-        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer, InOrderBackground() as background:
+        with (pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer, InOrderBackground() as background,
+              progress_bar(rows, f"generate {path.name}", unit="sample") as bar):
             while written < rows:
                 # Ask for what is missing, scaled up by the expected acceptance (bounded to one batch).
                 want = rows - written if rule is None else cfg.batch_size
@@ -80,6 +82,7 @@ def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConf
                     # Encoded and written in the background while the next batch is computed.
                     background.submit(lambda batch=kept: writer.write_table(_to_table(batch)))
                     written += len(kept.seeds)
+                    bar.update(len(kept.seeds))
     except BaseException as exc:
         tmp.unlink(missing_ok=True)  # a partial shard only takes space: nothing reads .tmp files
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
