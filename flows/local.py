@@ -93,7 +93,7 @@ def run_stage(flow) -> None:
         logging.getLogger(name).addFilter(_NoTracebackForReadableErrors())
     with temporary_settings(updates={PREFECT_API_URL: url}):
         state = flow(return_state=True)
-    if state.is_failed():
+    if not state.is_completed():  # failed, or crashed (killed, out of memory)
         error = state.result(raise_on_failure=False)
         if isinstance(error, readable_errors()):
             print(f"{flow.name}: error: {error}{setup_hint(error)}", file=sys.stderr)
