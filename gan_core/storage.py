@@ -469,7 +469,12 @@ def resolve_version(bucket: str, name: str, version: str = "latest", prefix: str
     """VERSION itself if complete, or the newest complete version for "latest"."""
     client = client or s3_client()
     if version != "latest":
-        _read_manifest_bytes(client, bucket, prefix, name, version)
+        try:
+            _read_manifest_bytes(client, bucket, prefix, name, version)
+        except VersionNotFoundError:
+            if not list_versions(bucket, name, prefix, client):  # the name itself is wrong
+                raise no_versions_error(bucket, name, prefix, client) from None
+            raise
         return version
     versions = list_versions(bucket, name, prefix, client)
     if not versions:

@@ -52,7 +52,8 @@ def bucket_of_two(s3_env, tmp_path) -> str:
     return bucket
 
 
-@pytest.mark.parametrize("argv", [["list", "digits-synthetc"], ["download", "digits-synthetc", "--to", "x"]])
+@pytest.mark.parametrize("argv", [["list", "digits-synthetc"], ["download", "digits-synthetc", "--to", "x"],
+                                  ["download", "digits-synthetc", "--version", "v1", "--to", "x"]])
 def test_a_misspelt_dataset_lists_the_names_closest_first(bucket_of_two, argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli.main([*argv, "--bucket", bucket_of_two]) == 1
