@@ -88,19 +88,20 @@ def _fit(train: ImageSet, cfg: FeaturesConfig) -> tuple[FeatureNet, dict]:
     steps = cfg.epochs * -(-len(labels) // cfg.batch_size)
     # Annealed to zero: the final weights settle instead of ending on one noisy step.
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    with progress_bar(steps, "evaluator network") as bar:
-        for _ in range(cfg.epochs):
-            order = torch.randperm(len(labels), generator=noise)
-            for start in range(0, len(order), cfg.batch_size):
-                index = order[start:start + cfg.batch_size]
-                # Shifts of a pixel keep the classifier from keying on exact pixel positions of 1,257 images.
-                _, logits = net(translate(images[index] + 1, noise) - 1)  # shifted-in pixels are background
-                loss = F.cross_entropy(logits, labels[index])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                schedule.step()
-                bar.update(1)
+    bar = progress_bar(steps, "evaluator network")
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(labels), generator=noise)
+        for start in range(0, len(order), cfg.batch_size):
+            index = order[start:start + cfg.batch_size]
+            # Shifts of a pixel keep the classifier from keying on exact pixel positions of 1,257 images.
+            _, logits = net(translate(images[index] + 1, noise) - 1)  # shifted-in pixels are background
+            loss = F.cross_entropy(logits, labels[index])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            bar.update(1)
+    bar.close()
     net.eval()
     _, predicted = net.embed(images)
     return net, {"trained": True, "train_accuracy": float((predicted == train.labels).mean())}

@@ -11,21 +11,23 @@ EVERY_SECONDS = 30.0  # between lines when not on a terminal: about 2 a minute, 
 
 
 class LineProgress:
-    """tqdm's update / set_postfix, written as one line at the start, every EVERY_SECONDS and at the end."""
+    """tqdm's update / set_postfix / close, written as one line at the start, every EVERY_SECONDS and at the end."""
 
     def __init__(self, total: int, desc: str, unit: str, initial: int = 0, every: float = EVERY_SECONDS):
         self.total, self.desc, self.unit, self.n, self.every = total, desc, unit, initial, every
         self.postfix = ""
         self._started = self._last = time.monotonic()
         self._initial = initial
-
-    def __enter__(self) -> LineProgress:
         self._write(f"{self.n}/{self.total} {self.unit}s to do" if self.n == 0 else
                     f"resuming at {self.n}/{self.total} {self.unit}s")
+
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        done = "stopped at" if exc_type else "done:"
+        self.close("stopped at" if exc_type else "done:")
+
+    def close(self, done: str = "done:") -> None:
         self._write(f"{done} {self.n}/{self.total} {self.unit}s in {time.monotonic() - self._started:.0f} s"
                     f"{self.postfix}")
 
