@@ -68,9 +68,9 @@ def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConf
     path = Path(out_dir) / shard_name(index)
     tmp = path.with_name(f".{path.name}.tmp")
     written = candidates = 0
+    bar = progress_bar(rows, f"generate {path.name}", unit="sample")
     try:
-        with (pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer, InOrderBackground() as background,
-              progress_bar(rows, f"generate {path.name}", unit="sample") as bar):
+        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer, InOrderBackground() as background:
             while written < rows:
                 # Ask for what is missing, scaled up by the expected acceptance (bounded to one batch).
                 want = rows - written if rule is None else cfg.batch_size
@@ -91,6 +91,7 @@ def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConf
                                   "free some space and rerun") from None
         raise
     os.replace(tmp, path)
+    bar.close()
     return ShardResult(index, path, written, candidates)
 
 
