@@ -31,6 +31,6 @@ bench: install
 serve: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/serve.sh
 
-# Stops what serve and run started (Prefect server, workers, embedded S3), by their recorded pids.
+# Stops what serve, run and hand-run stages started (Prefect server, workers, embedded S3), by their recorded pids.
 stop:
 	-PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/stop.sh

@@ -30,4 +30,5 @@ def evaluate_flow(params_path: str = "params.yaml", checkpoint: str | None = Non
 
 
 if __name__ == "__main__":
-    evaluate_flow()
+    from flows.local import run_stage
+    run_stage(evaluate_flow)

@@ -106,4 +106,5 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
 
 
 if __name__ == "__main__":
-    generate_flow()
+    from flows.local import run_stage
+    run_stage(generate_flow)

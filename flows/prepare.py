@@ -18,4 +18,5 @@ def prepare_flow(params_path: str = "params.yaml", workdir: str | None = None) -
 
 
 if __name__ == "__main__":
-    prepare_flow()
+    from flows.local import run_stage
+    run_stage(prepare_flow)

@@ -48,4 +48,5 @@ def train_flow(params_path: str = "params.yaml", resume: bool = False, prepare_d
 
 
 if __name__ == "__main__":
-    train_flow()
+    from flows.local import run_stage
+    run_stage(train_flow)

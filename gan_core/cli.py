@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -96,6 +97,8 @@ def cmd_list(args) -> object:
     bucket = args.bucket or bucket_from_env()
     if args.name is not None:  # an empty name is refused, not read as "all"
         versions = storage.list_versions(bucket, args.name)
+        if not versions:  # a misspelt name: say which names exist rather than print []
+            raise storage.no_versions_error(bucket, args.name)
         short = ("version", "created_at", "sample_count", "acceptance_rate")
         return versions if args.long else [{k: m.get(k) for k in short} for m in versions]
     names = storage.list_datasets(bucket)
@@ -174,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _readable_errors() -> tuple[type[Exception], ...]:
+def readable_errors() -> tuple[type[Exception], ...]:
     # Evaluated only once an error is raised: botocore is not imported by commands that do not need it.
     from botocore.exceptions import BotoCoreError, ClientError
     return ValueError, OSError, RuntimeError, BotoCoreError, ClientError
@@ -184,13 +187,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = COMMANDS[args.command](args)
-    except _readable_errors() as exc:
+    except readable_errors() as exc:
         # Library errors are written to be read: print them without a traceback.
-        print(f"ganforge {args.command}: error: {exc}", file=sys.stderr)
+        from gan_core.storage import setup_hint
+        print(f"ganforge {args.command}: error: {exc}{setup_hint(exc)}", file=sys.stderr)
         return 1
     if result is not None:
-        print(json.dumps(result, indent=2, default=str))
+        _print_quietly(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _print_quietly(text: str) -> None:
+    """Print; a reader that stopped early (`ganforge list --long | head`) ends it quietly, as for Unix tools."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would complain again when flushing stdout at exit: point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from pathlib import Path
@@ -222,7 +223,7 @@ def _as_dict(section: object) -> object:
 def _describe(error: dict) -> str:
     key = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
-        return f"unknown key {key}"
+        return f"unknown key {key}{_did_you_mean(error['loc'])}"
     if error["type"] == "section":
         return error["msg"]
     got = error.get("input")
@@ -230,6 +231,18 @@ def _describe(error: dict) -> str:
         got = "nan"
     shown = repr(got) if len(repr(got)) <= 60 else repr(got)[:50] + "..."
     return f"{key}: {error['msg'].removeprefix('Value error, ').lower()} (got {shown})"
+
+
+def _did_you_mean(loc: tuple) -> str:
+    """' (did you mean train.epochs?)' when an unknown key is close to one of its section's fields."""
+    section: type[BaseModel] = Params
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return ""
+        section = field.annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
+    return f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?)" if close else ""
 
 
 def parse_params(raw: object, source: str = str(PARAMS_FILE)) -> Params:

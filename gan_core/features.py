@@ -22,6 +22,7 @@ from gan_core.config import FeaturesConfig
 from gan_core.data import ImageSet
 from gan_core.lineage import code_version
 from gan_core.models import to_unit_range
+from gan_core.progress import progress_bar
 
 FORMAT = "ganforge-features/2"  # bump when the network or its training changes: old caches no longer match
 
@@ -103,6 +104,7 @@ def _fit(train: ImageSet, cfg: FeaturesConfig) -> tuple[FeatureNet, dict]:
     steps = cfg.epochs * -(-len(labels) // cfg.batch_size)
     # Annealed to zero: the final weights settle instead of ending on one noisy step.
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    bar = progress_bar(steps, "evaluator network")
     for _ in range(cfg.epochs):
         order = torch.randperm(len(labels), generator=noise)
         for start in range(0, len(order), cfg.batch_size):
@@ -116,6 +118,8 @@ def _fit(train: ImageSet, cfg: FeaturesConfig) -> tuple[FeatureNet, dict]:
             loss.backward()
             opt.step()
             schedule.step()
+            bar.update(1)
+    bar.close()
     net.eval()
     inputs, wanted = targets(images, labels, None)
     _, predicted = net.embed(inputs)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from gan_core.config import GenerateConfig
 from gan_core.data import default_class_names
 from gan_core.png import encode_batch
+from gan_core.progress import progress_bar
 from gan_core.sampling import (Quota, RejectionRule, SampleBatch, TrainedModel, class_indices, fit_to_model,
                                logit_to_score, quantise, sample_shard)
 
@@ -112,6 +113,7 @@ def generate_shard(model: TrainedModel, index: int, quota: Quota, cfg: GenerateC
     tmp = path.with_name(f".{path.name}.tmp")
     labels, candidates = Counter(), 0
     schema = row_schema(model_class_names(model.meta))
+    bar = progress_bar(sum(rows for _, rows in quota), f"generate {path.name}", unit="sample")
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer, InOrderBackground() as background:
             for kept, drawn in sample_shard(model, index, quota, cfg.seed, cfg.batch_size, rule, cfg.truncation):
@@ -120,6 +122,7 @@ def generate_shard(model: TrainedModel, index: int, quota: Quota, cfg: GenerateC
                     # Encoded and written in the background while the next batch is computed.
                     background.submit(lambda batch=kept: writer.write_table(_to_table(batch, schema)))
                     labels.update(kept.labels.tolist())
+                    bar.update(len(kept.seeds))
     except BaseException as exc:
         tmp.unlink(missing_ok=True)  # a partial shard only takes space: nothing reads .tmp files
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -128,6 +131,7 @@ def generate_shard(model: TrainedModel, index: int, quota: Quota, cfg: GenerateC
                                   "free some space and rerun") from None
         raise
     os.replace(tmp, path)
+    bar.close()
     per_class = {str(k): n for k, n in sorted(labels.items()) if k >= 0}
     return ShardResult(index, path, labels.total(), candidates, per_class)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import json
@@ -26,6 +27,7 @@ import botocore.session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from botocore.exceptions import ConnectionError as S3ConnectionError
 
 log = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
@@ -36,6 +38,16 @@ CLAIM = "_publishing.json"  # held while a version is being published; '_': Parq
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_WORKERS = 4
 TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20, max_concurrency=4)
+
+
+S3_SETUP_HINT = ("run `source .ganforge/s3.env` (written by `make run` or `ganforge s3 start`), or set "
+                 "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+
+
+def setup_hint(error: BaseException) -> str:
+    """What to do next when ERROR comes from S3 not being configured in this shell, else ""."""
+    unset = not (os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"))
+    return f" (no S3 endpoint set: {S3_SETUP_HINT})" if unset and isinstance(error, S3ConnectionError) else ""
 
 
 class StorageError(ValueError):
@@ -69,6 +81,8 @@ def s3_client():
     # but one model loader for all: parsing the S3 model again costs ~0.1 s per client.
     session = botocore.session.get_session()
     session.register_component("data_loader", _model_loader())
+    if session.get_credentials() is None:  # resolved once here; the client reuses them
+        raise StorageError(f"no S3 credentials (Unable to locate credentials): {S3_SETUP_HINT}")
     return boto3.session.Session(botocore_session=session).client("s3", config=config)
 
 
@@ -524,13 +538,26 @@ def resolve_version(bucket: str, name: str, version: str = "latest", prefix: str
     """VERSION itself if complete, or the newest complete version for "latest"."""
     client = client or s3_client()
     if version != "latest":
-        _read_manifest_bytes(client, bucket, prefix, name, version)
+        try:
+            _read_manifest_bytes(client, bucket, prefix, name, version)
+        except VersionNotFoundError:
+            if not list_versions(bucket, name, prefix, client):  # the name itself is wrong
+                raise no_versions_error(bucket, name, prefix, client) from None
+            raise
         return version
     versions = list_versions(bucket, name, prefix, client)
     if not versions:
-        raise VersionNotFoundError(f"{prefix[:-1] if prefix.endswith('s') else prefix} '{name}' has no "
-                                   f"complete version in {_uri(bucket, prefix)}/{name}/")
+        raise no_versions_error(bucket, name, prefix, client)
     return versions[-1]["version"]
+
+
+def no_versions_error(bucket: str, name: str, prefix: str = "datasets", client=None) -> VersionNotFoundError:
+    """NAME has no complete version: the error names those that have one, closest to NAME first."""
+    names = list_datasets(bucket, prefix, client)
+    closest = difflib.get_close_matches(name, names, n=max(len(names), 1), cutoff=0.0)
+    there = f"; names there: {', '.join(closest)}" if closest else "; there is none yet"
+    return VersionNotFoundError(f"{prefix[:-1] if prefix.endswith('s') else prefix} '{name}' has no "
+                                f"complete version in {_uri(bucket, prefix)}/{name}/{there}")
 
 
 # --- downloading --------------------------------------------------------------------------

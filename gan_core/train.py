@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from gan_core import checkpoint as ckpt
 from gan_core import distributed, lineage
@@ -24,6 +23,7 @@ from gan_core.data import DataError, ImageSet, PreparedData, default_class_names
 from gan_core.features import FeatureNet, load_or_train_feature_net
 from gan_core.metrics import frechet_distance
 from gan_core.models import DataShape, Discriminator, Generator, count_parameters, to_unit_range
+from gan_core.progress import progress_bar
 from gan_core.sampling import latents_for_seeds, shard_seeds
 
 LOG_EVERY = 20  # steps per row of the loss log
@@ -454,7 +454,7 @@ def _run_steps(state: GanState, run: Run, log: list, stop_after: int | None, pro
     cfg = run.params.train
     end = run.total if stop_after is None else min(run.total, stop_after)
     window: list[dict] = []
-    with tqdm(total=run.total, initial=state.step, disable=not progress, desc="train", unit="step") as bar:
+    with progress_bar(run.total, "train", initial=state.step, enabled=progress) as bar:
         while state.step < end:
             index = batch_index(state, cfg, len(run.images)).to(run.images.device)
             set_learning_rates(state, cfg, run.total)

@@ -34,6 +34,7 @@ PY
 cat <<MSG
 
 Dataset published: s3://$bucket/datasets/$name/$version/
+  source .venv/bin/activate               # the project's virtualenv: ganforge, dvc, prefect
   source .ganforge/s3.env                 # endpoint, keys and bucket of the embedded S3
   ganforge list $name
   ganforge download $name --version latest --to downloads

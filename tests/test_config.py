@@ -46,6 +46,24 @@ def test_bad_values_name_the_key(tmp_path, text, fragment):
     assert str(tmp_path / "params.yaml") in str(info.value)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  epoch: 3\n", "unknown key train.epoch (did you mean train.epochs?)"),
+    ("trian:\n  epochs: 1\n", "unknown key trian (did you mean train?)"),
+    ("generate:\n  rejection:\n    enable: true\n",
+     "unknown key generate.rejection.enable (did you mean generate.rejection.enabled?)"),
+])
+def test_a_misspelt_key_suggests_the_closest(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        load_params(write(tmp_path, text))
+    assert str(info.value).endswith(message)
+
+
+def test_an_unknown_key_far_from_every_field_gets_no_suggestion(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_params(write(tmp_path, "train:\n  xyzzy: 3\n"))
+    assert str(info.value).endswith("unknown key train.xyzzy")
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path):
     with pytest.raises(ConfigError, match=r"not valid YAML at line 3: mapping values are not allowed"):
         load_params(write(tmp_path, "train:\n  epochs: 1\n    lr_g: 2\n"))
