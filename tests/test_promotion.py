@@ -8,7 +8,7 @@ from gan_core import cli, registry, storage
 from tests.helpers import ROOT, tiny_params
 
 NAME = "gated"
-PASSING = {"fd_ratio_max": 1e6, "utility_min": 0.0, "label_consistency_min": 0.0, "memorisation_max": 1.0}
+PASSING = tiny_params().gate.model_dump()
 FAILING = PASSING | {"fd_ratio_max": 1e-6}  # no model is that close to the real-real floor
 
 

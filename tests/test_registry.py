@@ -153,6 +153,7 @@ def test_models_publish_promotes_only_through_the_gate(checkout, s3_env, capsys)
     name = "published-by-cli"
     params = yaml.safe_load((checkout / "params.yaml").read_text())
     params["prepare"]["dataset"] = name
+    params["gate"] = GateConfig().model_dump()  # params.yaml's thresholds, not the tiny config's loose ones
     (checkout / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copytree(checkout / "models" / "recorded", checkout / "models" / name)
     bucket = ["--bucket", s3_env.bucket]
