@@ -39,19 +39,22 @@ class GateResult:
     def markdown(self, name: str, version: str, metrics: dict, gate: GateConfig) -> str:
         verdict = "passed: promoted to production" if self.passed else "FAILED: not promoted"
         lines = [f"### quality gate: {name} {version} {verdict}", "", "| metric | value | threshold |", "|---|---|---|"]
-        for key, threshold in gate.model_dump().items():
-            metric, bound = key.rsplit("_", 1)
+        for key, metric, bound, threshold in _thresholds(gate):
             lines.append(f"| {metric} | {metrics.get(metric, 'missing')} | {bound} {threshold} |")
         return "\n".join(lines + [""] + [f"- {miss}" for miss in self.misses])
+
+
+def _thresholds(gate: GateConfig) -> list[tuple[str, str, str, float | None]]:
+    """(key, metric, "min" or "max", threshold) of each gate setting: `fd_ratio_max` bounds `fd_ratio` from above."""
+    return [(key, *key.rsplit("_", 1), threshold) for key, threshold in gate.model_dump().items()]
 
 
 def check_gate(metrics: dict, gate: GateConfig) -> GateResult:
     """Each threshold of `gate` against `metrics`; a missing or non-numeric metric misses unless its threshold is null."""
     misses = []
-    for key, threshold in gate.model_dump().items():
+    for key, metric, bound, threshold in _thresholds(gate):
         if threshold is None:
             continue
-        metric, bound = key.rsplit("_", 1)
         value = metrics.get(metric)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
             misses.append(f"{metric} is missing from the evaluation (gate.{key}: {threshold})")
