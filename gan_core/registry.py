@@ -3,8 +3,9 @@
 Layout: s3://BUCKET/models/NAME/VERSION/ (gan_core.storage), plus
   models/NAME/_aliases/production.json           {"version", "uri", "previous": [...], "set_at", "action"}
   models/NAME/_aliases/production-history/*.json  one object per change, never rewritten (an audit log)
-The alias is replaced by one PUT of a small JSON (atomic for readers), and only ever names a complete
-version. Its `previous` list is a stack of earlier production versions that `rollback` pops.
+The alias is replaced by one PUT of a small JSON (atomic for readers), conditional on the ETag it was read
+with (two promotions at once: the later one reads again), and only ever names a complete version. Its
+`previous` list is a stack of earlier production versions that `rollback` pops.
 """
 
 from __future__ import annotations
@@ -83,10 +84,18 @@ def _alias_key(name: str, alias: str = PRODUCTION, prefix: str = storage.MODELS_
     return f"{prefix}/{storage.validate_name('name', name)}/{ALIASES}/{alias}.json"
 
 
+class _AliasChanged(Exception):
+    """Another promotion replaced the alias between our read and our write."""
+
+
+def _read_tagged(bucket: str, name: str, prefix: str, client) -> tuple[dict | None, str | None]:
+    raw, etag = storage.read_object_tagged(bucket, _alias_key(name, prefix=prefix), client)
+    return (json.loads(raw) if raw is not None else None), etag
+
+
 def read_alias(bucket: str, name: str, prefix: str = storage.MODELS_PREFIX, client=None) -> dict | None:
     """The production alias of model NAME, or None when no version was ever promoted."""
-    raw = storage.read_object(bucket, _alias_key(name, prefix=prefix), client)
-    return json.loads(raw) if raw is not None else None
+    return _read_tagged(bucket, name, prefix, client or storage.s3_client())[0]
 
 
 def production_version(bucket: str, name: str, prefix: str = storage.MODELS_PREFIX, client=None) -> str:
@@ -100,41 +109,62 @@ def production_version(bucket: str, name: str, prefix: str = storage.MODELS_PREF
 
 
 def _set_production(bucket: str, name: str, version: str, previous: list[str], action: str, prefix: str,
-                    client) -> dict:
+                    client, etag: str | None) -> dict:
+    """Replace the alias read with ETAG (None: there was none); _AliasChanged if another write came first."""
     storage.read_manifest(bucket, name, version, prefix, client)  # only a complete version: raises otherwise
     now = dt.datetime.now(dt.timezone.utc)
     body = {"name": name, "version": version, "uri": storage.version_uri(bucket, prefix, name, version),
             "previous": previous[-MAX_PREVIOUS:], "action": action, "set_at": now.isoformat(timespec="seconds")}
     text = json.dumps(body, indent=2, sort_keys=True).encode()
+    condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+    key = _alias_key(name, prefix=prefix)
+    # A retried request whose first attempt succeeded also fails its condition: that write is ours.
+    if not storage.put_if(bucket, key, text, client, **condition) and storage.read_object(bucket, key, client) != text:
+        raise _AliasChanged()
+    # After the alias, which holds the truth: a crash in between loses an audit entry, never invents one.
     history = _alias_key(name, prefix=prefix).removesuffix(".json") + "-history"
-    # History first: a crash between the two PUTs leaves a logged change that did not happen, never the reverse.
     client.put_object(Bucket=bucket, Key=f"{history}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{version}.json", Body=text)
-    client.put_object(Bucket=bucket, Key=_alias_key(name, prefix=prefix), Body=text, ContentType="application/json")
     return body
+
+
+def _swap(bucket: str, name: str, prefix: str, client, change) -> dict:
+    """Read the alias, change(current alias) -> (version, previous, action), write it back unless another
+    promotion came in between; then read again and retry."""
+    for _ in range(5):
+        current, etag = _read_tagged(bucket, name, prefix, client)
+        try:
+            return _set_production(bucket, name, *change(current), prefix, client, etag)
+        except _AliasChanged:
+            continue
+    raise storage.StorageError(f"the production alias of model '{name}' kept changing under this promotion: retry")
 
 
 def promote(bucket: str, name: str, version: str, prefix: str = storage.MODELS_PREFIX, client=None) -> dict:
     """Make complete VERSION the production model of NAME; the one it replaces can be rolled back to."""
-    client = client or storage.s3_client()
-    current = read_alias(bucket, name, prefix, client)
-    previous = [] if current is None else current["previous"]
-    if current is not None and current["version"] != version:
-        previous = [v for v in previous if v != current["version"]] + [current["version"]]
-    return _set_production(bucket, name, version, previous, "promote", prefix, client)
+    def change(current: dict | None) -> tuple[str, list[str], str]:
+        previous = [] if current is None else current["previous"]
+        if current is not None and current["version"] != version:
+            previous = [v for v in previous if v != current["version"]] + [current["version"]]
+        return version, previous, "promote"
+
+    return _swap(bucket, name, prefix, client or storage.s3_client(), change)
 
 
 def rollback(bucket: str, name: str, prefix: str = storage.MODELS_PREFIX, client=None) -> dict:
     """Production goes back to the version it had before the current one (skipping versions since deleted)."""
     client = client or storage.s3_client()
-    current = read_alias(bucket, name, prefix, client)
-    previous = list(current["previous"]) if current else []
-    while previous:
-        version = previous.pop()
-        try:
-            return _set_production(bucket, name, version, previous, "rollback", prefix, client)
-        except storage.VersionNotFoundError:
-            continue  # deleted since: roll further back
-    raise storage.VersionNotFoundError(f"model '{name}' has no earlier production version to roll back to")
+
+    def change(current: dict | None) -> tuple[str, list[str], str]:
+        previous = list(current["previous"]) if current else []
+        while previous:
+            version = previous.pop()
+            if storage.read_object(bucket, f"{storage.version_prefix(prefix, name, version)}/{storage.MANIFEST}",
+                                   client) is not None:
+                return version, previous, "rollback"
+            # deleted since: roll further back
+        raise storage.VersionNotFoundError(f"model '{name}' has no earlier production version to roll back to")
+
+    return _swap(bucket, name, prefix, client, change)
 
 
 def list_models(bucket: str, name: str, prefix: str = storage.MODELS_PREFIX, client=None) -> list[dict]:

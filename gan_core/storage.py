@@ -373,6 +373,29 @@ def read_object(bucket: str, key: str, client=None) -> bytes | None:
     return _existing_bytes(client or s3_client(), bucket, key)
 
 
+def read_object_tagged(bucket: str, key: str, client=None) -> tuple[bytes | None, str | None]:
+    """(bytes, ETag) of s3://BUCKET/KEY, or (None, None): the ETag makes a later put_if a compare-and-swap."""
+    try:
+        response = (client or s3_client()).get_object(Bucket=bucket, Key=key)
+    except ClientError as e:
+        if _is_missing(e):
+            return None, None
+        raise
+    return response["Body"].read(), response["ETag"]
+
+
+def put_if(bucket: str, key: str, body: bytes, client=None, **condition: str) -> bool:
+    """PUT with a condition (IfMatch=ETAG or IfNoneMatch="*"); False when it did not hold."""
+    try:
+        (client or s3_client()).put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
+                                           **condition)
+    except ClientError as e:
+        if _status(e) not in (409, 412):
+            raise
+        return False
+    return True
+
+
 def _put_manifest(client, bucket: str, key: str, body: bytes) -> None:
     try:
         client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",

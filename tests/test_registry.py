@@ -68,9 +68,15 @@ def test_promote_rollback_and_list_move_one_alias(tiny_model_dir, s3_env, tmp_pa
     assert registry.rollback(bucket, name)["version"] == "20250101T020000Z"
     with pytest.raises(storage.VersionNotFoundError, match="no earlier production version"):
         registry.rollback(bucket, name)
+    # A promotion that read the alias before another one wrote it is refused, not lost: promote() reads again.
+    _, stale = storage.read_object_tagged(bucket, f"models/{name}/_aliases/production.json")
+    registry.promote(bucket, name, "20250103T020000Z")
+    with pytest.raises(registry._AliasChanged):
+        registry._set_production(bucket, name, "20250102T020000Z", [], "promote", "models", s3_env.client, stale)
+    assert registry.rollback(bucket, name)["version"] == "20250101T020000Z"
     history = s3_env.client.list_objects_v2(Bucket=bucket, Prefix=f"models/{name}/_aliases/production-history/")
     actions = [json.loads(storage.read_object(bucket, o["Key"]))["action"] for o in history["Contents"]]
-    assert actions == ["promote"] * 3 + ["rollback"] * 2
+    assert actions == ["promote"] * 3 + ["rollback"] * 2 + ["promote", "rollback"]
     assert [m["version"] for m in storage.list_versions(bucket, name, "models")][0] == "20250101T020000Z"
 
 
