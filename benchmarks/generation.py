@@ -22,7 +22,7 @@ from benchmarks.harness import info, rates, report
 from benchmarks.training import sync_for
 from gan_core import storage
 from gan_core.config import GenerateConfig, ModelConfig, Params
-from gan_core.generate import SCHEMA, generate_dataset
+from gan_core.generate import generate_dataset, row_schema
 from gan_core.models import DataShape, Discriminator, Generator
 from gan_core.s3server import SeaweedServer
 from gan_core.sampling import TrainedModel
@@ -88,9 +88,9 @@ def shard_like_files(folder: Path, count: int = PUBLISH_FILES, megabytes: int = 
     rows = megabytes * 2**20 // 3000
     paths = []
     for i in range(count):
-        images = [rng.bytes(3000) for _ in range(rows)]
+        images = [{"bytes": rng.bytes(3000), "path": None} for _ in range(rows)]
         table = pa.table({"image": images, "label": np.zeros(rows, np.int64), "seed": np.arange(rows, dtype=np.int64),
-                          "d_score": np.zeros(rows)}, schema=SCHEMA)
+                          "d_score": np.zeros(rows)}, schema=row_schema([]))
         pq.write_table(table, folder / f"part-{i:05d}.parquet", compression="none")
         paths.append(folder / f"part-{i:05d}.parquet")
     return paths

@@ -23,6 +23,7 @@ from benchmarks.harness import info, rates, report
 from benchmarks.training import ganforge_step, sync_for
 from gan_core.config import Params, parse_params
 from gan_core.data import load_prepared
+from gan_core.lineage import data_fingerprint, training_fingerprint
 from gan_core.s3server import SeaweedServer
 from gan_core.models import DataShape
 from gan_core.stages import Layout, run_evaluate, run_generate, run_prepare, run_publish, run_train
@@ -86,14 +87,16 @@ def default_work_seconds(layout: Layout, bucket: str) -> dict[str, float]:
     params = Params()
     set_threads(params.train.threads)
     run_prepare(params, layout)
-    data, _ = load_prepared(layout.prepared(params))
+    data = load_prepared(layout.prepared(params)).train
     total_steps = params.train.epochs * (len(data.labels) // params.train.batch_size)
     device = pick_device(params.train.device)
     step_rate = rates({"train": ganforge_step(params, data, device)}, rounds=3, seconds=3,
                       sync=sync_for(device))["train"].wall
     shape = DataShape(data.resolution, data.channels, data.num_classes)
     # Evaluation and generation cost the same for any weights: export untrained ones.
-    export_model(layout.model(params), params, shape, build_state(params, shape, device), {})
+    # The fingerprint of this data: evaluation refuses a model without it.
+    fingerprint = training_fingerprint(params, data_fingerprint(layout.prepared(params)))
+    export_model(layout.model(params), params, shape, build_state(params, shape, device), {"fingerprint": fingerprint})
     work = {}
     for stage, call in (("prepare", lambda: run_prepare(params, layout)),
                         ("evaluate", lambda: run_evaluate(params, layout)),

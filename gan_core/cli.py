@@ -45,7 +45,7 @@ def cmd_compare_rejection(args) -> object:
         target = "off" if row["target"] is None else f"{row['target']:.2f}"
         print(f"| {target} | {row['acceptance']:.3f} | {row['fd']:.3f} | {row['fd_vs_plain']:.3f} "
               f"| {row['precision']:.3f} | {row['recall']:.3f} |")
-    print(f"real-real floor (train vs held-out): FD {rows[0]['fd_floor']:.3f}")
+    print(f"real-real floor (train vs test): FD {rows[0]['fd_floor']:.3f}")
     return None
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 PARAMS_FILE = Path("params.yaml")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -25,6 +26,15 @@ def _safe_name(value: str) -> str:
 SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
+def _class_name(value: str) -> str:
+    if not value.strip():
+        raise ValueError("a class name must not be empty or blank")
+    return value
+
+
+ClassName = Annotated[str, AfterValidator(_class_name)]
+
+
 class ConfigError(ValueError):
     """A params file that cannot be used; the message names the file and the key."""
 
@@ -37,8 +47,26 @@ class Section(BaseModel):
 class PrepareConfig(Section):
     dataset: SafeName = "digits"
     source: str = "bundled:digits"  # "bundled:digits", a folder of images, or an .npz file
-    holdout_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    validation_fraction: float = Field(0.15, gt=0.0, lt=1.0)  # per class: checkpoint selection and tuning
+    test_fraction: float = Field(0.15, gt=0.0, lt=1.0)  # per class: the reported metrics only
     seed: int = Field(0, ge=0)
+    # Names of classes 0..K-1, over the source's own (folder names, an .npz's class_names); checked
+    # against the data's class count when preparing.
+    class_names: list[ClassName] | None = None
+
+    @field_validator("class_names")
+    @classmethod
+    def _distinct(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None and len(set(names)) != len(names):
+            raise ValueError("class names must be distinct")
+        return names
+
+    @model_validator(mode="after")
+    def _leaves_training_images(self):
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError(f"validation_fraction + test_fraction must be below 1 (got {self.validation_fraction} "
+                             f"+ {self.test_fraction}): the rest is the training split")
+        return self
 
 
 class ModelConfig(Section):

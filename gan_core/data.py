@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,11 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images as uint8 (N, C, H, W) with integer labels (-1 when unlabelled)."""
+    """Images as uint8 (N, C, H, W) with integer labels (-1 when unlabelled) and the names of the classes."""
 
     images: np.ndarray
     labels: np.ndarray
+    class_names: tuple[str, ...] = ()  # empty: unnamed ("0".."K-1" once prepared) or unlabelled
 
     @property
     def resolution(self) -> int:
@@ -85,7 +87,8 @@ def load_image_folder(folder: Path) -> ImageSet:
     stacked = np.stack(arrays)
     images = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
     _check_square_pow2(images, str(folder))
-    return ImageSet(np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64))
+    return ImageSet(np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64),
+                    tuple(classes) if labelled else ())
 
 
 def _describe_shape(shape: tuple[int, ...]) -> str:
@@ -99,6 +102,7 @@ def load_npz(path: Path) -> ImageSet:
                 raise DataError(f"{path}: needs an 'images' array (N,H,W), (N,H,W,C) or (N,C,H,W)")
             images = npz["images"]
             labels = npz["labels"] if "labels" in npz else np.full(len(images), -1)
+            names = tuple(npz["class_names"].astype(str).tolist()) if "class_names" in npz else ()
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
@@ -114,7 +118,7 @@ def load_npz(path: Path) -> ImageSet:
     if len(labels) != len(images):
         raise DataError(f"{path}: {len(labels)} labels for {len(images)} images")
     _check_square_pow2(images, str(path))
-    return ImageSet(np.ascontiguousarray(images), labels.astype(np.int64))
+    return ImageSet(np.ascontiguousarray(images), labels.astype(np.int64), names)
 
 
 def load_source(source: str) -> ImageSet:
@@ -130,41 +134,114 @@ def load_source(source: str) -> ImageSet:
     raise DataError(f"prepare.source: {source!r} is not {BUNDLED_DIGITS!r}, an image folder or an .npz file")
 
 
-def split(data: ImageSet, holdout_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """A seeded split, stratified by label so that every class is in both halves."""
+def image_hashes(images: np.ndarray) -> np.ndarray:
+    """sha256 of each image's bytes: equal images, equal hashes, whatever split or file they are in."""
+    return np.array([hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images])
+
+
+def deduplicate(data: ImageSet) -> tuple[ImageSet, int]:
+    """The first copy of each distinct image (and its label); how many later copies were dropped.
+
+    A copy in two splits would put a training image into the validation or test set.
+    """
+    _, first = np.unique(image_hashes(data.images), return_index=True)
+    keep = np.sort(first)
+    return replace(data, images=data.images[keep], labels=data.labels[keep]), len(data.labels) - len(keep)
+
+
+def split(data: ImageSet, validation_fraction: float, test_fraction: float,
+          seed: int) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """Seeded train / validation / test parts, stratified by label so that every class is in each.
+
+    Each class's permutation puts held-out images first: round(n * (validation + test)) of them, the
+    last round(n * test) for test. The training part is the one a single held-out share would leave.
+    """
     rng = np.random.default_rng(seed)
-    holdout = []
+    part = np.zeros(len(data.labels), dtype=np.int8)  # 0 train, 1 validation, 2 test
     for label in np.unique(data.labels):
         members = rng.permutation(np.flatnonzero(data.labels == label))
-        holdout.extend(members[: int(round(len(members) * holdout_fraction))])
-    is_holdout = np.zeros(len(data.labels), dtype=bool)
-    is_holdout[holdout] = True
-    if is_holdout.all() or not is_holdout.any():
-        raise DataError(f"{len(data.labels)} images are too few to split with holdout_fraction={holdout_fraction}")
-    pick = lambda mask: ImageSet(data.images[mask], data.labels[mask])  # noqa: E731
-    return pick(~is_holdout), pick(is_holdout)
+        held = int(round(len(members) * (validation_fraction + test_fraction)))
+        test = int(round(len(members) * test_fraction))
+        part[members[:held - test]], part[members[held - test:held]] = 1, 2
+        if held == len(members) or held - test < 1 or test < 1:
+            what = f"class {label}" if label >= 0 else "the unlabelled data"
+            raise DataError(f"{what} has {len(members)} images: too few to split with prepare.validation_fraction="
+                            f"{validation_fraction} and prepare.test_fraction={test_fraction} (each part needs "
+                            "at least one image of each class)")
+    pick = lambda index: replace(data, images=data.images[part == index], labels=data.labels[part == index])  # noqa: E731
+    return pick(0), pick(1), pick(2)
 
 
-def save_prepared(path: Path, train: ImageSet, holdout: ImageSet) -> None:
+@dataclass(frozen=True)
+class PreparedData:
+    """The prepared dataset: three disjoint stratified splits and the class names (empty when unlabelled)."""
+
+    train: ImageSet
+    validation: ImageSet
+    test: ImageSet
+    class_names: list[str]
+
+    def splits(self) -> dict[str, ImageSet]:
+        return {"train": self.train, "validation": self.validation, "test": self.test}
+
+
+def check_disjoint(prepared: PreparedData, source: object) -> None:
+    """No image of the training split in the validation or test split, compared by sha256 of its bytes."""
+    train = set(image_hashes(prepared.train.images))
+    for name in ("validation", "test"):
+        shared = train.intersection(image_hashes(prepared.splits()[name].images))
+        if shared:
+            raise DataError(f"{source}: {len(shared)} images of the training split are also in the {name} "
+                            "split; prepare the data again")
+
+
+def save_prepared(path: Path, prepared: PreparedData) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{name}_{field}": getattr(part, field) for name, part in prepared.splits().items()
+              for field in ("images", "labels")}
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
     with os.fdopen(fd, "wb") as handle:
-        np.savez(handle, train_images=train.images, train_labels=train.labels,
-                 holdout_images=holdout.images, holdout_labels=holdout.labels)
+        np.savez(handle, **arrays, class_names=np.array(prepared.class_names, dtype=np.str_))
     os.replace(tmp, path)
 
 
-def load_prepared(path: Path) -> tuple[ImageSet, ImageSet]:
+def load_prepared(path: Path) -> PreparedData:
     if not Path(path).is_file():
         raise DataError(f"{path}: prepared dataset not found; run the prepare stage first")
     with np.load(path, allow_pickle=False) as npz:
-        return (ImageSet(npz["train_images"], npz["train_labels"]),
-                ImageSet(npz["holdout_images"], npz["holdout_labels"]))
+        if "validation_images" not in npz:
+            raise DataError(f"{path}: no validation split (prepared by an older ganforge); run the prepare "
+                            "stage again")
+        names = tuple(npz["class_names"].tolist()) if "class_names" in npz else ()
+        parts = {name: ImageSet(npz[f"{name}_images"], npz[f"{name}_labels"], names)
+                 for name in ("train", "validation", "test")}
+    return PreparedData(**parts, class_names=list(names) or default_class_names(parts["train"].num_classes))
 
 
-def prepare_dataset(source: str, out_path: Path, holdout_fraction: float, seed: int) -> dict:
-    data = load_source(source)
-    train, holdout = split(data, holdout_fraction, seed)
-    save_prepared(Path(out_path), train, holdout)
-    return {"train": len(train.labels), "holdout": len(holdout.labels), "resolution": data.resolution,
-            "channels": data.channels, "classes": data.num_classes}
+def default_class_names(num_classes: int) -> list[str]:
+    return [str(k) for k in range(num_classes)]
+
+
+def name_classes(data: ImageSet, source: str, class_names: list[str] | None = None) -> ImageSet:
+    """`data` with its class names: `class_names` (params) over the source's own, else "0".."K-1"."""
+    key = "prepare.class_names" if class_names is not None else f"{source}: class_names"
+    names = list(class_names if class_names is not None else data.class_names or
+                 default_class_names(data.num_classes))
+    if len(names) != data.num_classes:
+        raise DataError(f"{key}: {len(names)} names for {data.num_classes} classes"
+                        + (" (the data is unlabelled)" if not data.num_classes else ""))
+    if any(not isinstance(n, str) or not n.strip() for n in names) or len(set(names)) != len(names):
+        raise DataError(f"{key}: names must be distinct non-empty strings (got {names})")
+    return replace(data, class_names=tuple(names))
+
+
+def prepare_dataset(source: str, out_path: Path, validation_fraction: float, test_fraction: float,
+                    seed: int, class_names: list[str] | None = None) -> dict:
+    data, duplicates = deduplicate(name_classes(load_source(source), source, class_names))
+    train, validation, test = split(data, validation_fraction, test_fraction, seed)
+    prepared = PreparedData(train, validation, test, list(data.class_names))
+    check_disjoint(prepared, source)
+    save_prepared(Path(out_path), prepared)
+    return {"train": len(train.labels), "validation": len(validation.labels), "test": len(test.labels),
+            "duplicates_removed": duplicates, "resolution": data.resolution, "channels": data.channels,
+            "classes": data.num_classes}

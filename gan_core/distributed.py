@@ -52,6 +52,9 @@ def join(cfg) -> BatchShard | None:
         return None
     if cfg.batch_size % world:
         raise ValueError(f"train.batch_size ({cfg.batch_size}) must divide evenly over {world} processes")
+    if cfg.mode_seeking and cfg.batch_size // world % 2:
+        raise ValueError(f"train.batch_size ({cfg.batch_size}) must give each of {world} processes an even "
+                         "number of samples: train.mode_seeking pairs samples 2i and 2i+1")
     cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" now means this rank's GPU
@@ -59,6 +62,16 @@ def join(cfg) -> BatchShard | None:
     if owns_group:
         dist.init_process_group("nccl" if cuda else "gloo")
     return BatchShard(dist.get_rank(), dist.get_world_size(), owns_group)
+
+
+def global_sum(local: torch.Tensor, shard: BatchShard | None) -> torch.Tensor:
+    """The sum of `local` over all ranks; its gradient flows to this rank's `local` only (the others'
+    parts are constants here, and their gradients are their ranks' own)."""
+    if shard is None:
+        return local
+    total = local.detach().clone()
+    dist.all_reduce(total)
+    return total + (local - local.detach())
 
 
 def leave(shard: BatchShard | None) -> None:

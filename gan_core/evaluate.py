@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,17 +18,20 @@ from sklearn.metrics import roc_auc_score
 from gan_core import metrics as m
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import EvaluateConfig, Params, RejectionConfig
-from gan_core.data import ImageSet, load_prepared
-from gan_core.features import FeatureNet, load_or_train_feature_net
+from gan_core.data import ImageSet, PreparedData, check_disjoint, load_prepared
+from gan_core.features import FeatureNet, feature_space, load_or_train_feature_net
+from gan_core.generate import model_class_names
+from gan_core.lineage import check_model_data as check_model_trained_on
+from gan_core.lineage import data_fingerprint
 from gan_core.models import to_unit_range
-from gan_core.sampling import SampleBatch, TrainedModel, fit_to_model, logit_to_score, rejection_sample
+from gan_core.sampling import SampleBatch, TrainedModel, fit_to_model, logit_to_score, quantise, rejection_sample
 
 
 @dataclass
 class EvalContext:
     model: TrainedModel
     train: ImageSet
-    holdout: ImageSet
+    test: ImageSet  # the reported numbers' real images: seen by neither training nor checkpoint selection
     fake: SampleBatch  # images in [-1, 1], generated for `fake.labels`
     plots_dir: Path
     cfg: EvaluateConfig
@@ -39,9 +43,9 @@ class EvalContext:
         return self.features.embed(to_unit_range(self.train.images))[0]
 
     @cached_property
-    def holdout_features(self) -> tuple[np.ndarray, np.ndarray]:
-        """Features and predicted classes of the held-out real images."""
-        return self.features.embed(to_unit_range(self.holdout.images))
+    def test_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """Features and predicted classes of the real test images."""
+        return self.features.embed(to_unit_range(self.test.images))
 
     @cached_property
     def fake_features(self) -> tuple[np.ndarray, np.ndarray]:
@@ -49,12 +53,12 @@ class EvalContext:
 
     @cached_property
     def fd_floor(self) -> float:
-        """Frechet distance from the real training images to the held-out ones (the real-real floor)."""
-        return m.frechet_distance(self.train_features, self.holdout_features[0])
+        """Frechet distance from the real training images to the test ones (the real-real floor)."""
+        return m.frechet_distance(self.train_features, self.test_features[0])
 
     @property
     def like_train(self) -> int:
-        """Generated samples compared with held-out: as many as training images, so FD bias matches the floor."""
+        """Generated samples compared with the test split: as many as training images, so FD bias matches the floor."""
         return min(len(self.train.labels), len(self.fake.seeds))
 
 
@@ -87,11 +91,11 @@ def discriminator_logits(model: TrainedModel, data: ImageSet, batch_size: int = 
 
 @register("discriminator")
 def discriminator_scores(ctx: EvalContext) -> dict:
-    """D's probability of "real" on held-out real and on generated images, and how well it separates them.
+    """D's probability of "real" on real test and on generated images, and how well it separates them.
 
     An AUC near 0.5 means the discriminator cannot tell generated digits from unseen real ones.
     """
-    real = logit_to_score(discriminator_logits(ctx.model, ctx.holdout))
+    real = logit_to_score(discriminator_logits(ctx.model, ctx.test))
     fake = logit_to_score(ctx.fake.logits)
     truth = np.r_[np.ones(len(real)), np.zeros(len(fake))]
     auc = roc_auc_score(truth, np.r_[real, fake])
@@ -110,9 +114,9 @@ def _write_score_histogram(path: Path, real: np.ndarray, fake: np.ndarray, bins:
 
 @register("frechet")
 def frechet(ctx: EvalContext) -> dict:
-    """Frechet distance to held-out real images in the evaluator's feature space, beside the real-real floor.
+    """Frechet distance to real test images in the evaluator's feature space, beside the real-real floor.
 
-    The floor is the distance from the real training images to the held-out ones: what a generator
+    The floor is the distance from the real training images to the test ones: what a generator
     that reproduced its training data's distribution exactly would score, finite-sample noise included.
     Generated samples are compared in chunks as large as the training split (same finite-sample
     bias as the floor); `fd` is the mean over the chunks that evaluate.num_samples holds.
@@ -124,13 +128,13 @@ def frechet(ctx: EvalContext) -> dict:
 def chunked_fd(ctx: EvalContext, features: np.ndarray) -> float:
     n = ctx.like_train
     chunks = [features[start:start + n] for start in range(0, len(features) - n + 1, n)]
-    return float(np.mean([m.frechet_distance(chunk, ctx.holdout_features[0]) for chunk in chunks]))
+    return float(np.mean([m.frechet_distance(chunk, ctx.test_features[0]) for chunk in chunks]))
 
 
 @register("prdc")
 def precision_recall(ctx: EvalContext) -> dict:
-    """Precision, recall, density and coverage against held-out real images, as many generated as real."""
-    real = ctx.holdout_features[0]
+    """Precision, recall, density and coverage against real test images, as many generated as real."""
+    real = ctx.test_features[0]
     return m.prdc(real, ctx.fake_features[0][:len(real)], ctx.cfg.knn)
 
 
@@ -147,17 +151,17 @@ def _require_labels(ctx: EvalContext, name: str) -> None:
 def label_consistency(ctx: EvalContext) -> dict:
     """How often the evaluator network classifies a generated sample as the class it was generated for.
 
-    Its accuracy on held-out real images is the reference: a perfect generator scores about that.
+    Its accuracy on real test images is the reference: a perfect generator scores about that.
     """
     _require_labels(ctx, "label_consistency")
     return {"label_consistency": float((ctx.fake_features[1] == ctx.fake.labels).mean()),
-            "evaluator_accuracy": float((ctx.holdout_features[1] == ctx.holdout.labels).mean())}
+            "evaluator_accuracy": float((ctx.test_features[1] == ctx.test.labels).mean())}
 
 
 def _pixels(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """uint8 0..255 or float -1..1 images -> flat rows in 0..1, generated ones quantised as their PNGs are."""
     if isinstance(images, torch.Tensor):
-        images = ((images.clamp(-1, 1) + 1) * 127.5).round().numpy()
+        images = quantise(images).numpy()
     return images.reshape(len(images), -1) / 255.0
 
 
@@ -166,18 +170,18 @@ def utility(ctx: EvalContext) -> dict:
     """Held-out accuracy of a logistic regression trained on generated samples only, relative to real-trained."""
     _require_labels(ctx, "utility")
     return m.utility(_pixels(ctx.fake.images), ctx.fake.labels, _pixels(ctx.train.images), ctx.train.labels,
-                     _pixels(ctx.holdout.images), ctx.holdout.labels)
+                     _pixels(ctx.test.images), ctx.test.labels)
 
 
 @register("memorisation")
 def memorisation(ctx: EvalContext) -> dict:
-    """Share of generated samples much nearer a training image than held-out ones are (pixel space)."""
-    return m.memorisation(_pixels(ctx.fake.images), _pixels(ctx.train.images), _pixels(ctx.holdout.images),
+    """Share of generated samples much nearer a training image than test ones are (pixel space)."""
+    return m.memorisation(_pixels(ctx.fake.images), _pixels(ctx.train.images), _pixels(ctx.test.images),
                           ctx.cfg.memorisation_ratio)
 
 
 def quality_with_rejection(ctx: EvalContext, target_acceptance: float | None) -> dict:
-    """FD, precision and recall vs held-out of evaluate.num_samples samples drawn with rejection at
+    """FD, precision and recall vs the test split of evaluate.num_samples samples drawn with rejection at
     `target_acceptance` (None: off), measured as the frechet and prdc evaluators measure them."""
     if target_acceptance is None:  # plain sampling: the context's samples are exactly these
         batch, candidates, features = ctx.fake, len(ctx.fake.seeds), ctx.fake_features[0]
@@ -186,7 +190,7 @@ def quality_with_rejection(ctx: EvalContext, target_acceptance: float | None) ->
         rule = fit_to_model(ctx.model, settings, ctx.cfg.seed, BATCH_SIZE)
         batch, candidates = rejection_sample(ctx.model, rule, ctx.cfg.seed, len(ctx.fake.seeds), BATCH_SIZE)
         features, _ = ctx.features.embed(batch.images)
-    real = ctx.holdout_features[0]
+    real = ctx.test_features[0]
     quality = m.prdc(real, features[:len(real)], ctx.cfg.knn)
     return {"acceptance": len(batch.seeds) / candidates, "fd": chunked_fd(ctx, features),
             "precision": quality["precision"], "recall": quality["recall"]}
@@ -203,7 +207,7 @@ def rejection(ctx: EvalContext) -> dict:
 def image_grid(images: torch.Tensor, rows: int, columns: int, gap: int = 1) -> np.ndarray:
     """rows * columns images in [-1, 1] (N, C, H, W) -> one uint8 image (H, W[, 3]), `gap` black pixels apart."""
     padded = torch.nn.functional.pad(images[:rows * columns].clamp(-1, 1), (0, gap, 0, gap), value=-1.0)
-    pixels = ((padded + 1) * 127.5).round().byte().numpy()
+    pixels = quantise(padded).numpy()
     _, c, h, w = pixels.shape
     grid = pixels.reshape(rows, columns, c, h, w).transpose(0, 3, 1, 4, 2).reshape(rows * h, columns * w, c)
     return grid[..., 0] if c == 1 else grid
@@ -214,20 +218,28 @@ def write_image(array: np.ndarray, path: Path, scale: int = 4) -> None:
     image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
 
 
-def write_sample_grids(fake: SampleBatch, num_classes: int, size: int, plots_dir: Path) -> None:
-    """plots/samples.png (a row per class) and plots/classes/<class>.png (size x size samples of each class)."""
-    if not num_classes:
+def write_sample_grids(fake: SampleBatch, class_names: list[str], size: int, plots_dir: Path) -> None:
+    """plots/samples.png (a row per class) and plots/classes/<class name>.png (size x size samples of each class)."""
+    if not class_names:
         write_image(image_grid(fake.images, size, size), plots_dir / "samples.png")
         return
-    by_class = [fake.images[torch.as_tensor(np.flatnonzero(fake.labels == k))] for k in range(num_classes)]
+    by_class = [fake.images[torch.as_tensor(np.flatnonzero(fake.labels == k))] for k in range(len(class_names))]
     write_image(np.concatenate([image_grid(images, 1, size) for images in by_class]), plots_dir / "samples.png")
     folder = plots_dir / "classes"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    for label, images in enumerate(by_class):
+    for file_name, images in zip(grid_file_names(class_names), by_class):
         rows = min(size, len(images) // size)
         if rows:
-            write_image(image_grid(images, rows, size), folder / f"{label}.png")
+            write_image(image_grid(images, rows, size), folder / file_name)
+
+
+def grid_file_names(class_names: list[str]) -> list[str]:
+    """A safe, distinct file name per class: its name with anything but letters, digits, '-' and '_' replaced."""
+    safe = [re.sub(r"[^\w-]+", "_", name, flags=re.ASCII).strip("_") for name in class_names]
+    if len(set(safe)) < len(safe) or not all(safe):  # names that differ only in unsafe characters
+        safe = [f"{k}-{name}".rstrip("-") for k, name in enumerate(safe)]
+    return [f"{name}.png" for name in safe]
 
 
 # --- the stage ----------------------------------------------------------------------------------
@@ -236,10 +248,19 @@ def build_context(model: TrainedModel, prepared: Path, params: Params, plots_dir
                   feature_cache: Path | None = None) -> EvalContext:
     """The data, the evaluator network and evaluate.num_samples generated samples that evaluators share."""
     cfg = params.evaluate
-    train, holdout = load_prepared(prepared)
+    data = load_prepared(prepared)
+    check_model_data(model, prepared, data)
     fake, _ = rejection_sample(model, None, cfg.seed, cfg.num_samples, BATCH_SIZE)
-    features = load_or_train_feature_net(train, params.features, feature_cache).to(model.device)
-    return EvalContext(model, train, holdout, fake, plots_dir, cfg, params.generate.rejection, features)
+    features = load_or_train_feature_net(data.train, params.features, feature_cache).to(model.device)
+    return EvalContext(model, data.train, data.test, fake, plots_dir, cfg, params.generate.rejection, features)
+
+
+def check_model_data(model: TrainedModel, prepared: Path, data: PreparedData) -> None:
+    """The prepared file is the one the model was trained on (its fingerprint), and no training
+    image is in the validation or test split (by image hash): else the metrics would flatter it."""
+    check_model_trained_on(f"the model (step {model.meta.get('step')})", model.meta, prepared,
+                           data_fingerprint(prepared))
+    check_disjoint(data, prepared)
 
 
 def evaluate(model: TrainedModel, prepared: Path, params: Params, metrics_path: Path, plots_dir: Path,
@@ -250,7 +271,9 @@ def evaluate(model: TrainedModel, prepared: Path, params: Params, metrics_path: 
         raise ValueError(f"evaluate.evaluators: unknown {unknown} (known: {sorted(EVALUATORS)})")
     plots_dir.mkdir(parents=True, exist_ok=True)
     ctx = build_context(model, prepared, params, plots_dir, feature_cache)
-    metrics = {"parameters": model.meta["parameters"], "step": model.meta["step"]}
+    metrics = {"parameters": model.meta["parameters"], "step": model.meta["step"],
+               # Unlabelled data: no label evaluators, and features learnt without labels; say so.
+               "labelled": bool(ctx.train.num_classes), "feature_space": feature_space(ctx.train.num_classes)}
     skipped = []
     for name in params.evaluate.evaluators:
         try:
@@ -260,7 +283,7 @@ def evaluate(model: TrainedModel, prepared: Path, params: Params, metrics_path: 
             skipped.append(name)
     if skipped:
         metrics["skipped_evaluators"] = ", ".join(skipped)
-    write_sample_grids(ctx.fake, model.shape.num_classes, params.evaluate.grid_rows, plots_dir)
+    write_sample_grids(ctx.fake, model_class_names(model.meta), params.evaluate.grid_rows, plots_dir)
     write_json_atomic(Path(metrics_path), metrics)
     return metrics
 

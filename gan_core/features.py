@@ -1,4 +1,8 @@
-"""The evaluator network: a small CNN classifier trained only on the real training split, cached by data hash."""
+"""The evaluator network: a small CNN trained only on the real training split, cached by data hash.
+
+Labelled data: it learns the classes. Unlabelled data: it learns which quarter turn an image was given
+(self-supervised), so its features still describe the data rather than a random initialisation.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +20,23 @@ from gan_core import checkpoint as ckpt
 from gan_core.augment import translate
 from gan_core.config import FeaturesConfig
 from gan_core.data import ImageSet
+from gan_core.lineage import code_version
 from gan_core.models import to_unit_range
 
-FORMAT = "ganforge-features/1"  # bump when the network or its training changes: old caches no longer match
+FORMAT = "ganforge-features/2"  # bump when the network or its training changes: old caches no longer match
+
+
+ROTATIONS = 4  # unlabelled data: the net's targets are the four quarter turns of each image
+
+
+def feature_space(num_classes: int) -> str:
+    """What the features were trained for, as eval.json records it."""
+    return "cnn-classes" if num_classes else "cnn-rotation (self-supervised)"
 
 
 class FeatureNet(nn.Module):
-    """Three convolutions, global average pooling, a feature layer, and a linear classifier on top."""
+    """Three convolutions, global average pooling, a feature layer, and a linear classifier on top
+    (of the classes, or of the ROTATIONS quarter turns for unlabelled data)."""
 
     def __init__(self, channels: int, num_classes: int, cfg: FeaturesConfig):
         super().__init__()
@@ -34,7 +48,7 @@ class FeatureNet(nn.Module):
             # Pooled to 2x2, not 1x1: where a stroke is matters to a digit's class.
             nn.AdaptiveAvgPool2d(2), nn.Flatten(),
             nn.Linear(16 * w, cfg.dim), nn.ReLU())
-        self.classify = nn.Linear(cfg.dim, max(num_classes, 1))
+        self.classify = nn.Linear(cfg.dim, num_classes or ROTATIONS)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in [-1, 1] -> (features, class logits)."""
@@ -54,8 +68,11 @@ class FeatureNet(nn.Module):
 
 
 def cache_key(train: ImageSet, cfg: FeaturesConfig) -> str:
-    """sha256 of the training images, their labels, the net's settings and FORMAT."""
-    digest = hashlib.sha256(f"{FORMAT}|{json.dumps(cfg.model_dump(), sort_keys=True)}|{train.images.shape}".encode())
+    """sha256 of the training images, their labels, the net's settings, FORMAT and the code that trains it
+    (this module and what it imports from gan_core): a change there trains a new evaluator."""
+    code = code_version("features")
+    digest = hashlib.sha256(f"{FORMAT}|{code}|{json.dumps(cfg.model_dump(), sort_keys=True)}|{train.images.shape}"
+                            .encode())
     digest.update(np.ascontiguousarray(train.images).tobytes())
     digest.update(np.ascontiguousarray(train.labels, dtype=np.int64).tobytes())
     return digest.hexdigest()
@@ -79,9 +96,8 @@ def train_feature_net(train: ImageSet, cfg: FeaturesConfig) -> tuple[FeatureNet,
 def _fit(train: ImageSet, cfg: FeaturesConfig) -> tuple[FeatureNet, dict]:
     torch.manual_seed(cfg.seed)
     net = FeatureNet(train.channels, train.num_classes, cfg)
-    if not train.num_classes:  # unlabelled data: random convolutional features, still a fixed function
-        return net.eval(), {"trained": False}
     images, labels = to_unit_range(train.images), torch.as_tensor(train.labels)
+    targets = _classes if train.num_classes else _rotations
     noise = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * -(-len(labels) // cfg.batch_size)
@@ -92,15 +108,35 @@ def _fit(train: ImageSet, cfg: FeaturesConfig) -> tuple[FeatureNet, dict]:
         for start in range(0, len(order), cfg.batch_size):
             index = order[start:start + cfg.batch_size]
             # Shifts of a pixel keep the classifier from keying on exact pixel positions of 1,257 images.
-            _, logits = net(translate(images[index] + 1, noise) - 1)  # shifted-in pixels are background
-            loss = F.cross_entropy(logits, labels[index])
+            shifted = translate(images[index] + 1, noise) - 1  # shifted-in pixels are background
+            inputs, wanted = targets(shifted, labels[index], noise)
+            _, logits = net(inputs)
+            loss = F.cross_entropy(logits, wanted)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             schedule.step()
     net.eval()
-    _, predicted = net.embed(images)
-    return net, {"trained": True, "train_accuracy": float((predicted == train.labels).mean())}
+    inputs, wanted = targets(images, labels, None)
+    _, predicted = net.embed(inputs)
+    return net, {"trained": True, "feature_space": feature_space(train.num_classes),
+                 "train_accuracy": float((predicted == wanted.numpy()).mean())}
+
+
+def _classes(images: torch.Tensor, labels: torch.Tensor, noise) -> tuple[torch.Tensor, torch.Tensor]:
+    return images, labels
+
+
+def _rotations(images: torch.Tensor, labels: torch.Tensor,
+               noise: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images turned by quarter turns and labelled by the turn (RotNet, Gidaris et al. 2018): telling the
+    turns apart takes features of the images' shapes and strokes, which is what FD and PRDC compare.
+    With `noise`, one random turn per image (a step costs what a labelled one does); without, all four."""
+    every = torch.stack([torch.rot90(images, turns, dims=(2, 3)) for turns in range(ROTATIONS)])
+    if noise is None:
+        return every.flatten(0, 1), torch.arange(ROTATIONS).repeat_interleave(len(images))
+    turns = torch.randint(ROTATIONS, (len(images),), generator=noise)
+    return every[turns, torch.arange(len(images))], turns
 
 
 def load_or_train_feature_net(train: ImageSet, cfg: FeaturesConfig, cache_dir: Path | None) -> FeatureNet:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import shutil
@@ -10,23 +11,46 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from gan_core.config import GenerateConfig
+from gan_core.data import default_class_names
 from gan_core.png import encode_batch
-from gan_core.sampling import (RejectionRule, SampleBatch, TrainedModel, accept, fit_to_model, generate_and_score,
-                               logit_to_score, shard_seeds)
+from gan_core.sampling import (RejectionRule, SampleBatch, TrainedModel, accept, candidates_through, fit_to_model,
+                               generate_and_score, logit_to_score, quantise, shard_seeds)
 
-SCHEMA = pa.schema([
-    pa.field("image", pa.binary(), nullable=False),   # PNG bytes
-    pa.field("label", pa.int64(), nullable=False),    # -1 when unconditional
-    pa.field("seed", pa.int64(), nullable=False),     # regenerates the sample alone
-    pa.field("d_score", pa.float64(), nullable=False),  # discriminator probability of "real"
-])
+# 2: `image` became the Hugging Face `Image` struct {bytes, path} (1 held the PNG bytes themselves)
+# and the schema carries the `huggingface` features metadata (ClassLabel names).
+SCHEMA_VERSION = 2
+IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+
+
+def row_schema(class_names: Sequence[str]) -> pa.Schema:
+    """The Parquet schema of one dataset's rows, with the features Hugging Face `datasets` reads.
+
+    `datasets` uses a declared feature only where the Arrow field matches its own exactly: a struct
+    {bytes, path} for `Image` (a plain binary column stays bytes) and nullable fields throughout.
+    """
+    label = ({"names": list(class_names), "_type": "ClassLabel"} if class_names
+             else {"dtype": "int64", "_type": "Value"})  # unconditional: -1 throughout
+    features = {"image": {"_type": "Image"}, "label": label,
+                "seed": {"dtype": "int64", "_type": "Value"}, "d_score": {"dtype": "float64", "_type": "Value"}}
+    return pa.schema([
+        pa.field("image", IMAGE_TYPE),      # PNG bytes, path always null
+        pa.field("label", pa.int64()),      # a class index, -1 when unconditional
+        pa.field("seed", pa.int64()),       # regenerates the sample alone
+        pa.field("d_score", pa.float64()),  # discriminator probability of "real"
+    ], metadata={"huggingface": json.dumps({"info": {"features": features}})})
+
+
+def model_class_names(meta: dict) -> list[str]:
+    """A model's class names (meta.json); "0".."K-1" for a conditional model exported before names existed."""
+    names = meta.get("class_names")
+    return list(names) if names is not None else default_class_names(meta["shape"]["num_classes"])
 
 
 class OutOfSpaceError(OSError):
@@ -35,8 +59,7 @@ class OutOfSpaceError(OSError):
 
 def encode_png(images) -> list[bytes]:
     """[-1, 1] float images (N, C, H, W) -> PNG bytes, grey or RGB by channel count."""
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return encode_batch(pixels.permute(0, 2, 3, 1).numpy())
+    return encode_batch(quantise(images).permute(0, 2, 3, 1).numpy())
 
 
 def shard_name(index: int) -> str:
@@ -56,9 +79,11 @@ class ShardResult:
     candidates: int
 
 
-def _to_table(batch: SampleBatch) -> pa.Table:
-    return pa.table({"image": encode_png(batch.images), "label": batch.labels.astype(np.int64),
-                     "seed": batch.seeds.astype(np.int64), "d_score": logit_to_score(batch.logits)}, schema=SCHEMA)
+def _to_table(batch: SampleBatch, schema: pa.Schema) -> pa.Table:
+    pngs = pa.array(encode_png(batch.images), pa.binary())
+    images = pa.StructArray.from_arrays([pngs, pa.nulls(len(pngs), pa.string())], fields=list(IMAGE_TYPE))
+    return pa.table({"image": images, "label": batch.labels.astype(np.int64),
+                     "seed": batch.seeds.astype(np.int64), "d_score": logit_to_score(batch.logits)}, schema=schema)
 
 
 def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConfig,
@@ -67,18 +92,21 @@ def generate_shard(model: TrainedModel, index: int, rows: int, cfg: GenerateConf
     path = Path(out_dir) / shard_name(index)
     tmp = path.with_name(f".{path.name}.tmp")
     written = candidates = 0
+    schema = row_schema(model_class_names(model.meta))
     try:
-        with pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer, InOrderBackground() as background:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer, InOrderBackground() as background:
             while written < rows:
                 # Ask for what is missing, scaled up by the expected acceptance (bounded to one batch).
                 want = rows - written if rule is None else cfg.batch_size
                 batch = generate_and_score(model, shard_seeds(cfg.seed, index, candidates, min(want, cfg.batch_size)))
-                candidates += len(batch.seeds)
                 kept = accept(batch, rule)
                 kept = kept.select(np.arange(min(len(kept.seeds), rows - written)))
+                # Once the quota fills, the candidates after the last one kept were never examined.
+                filled = written + len(kept.seeds) == rows
+                candidates = candidates_through(kept.seeds[-1]) if filled else candidates + len(batch.seeds)
                 if len(kept.seeds):
                     # Encoded and written in the background while the next batch is computed.
-                    background.submit(lambda batch=kept: writer.write_table(_to_table(batch)))
+                    background.submit(lambda batch=kept: writer.write_table(_to_table(batch, schema)))
                     written += len(kept.seeds)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)  # a partial shard only takes space: nothing reads .tmp files

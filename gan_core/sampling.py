@@ -10,7 +10,7 @@ import torch
 
 from gan_core import checkpoint as ckpt
 from gan_core.config import ModelConfig, RejectionConfig
-from gan_core.models import DataShape, Discriminator, Generator
+from gan_core.models import DataShape, Discriminator, Generator, to_unit_range
 
 SHARD_BITS = 24  # candidates per shard: seeds of shard k are (base << 40) | (k << 24) | j
 
@@ -81,13 +81,30 @@ class SampleBatch:
                            np.concatenate([b.coins for b in batches]))
 
 
+def quantise(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float images -> the uint8 pixels their PNGs hold: clamped, scaled to 0..255, rounded."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def as_published(images: torch.Tensor) -> torch.Tensor:
+    """Float images as their 8-bit PNGs decode, in [-1, 1]: what the discriminator's score and every
+    evaluator see, so metrics describe the published images and not the generator's raw floats."""
+    return to_unit_range(quantise(images))
+
+
+def candidates_through(seed: int) -> int:
+    """Candidates of a shard's stream up to and including `seed`: its position in the stream, plus one."""
+    return int(seed & ((1 << SHARD_BITS) - 1)) + 1
+
+
 @torch.inference_mode()
 def generate_and_score(model: TrainedModel, seeds: np.ndarray) -> "SampleBatch":
-    """Images in [-1, 1] (on the CPU), labels, the discriminator's logit of "real" and each seed's coin."""
+    """Images as published (8-bit, mapped back to [-1, 1], on the CPU), labels, the discriminator's logit
+    of "real" for those images and each seed's coin."""
     z, labels, coins = latents_for_seeds(seeds, model.generator.latent_dim, model.shape.num_classes)
     z, device_labels = z.to(model.device), labels.to(model.device)
     cond = device_labels if model.shape.num_classes else None
-    images = model.generator(z, cond)
+    images = as_published(model.generator(z, cond))
     logits = model.discriminator(images, cond)
     return SampleBatch(seeds, images.float().cpu(), labels.numpy(), logits.float().cpu().numpy(), coins)
 
@@ -116,7 +133,9 @@ class RejectionRule:
         # every sample's decision depends on its seed only (the paper updates M as it goes).
         top = self._per_sample(self.max_logit, labels, len(logits))
         d = np.minimum(logits.astype(np.float64), top) - top
-        return d - np.log1p(-np.exp(d - self.eps)) - self._per_sample(self.gamma, labels, len(logits))
+        # log(-expm1(.)), not log1p(-exp(.)): near d = 0, 1 - exp(d - eps) is ~eps and exp's rounding
+        # alone cost 1e-12 of F's value there, where the rule keeps its best samples.
+        return d - np.log(-np.expm1(d - self.eps)) - self._per_sample(self.gamma, labels, len(logits))
 
     def accept_probability(self, logits: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-self.shifted(logits, labels)))
@@ -171,8 +190,7 @@ def rejection_sample(model: TrainedModel, rule: RejectionRule | None, base_seed:
         kept.append(accept(generate_and_score(model, shard_seeds(base_seed, 0, drawn, batch_size)), rule))
         drawn += batch_size
     batch = SampleBatch.concat(kept).select(np.arange(count))
-    # Candidates up to and including the last accepted one: its position in the stream, plus one.
-    return batch, int(batch.seeds[-1] & ((1 << SHARD_BITS) - 1)) + 1
+    return batch, candidates_through(batch.seeds[-1])
 
 
 def burn_in(model: TrainedModel, base_seed: int, count: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

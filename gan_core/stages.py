@@ -17,7 +17,8 @@ from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params, parse_params
 from gan_core.data import BUNDLED_DIGITS, DataError, prepare_dataset
 from gan_core.evaluate import build_context, evaluate, read_metrics, rejection_table
-from gan_core.generate import ShardResult, generate_dataset, generate_shard, rejection_rule, shard_sizes, summarize
+from gan_core.generate import (SCHEMA_VERSION, ShardResult, generate_dataset, generate_shard, model_class_names,
+                               rejection_rule, shard_sizes, summarize)
 from gan_core.sampling import RejectionRule, load_model
 from gan_core.train import pick_device, train
 
@@ -120,7 +121,8 @@ def local_model(params: Params, layout: Layout = Layout()) -> ModelSource:
 def run_prepare(params: Params, layout: Layout = Layout()) -> dict:
     cfg = params.prepare
     check_source_is_tracked(cfg.source, layout)
-    return prepare_dataset(cfg.source, layout.prepared(params), cfg.holdout_fraction, cfg.seed)
+    return prepare_dataset(cfg.source, layout.prepared(params), cfg.validation_fraction, cfg.test_fraction,
+                           cfg.seed, cfg.class_names)
 
 
 def check_source_is_tracked(source: str, layout: Layout = Layout()) -> None:
@@ -261,7 +263,9 @@ def build_manifest(params: Params, summary: dict, version: str, layout: Layout =
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "generator_sha256": record["sha256"], **provenance(params, layout, fetched_model=model.uri is not None),
             "sample_count": summary["sample_count"], "acceptance_rate": summary["acceptance_rate"],
-            "rejection": summary["rejection"], "model_uri": model.uri, "metrics": model.metrics, "model": record}
+            "rejection": summary["rejection"], "model_uri": model.uri, "metrics": model.metrics, "model": record,
+            "class_names": model_class_names(read_metrics(model.directory / "meta.json")),
+            "schema_version": SCHEMA_VERSION}
 
 
 def run_publish(params: Params, summary: dict, version: str, bucket: str, layout: Layout = Layout(),

@@ -542,16 +542,42 @@ def _checked_entries(manifest: dict, field: str, bucket: str, folder: str) -> li
 def _download_verified(client, bucket: str, entry: dict, folder: Path) -> None:
     key = entry["key"]
     dest = folder / key.rsplit("/", 1)[1]
-    try:
+    with _listed_object(bucket, key):
         client.download_file(bucket, key, str(dest), Config=transfer_config())
+    _check_digest(bucket, entry, *file_digest(dest))
+
+
+def get_verified(client, bucket: str, entry: dict) -> bytes:
+    """A manifest entry's object in memory, refused unless its size and sha256 match the manifest."""
+    with _listed_object(bucket, entry["key"]):
+        data = _get_bytes(client, bucket, entry["key"])
+    _check_digest(bucket, entry, hashlib.sha256(data).hexdigest(), len(data))
+    return data
+
+
+@contextlib.contextmanager
+def _listed_object(bucket: str, key: str):
+    try:
+        yield
     except ClientError as e:
         if _is_missing(e):
             raise IntegrityError(f"{_uri(bucket, key)} is listed in the manifest but missing") from e
         raise
-    sha256, size = file_digest(dest)
+
+
+def _check_digest(bucket: str, entry: dict, sha256: str, size: int) -> None:
     if (sha256, size) != (entry["sha256"], entry["bytes"]):
-        raise IntegrityError(f"{_uri(bucket, key)} does not match its manifest: got {size} bytes, "
+        raise IntegrityError(f"{_uri(bucket, entry['key'])} does not match its manifest: got {size} bytes, "
                              f"sha256 {sha256}; expected {entry['bytes']} bytes, sha256 {entry['sha256']}")
+
+
+def published_entries(bucket: str, name: str, version: str = "latest", prefix: str = "datasets",
+                      entries_field: str = "shards", client=None) -> tuple[dict, list[dict]]:
+    """A complete version's manifest ("latest" resolved) and its file entries, every key checked."""
+    client = client or s3_client()
+    version = resolve_version(bucket, name, version, prefix, client)
+    manifest = json.loads(_read_manifest_bytes(client, bucket, prefix, name, version))
+    return manifest, _checked_entries(manifest, entries_field, bucket, version_prefix(prefix, name, version))
 
 
 def _install(tmp: Path, final: Path) -> Path:

@@ -6,6 +6,7 @@ import copy
 import csv
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gan_core import checkpoint as ckpt
-from gan_core import distributed
+from gan_core import distributed, lineage
 from gan_core.augment import diff_augment
 from gan_core.config import Params, TrainConfig
-from gan_core.data import DataError, ImageSet, load_prepared
+from gan_core.data import DataError, ImageSet, PreparedData, default_class_names, load_prepared
 from gan_core.features import FeatureNet, load_or_train_feature_net
 from gan_core.metrics import frechet_distance
 from gan_core.models import DataShape, Discriminator, Generator, count_parameters, to_unit_range
@@ -27,7 +28,7 @@ from gan_core.sampling import latents_for_seeds, shard_seeds
 
 LOG_EVERY = 20  # steps per row of the loss log
 LOG_COLUMNS = ["step", "d_loss", "g_loss", "d_real", "d_fake"]
-SELECTION_COLUMNS = ["step", "fd_train"]
+SELECTION_COLUMNS = ["step", "fd_validation"]
 MODULES = ("generator", "discriminator", "ema")
 EMA_WARMUP = 3  # see update_ema
 
@@ -85,7 +86,7 @@ class GanState:
     best_step: int = 0  # the selected checkpoint: lowest Frechet distance of the EMA generator so far
     best_fd: float = math.inf
     best: dict[str, dict[str, torch.Tensor]] | None = None  # G, D and EMA weights at best_step
-    selection: list[dict] = field(default_factory=list)  # every selection evaluation: step, fd_train
+    selection: list[dict] = field(default_factory=list)  # every selection evaluation: step, fd_validation
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"generator": self.G, "discriminator": self.D, "ema": self.G_ema}
@@ -152,26 +153,38 @@ def d_step(state: GanState, real: torch.Tensor, labels: torch.Tensor | None, cfg
 def g_step(state: GanState, labels: torch.Tensor | None, batch_size: int, cfg: TrainConfig) -> dict[str, float]:
     """Generator update with the non-saturating loss: make D call generated samples real.
 
-    With train.mode_seeking > 0 (MSGAN, Mao et al. 2019) the batch is two halves with the same labels
-    and different z, and the loss also rewards the halves for differing: D judges one sample at a
-    time, so it cannot see a generator that maps every z of a class to the same digit.
+    With train.mode_seeking > 0 (MSGAN, Mao et al. 2019) samples 2i and 2i+1 of the global batch form a
+    pair with the same label and different z, and the loss also rewards pairs for differing: D judges
+    one sample at a time, so it cannot see a generator that maps every z of a class to the same digit.
     """
     device = next(state.G.parameters()).device
-    half = batch_size // 2
+    count = 2 * (batch_size // 2) if cfg.mode_seeking else batch_size
     if cfg.mode_seeking and labels is not None:
-        labels = labels[:half].repeat(2)
-    z = _latents(state, 2 * half if cfg.mode_seeking else batch_size, device)
+        labels = labels[:count:2].repeat_interleave(2)
+    z = _latents(state, count, device)
     fake = state.G(z, labels)
     logits = state.D(_maybe_augment(fake, state, cfg), labels)
     loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
     stats = {"train/g_loss": loss.item()}
     if cfg.mode_seeking:
-        spread = (fake[:half] - fake[half:]).abs().mean() / (z[:half] - z[half:]).abs().mean()
-        loss = loss + cfg.mode_seeking / (spread + 1e-5)
+        loss = loss + cfg.mode_seeking * _inverse_spread(state, fake, z)
     state.opt_g.zero_grad(set_to_none=True)
     loss.backward()
     state.opt_g.step()
     return stats
+
+
+def _inverse_spread(state: GanState, fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """1 / (mean |G(z_2i) - G(z_2i+1)| / mean |z_2i - z_2i+1|) over the pairs of the whole global batch.
+
+    Under torchrun each rank holds whole pairs (an even slice) and the means are summed over ranks, so
+    the term, and its gradient, is the one process's; scaled by the world size because DDP averages
+    the ranks' gradients where one process would sum its pairs' contributions.
+    """
+    image_gap = distributed.global_sum((fake[0::2] - fake[1::2]).abs().sum(), state.shard) / fake[0::2].numel()
+    latent_gap = distributed.global_sum((z[0::2] - z[1::2]).abs().sum(), state.shard) / z[0::2].numel()
+    world = state.shard.world if state.shard else 1
+    return world / (image_gap / latent_gap + 1e-5)
 
 
 @torch.no_grad()
@@ -222,15 +235,15 @@ def resident_dataset(data: ImageSet, shape: DataShape, device: torch.device) -> 
 
 @dataclass
 class Selector:
-    """Scores the EMA generator by the Frechet distance of its samples to the real training split.
+    """Scores the EMA generator by the Frechet distance of its samples to the real validation split.
 
     Measured in the evaluator network's feature space on fixed latents, so that scores of different
-    steps compare. The training split, not the held-out one: held-out images stay unseen until the
+    steps compare. The validation split, not the test one: test images stay unseen until the
     evaluate stage reports on them.
     """
 
     net: FeatureNet
-    reference: np.ndarray  # evaluator features of the real training images
+    reference: np.ndarray  # evaluator features of the real validation images
     z: torch.Tensor
     labels: torch.Tensor | None
 
@@ -240,14 +253,15 @@ class Selector:
         return frechet_distance(features, self.reference)
 
 
-def build_selector(params: Params, data: ImageSet, shape: DataShape, device: torch.device,
+def build_selector(params: Params, data: PreparedData, shape: DataShape, device: torch.device,
                    feature_cache: Path | None) -> Selector | None:
     if not params.train.select_every:
         return None
-    net = load_or_train_feature_net(data, params.features, feature_cache).to(device)
-    reference, _ = net.embed(to_unit_range(data.images))
-    # As many samples as training images, labels cycling through the classes: like against like.
-    z, labels, _ = latents_for_seeds(shard_seeds(params.train.seed, 0, 0, len(data.labels)),
+    net = load_or_train_feature_net(data.train, params.features, feature_cache).to(device)  # never sees validation
+    reference, _ = net.embed(to_unit_range(data.validation.images))
+    # As many samples as training images, labels cycling through the classes: steps are compared with
+    # each other, so the bias of unequal set sizes is the same at every step, and more samples mean less noise.
+    z, labels, _ = latents_for_seeds(shard_seeds(params.train.seed, 0, 0, len(data.train.labels)),
                                      params.model.latent_dim, shape.num_classes)
     return Selector(net, reference, z.to(device), labels.to(device) if shape.num_classes else None)
 
@@ -255,7 +269,7 @@ def build_selector(params: Params, data: ImageSet, shape: DataShape, device: tor
 def select(state: GanState, selector: Selector) -> None:
     """Evaluate the EMA generator now; keep a copy of G, D and EMA if it is the best so far."""
     fd = selector.score(state.G_ema)
-    state.selection.append({"step": state.step, "fd_train": round(fd, 5)})
+    state.selection.append({"step": state.step, "fd_validation": round(fd, 5)})
     if fd < state.best_fd:
         state.best_step, state.best_fd = state.step, fd
         state.best = {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -286,12 +300,14 @@ def model_meta(params: Params, shape: DataShape, state: GanState) -> dict:
             "parameters": {"generator": count_parameters(state.G), "discriminator": count_parameters(state.D)}}
 
 
-def save_training_state(directory: Path, params: Params, shape: DataShape, state: GanState, log: list) -> None:
-    """Everything an exact resume needs: weights, EMA, both optimizers, the step and the RNG state."""
+def save_training_state(directory: Path, params: Params, shape: DataShape, state: GanState, log: list,
+                        fingerprint: dict) -> None:
+    """Everything an exact resume needs: weights, EMA, both optimizers, the step and the RNG state,
+    and the fingerprint of what it was trained from (only a run with the same one resumes it)."""
     opt_g, groups_g = _optimizer_tensors(state.opt_g)
     opt_d, groups_d = _optimizer_tensors(state.opt_d)
     rng = {"noise": state.noise.get_state(), "torch_cpu": torch.get_rng_state()}
-    meta = {**model_meta(params, shape, state), "train": params.train.model_dump(),
+    meta = {**model_meta(params, shape, state), "train": params.train.model_dump(), "fingerprint": fingerprint,
             "opt_groups": {"opt_g": groups_g, "opt_d": groups_d}, "log": log,
             "selection": {"best_step": state.best_step, "best_fd": state.best_fd if state.best else None,
                           "history": state.selection}}
@@ -331,6 +347,25 @@ def latest_good_checkpoint(root: Path) -> Path | None:
     return None
 
 
+def start_from_checkpoint(state: GanState, checkpoint_dir: Path | None, fingerprint: dict, resume: bool,
+                          is_main: bool) -> list:
+    """The log so far; with `resume`, the state of the newest good checkpoint if it has this run's
+    fingerprint (else an error saying what differs). A fresh run deletes the old checkpoints first,
+    so that a later --resume can only find this run's."""
+    if checkpoint_dir is None:
+        return []
+    if not resume:
+        if is_main:  # with the set-aside copies of interrupted saves (.step-*), which read_meta would restore
+            for old in [*Path(checkpoint_dir).glob("step-*"), *Path(checkpoint_dir).glob(".step-*")]:
+                shutil.rmtree(old)
+        return []
+    found = latest_good_checkpoint(checkpoint_dir)
+    if found is None:
+        return []
+    lineage.check_resumable(found, ckpt.read_meta(found), fingerprint)
+    return load_training_state(found, state)
+
+
 def export_model(out_dir: Path, params: Params, shape: DataShape, state: GanState, extra: dict) -> None:
     """The published model: G, D and EMA weights of the selected step (else the last) plus meta.json."""
     weights = state.best or {name: module.state_dict() for name, module in state.modules().items()}
@@ -364,6 +399,7 @@ class Run:
     total: int
     checkpoint_dir: Path | None
     selector: Selector | None
+    fingerprint: dict  # lineage.training_fingerprint: saved with each checkpoint and the exported model
 
 
 def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path | None = None,
@@ -377,20 +413,21 @@ def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path
     set_threads(cfg.threads)
     shard = distributed.join(cfg)  # None unless started by torchrun with more than one process
     device = pick_device(cfg.device)
-    data, _ = load_prepared(prepared)
+    prepared_data = load_prepared(prepared)
+    data = prepared_data.train
+    fingerprint = lineage.training_fingerprint(params, lineage.data_fingerprint(prepared))
     shape = DataShape(data.resolution, data.channels, data.num_classes if params.model.conditional else 0)
     if cfg.batch_size > len(data.labels):
         raise DataError(f"train.batch_size ({cfg.batch_size}) exceeds the {len(data.labels)} training images")
     state = build_state(params, shape, device)
-    log: list[dict] = []
-    if resume and checkpoint_dir and (found := latest_good_checkpoint(checkpoint_dir)):
-        log = load_training_state(found, state)
+    log = start_from_checkpoint(state, checkpoint_dir, fingerprint, resume, distributed.is_main(shard))
     distributed.replicate(state, shard)
     images, labels = resident_dataset(data, shape, device)  # the whole dataset stays on the device
     # Only rank 0 exports, so only it selects: other ranks would repeat the evaluator's work.
-    selector = build_selector(params, data, shape, device, feature_cache) if distributed.is_main(shard) else None
+    selector = (build_selector(params, prepared_data, shape, device, feature_cache) if distributed.is_main(shard)
+                else None)
     run = Run(params, shape, images, labels, cfg.epochs * (len(data.labels) // cfg.batch_size), checkpoint_dir,
-              selector)
+              selector, fingerprint)
     started = time.perf_counter()
     _run_steps(state, run, log, stop_after, progress and distributed.is_main(shard))
     seconds = time.perf_counter() - started
@@ -405,9 +442,11 @@ def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path
                "selected_step": state.best_step if state.best else state.step,
                "parameters": {"generator": count_parameters(state.G), "discriminator": count_parameters(state.D)}}
     if state.best:
-        summary["selected_fd_train"] = round(state.best_fd, 5)
+        summary["selected_fd_validation"] = round(state.best_fd, 5)
     if state.step == run.total:
-        export_model(out_dir, params, shape, state, {"train": cfg.model_dump(), "summary": summary})
+        names = list(data.class_names or default_class_names(shape.num_classes)) if shape.num_classes else []
+        export_model(out_dir, params, shape, state, {"train": cfg.model_dump(), "summary": summary,
+                                                     "fingerprint": fingerprint, "class_names": names})
     return summary
 
 
@@ -433,5 +472,5 @@ def _run_steps(state: GanState, run: Run, log: list, stop_after: int | None, pro
             if run.checkpoint_dir and distributed.is_main(state.shard) and (state.step % cfg.checkpoint_every == 0
                                                                             or state.step == end):
                 save_training_state(Path(run.checkpoint_dir) / f"step-{state.step:09d}", run.params, run.shape,
-                                    state, log)
+                                    state, log, run.fingerprint)
             bar.update(1)

@@ -1,7 +1,7 @@
 """How much could any rejection sampler improve the Frechet distance of the trained model?
 
 Analysis, not part of the product: it ranks candidates by a density ratio that is *not* allowed in
-generation, one fitted on the held-out images the Frechet distance is measured against, next to the
+generation, one fitted on the test images the Frechet distance is measured against, next to the
 same estimator fitted on the training split (the only real images a discriminator may see) and to
 the discriminator itself (generate.rejection). Each keeps about the same share of candidates.
 
@@ -50,7 +50,7 @@ def main() -> None:
           f"(the ratio rules' candidates, all kept: {chunked_fd(ctx, pool_features):.3f})")
     drs = quality_with_rejection(ctx, args.acceptance)
     print(f"discriminator rejection (generate.rejection): acceptance {drs['acceptance']:.3f}, FD {drs['fd']:.3f}")
-    for name, real in (("training split", ctx.train_features), ("held-out images (oracle)", ctx.holdout_features[0])):
+    for name, real in (("training split", ctx.train_features), ("test images (oracle)", ctx.test_features[0])):
         ratio = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(
             np.r_[real, reference_features], np.r_[np.ones(len(real)), np.zeros(len(reference_features))])
         keep = keep_by_ratio(ratio.decision_function(pool_features), pool.coins, args.acceptance)

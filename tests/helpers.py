@@ -39,7 +39,7 @@ def tiny_params(**overrides) -> Params:
 def prepared_digits(directory: Path) -> Path:
     path = directory / "digits.npz"
     if not path.exists():
-        prepare_dataset("bundled:digits", path, 0.3, 0)
+        prepare_dataset("bundled:digits", path, 0.15, 0.15, 0)
     return path
 
 

@@ -69,3 +69,11 @@ def test_override_keeps_other_defaults(tmp_path):
     raw["train"]["epochs"] = 3
     params = load_params(write(tmp_path, yaml.safe_dump(raw)))
     assert params.train.epochs == 3 and params.train.lr_g == 2e-4
+
+
+def test_split_fractions_must_leave_a_training_split(tmp_path):
+    with pytest.raises(ConfigError, match=r"prepare: validation_fraction \+ test_fraction must be below 1 "
+                                          r"\(got 0\.5 \+ 0\.5\)"):
+        load_params(write(tmp_path, "prepare:\n  validation_fraction: 0.5\n  test_fraction: 0.5\n"))
+    with pytest.raises(ConfigError, match="unknown key prepare.holdout_fraction"):
+        load_params(write(tmp_path, "prepare:\n  holdout_fraction: 0.3\n"))

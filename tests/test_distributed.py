@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -13,13 +14,14 @@ from gan_core.train import train
 from tests.helpers import prepared_digits, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
-# 19 steps of 64 = 2 x 32. Mode seeking pairs samples within each rank's part of the batch, so with
-# it on, two processes match one only in distribution; the exact comparison runs without it.
-OVERRIDES = {"train__epochs": 1, "train__batch_size": 64, "train__threads": 1, "train__mode_seeking": 0.0}
+# 19 steps of 64 = 2 x 32, with the default train settings otherwise (mode seeking on: its pairs are
+# samples 2i, 2i+1 of the global batch and its means are summed over ranks, so slicing cannot change it).
+OVERRIDES = {"train__epochs": 1, "train__batch_size": 64, "train__threads": 1}
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     params = tiny_params(**OVERRIDES)
+    assert params.train.mode_seeking > 0 and params.train.mode_seeking == type(params.train)().mode_seeking
     prepared_digits(tmp_path / "data" / "prepared")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
@@ -44,3 +46,11 @@ def _initial_generator(params) -> dict[str, torch.Tensor]:
     from gan_core.train import build_state
 
     return build_state(params, DataShape(8, 1, 10), torch.device("cpu")).G.state_dict()
+
+
+def test_mode_seeking_needs_whole_pairs_on_every_rank(monkeypatch):
+    from gan_core import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"train.batch_size \(66\) must give each of 2 processes an even number"):
+        distributed.join(tiny_params(train__batch_size=66).train)

@@ -1,17 +1,21 @@
 """Evaluators and the evaluator network: known answers when the "generated" set is real data, and the cache."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from gan_core import checkpoint as ckpt
-from gan_core.data import ImageSet, load_prepared
+from gan_core import lineage
+from gan_core.data import DataError, ImageSet, PreparedData, check_disjoint, image_hashes, load_prepared
 from gan_core.evaluate import EVALUATORS, EvalContext, evaluate
 from gan_core.features import cache_key, load_or_train_feature_net
 from gan_core.models import to_unit_range
+from gan_core.lineage import LineageError
 from gan_core.sampling import SampleBatch, load_model
+from gan_core.stages import Layout, run_evaluate, run_prepare, run_train
 from gan_core.train import train
 from tests.helpers import prepared_digits, tiny_params
 
@@ -28,7 +32,7 @@ def split(prepared):
 
 @pytest.fixture(scope="module")
 def net(split, tmp_path_factory):
-    return load_or_train_feature_net(split[0], tiny_params().features, tmp_path_factory.mktemp("cache"))
+    return load_or_train_feature_net(split.train, tiny_params().features, tmp_path_factory.mktemp("cache"))
 
 
 def as_generated(images: ImageSet) -> SampleBatch:
@@ -39,12 +43,12 @@ def as_generated(images: ImageSet) -> SampleBatch:
 
 def context(split, net, fake: ImageSet, tmp_path) -> EvalContext:
     params = tiny_params()
-    return EvalContext(None, split[0], split[1], as_generated(fake), tmp_path, params.evaluate,
+    return EvalContext(None, split.train, split.test, as_generated(fake), tmp_path, params.evaluate,
                        params.generate.rejection, net)
 
 
 def test_copies_of_the_training_set_score_as_the_training_set(split, net, tmp_path):
-    train_set, holdout = split
+    train_set = split.train
     ctx = context(split, net, train_set, tmp_path)
     frechet = EVALUATORS["frechet"](ctx)
     assert frechet["fd"] == pytest.approx(frechet["fd_floor"], rel=1e-9) and frechet["fd_ratio"] == pytest.approx(1.0)
@@ -55,8 +59,8 @@ def test_copies_of_the_training_set_score_as_the_training_set(split, net, tmp_pa
 
 
 def test_held_out_images_as_generated(split, net, tmp_path):
-    _, holdout = split
-    ctx = context(split, net, holdout, tmp_path)
+    test_set = split.test
+    ctx = context(split, net, test_set, tmp_path)
     assert EVALUATORS["frechet"](ctx)["fd"] == pytest.approx(0.0, abs=1e-9)
     assert EVALUATORS["prdc"](ctx) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
     scores = EVALUATORS["memorisation"](ctx)
@@ -66,18 +70,18 @@ def test_held_out_images_as_generated(split, net, tmp_path):
 
 
 def test_wrong_labels_and_blank_images_score_badly(split, net, tmp_path):
-    train_set, holdout = split
-    relabelled = ImageSet(holdout.images, (holdout.labels + 1) % 10)
+    train_set, test_set = split.train, split.test
+    relabelled = ImageSet(test_set.images, (test_set.labels + 1) % 10)
     ctx = context(split, net, relabelled, tmp_path)
     assert EVALUATORS["label_consistency"](ctx)["label_consistency"] < 0.3
     assert EVALUATORS["utility"](ctx)["utility"] < 0.3
-    blank = context(split, net, ImageSet(np.zeros_like(holdout.images), holdout.labels), tmp_path)
+    blank = context(split, net, ImageSet(np.zeros_like(test_set.images), test_set.labels), tmp_path)
     assert EVALUATORS["frechet"](blank)["fd_ratio"] > 10
     assert EVALUATORS["prdc"](blank)["precision"] == 0.0
 
 
 def test_evaluator_network_is_cached_by_data_hash(split, tmp_path):
-    train_set, _ = split
+    train_set = split.train
     cfg = tiny_params().features
     first = load_or_train_feature_net(train_set, cfg, tmp_path)
     entry = tmp_path / cache_key(train_set, cfg)[:16]
@@ -114,12 +118,12 @@ def test_features_do_not_touch_the_global_random_stream(split):
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    load_or_train_feature_net(split[0], tiny_params().features, None)
+    load_or_train_feature_net(split.train, tiny_params().features, None)
     assert torch.rand(3).equal(expected)
 
 
 def test_corrupt_cache_entry_is_rebuilt_and_a_second_writer_keeps_the_first(split, tmp_path):
-    train_set, _ = split
+    train_set = split.train
     cfg = tiny_params().features
     first = load_or_train_feature_net(train_set, cfg, tmp_path)
     entry = tmp_path / cache_key(train_set, cfg)[:16]
@@ -133,3 +137,71 @@ def test_corrupt_cache_entry_is_rebuilt_and_a_second_writer_keeps_the_first(spli
     assert ckpt.save_if_absent(entry, {"features": first.state_dict()}, {"format": "other"}) is False
     assert ckpt.read_meta(entry) == meta
     assert sorted(p.name for p in tmp_path.iterdir()) == [entry.name]  # no private copies left behind
+
+
+def test_evaluation_refuses_data_the_model_was_not_trained_on(tmp_path):
+    layout = Layout(tmp_path)
+    params = tiny_params(train__epochs=1, train__select_every=0)
+    run_prepare(params, layout)
+    run_train(params, layout, progress=False)
+    reshuffled = tiny_params(train__epochs=1, train__select_every=0, prepare__seed=1)
+    run_prepare(reshuffled, layout)  # same file, other split: some test images were this model's training images
+    with pytest.raises(LineageError, match=r"digits\.npz is not the data the model \(step 39\) was trained on "
+                                           r"\(splits train, validation, test differ.*prepare\.seed"):
+        run_evaluate(reshuffled, layout)
+    assert not layout.metrics.exists()
+    run_prepare(params, layout)  # the split it was trained on again: evaluation runs
+    assert np.isfinite(run_evaluate(params, layout)["fd"])
+
+
+def test_no_training_image_is_in_validation_or_test(split, tmp_path):
+    hashes = {name: set(image_hashes(part.images)) for name, part in split.splits().items()}
+    assert sum(map(len, hashes.values())) == 1797  # every image once, in one split
+    assert not hashes["train"] & hashes["validation"] and not hashes["train"] & hashes["test"]
+    leaked = PreparedData(split.train, split.validation,
+                          ImageSet(np.r_[split.test.images, split.train.images[:3]],
+                                   np.r_[split.test.labels, split.train.labels[:3]]), split.class_names)
+    with pytest.raises(DataError, match="x.npz: 3 images of the training split are also in the test split"):
+        check_disjoint(leaked, "x.npz")
+
+
+def test_evaluator_cache_key_follows_its_code(split, tmp_path, monkeypatch):
+    cfg = tiny_params().features
+    before = cache_key(split.train, cfg)
+    copy = tmp_path / "gan_core"
+    shutil.copytree(lineage.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(lineage, "PACKAGE", copy)
+    assert cache_key(split.train, cfg) == before  # the same code, the same key
+    (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# not imported by features.py\n")
+    assert cache_key(split.train, cfg) == before
+    (copy / "augment.py").write_text((copy / "augment.py").read_text() + "\n# imported by features.py\n")
+    assert cache_key(split.train, cfg) != before
+
+
+def test_unlabelled_data_is_flagged_and_measured_by_a_trained_evaluator(tmp_path):
+    from gan_core.stages import Layout, run_evaluate, run_prepare, run_train
+    from tests.helpers import write_digit_images
+
+    layout = Layout(tmp_path)
+    write_digit_images(layout.raw / "flat", per_class=15, rgb=False, by_class=False, size=8)
+    params = tiny_params(prepare__source=str(layout.raw / "flat"), prepare__dataset="flat", train__epochs=1,
+                         features__epochs=40)
+    run_prepare(params, layout)
+    run_train(params, layout, progress=False)
+    metrics = run_evaluate(params, layout)
+    assert json.loads(layout.metrics.read_text()) == metrics
+    assert metrics["labelled"] is False and metrics["feature_space"] == "cnn-rotation (self-supervised)"
+    assert metrics["skipped_evaluators"] == "label_consistency, utility" and np.isfinite(metrics["fd"])
+    # The evaluator learnt its self-supervised task (four turns: chance is 0.25), not random weights.
+    [entry] = layout.feature_cache.iterdir()
+    meta = ckpt.read_meta(entry)
+    assert meta["trained"] is True and meta["feature_space"] == metrics["feature_space"]
+    assert meta["train_accuracy"] > 0.5
+
+
+def test_labelled_data_is_flagged_with_its_class_evaluator(split, tmp_path):
+    train_set = split.train
+    cfg = tiny_params().features
+    load_or_train_feature_net(train_set, cfg, tmp_path)
+    meta = ckpt.read_meta(tmp_path / cache_key(train_set, cfg)[:16])
+    assert meta["feature_space"] == "cnn-classes" and meta["train_accuracy"] > 0.2  # ten classes: chance is 0.1

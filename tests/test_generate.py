@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from gan_core.generate import SCHEMA, generate_dataset, shard_sizes
-from gan_core.sampling import (fit_rejection_rule, generate_and_score, load_model, rejection_sample,
-                               shard_seeds)
+from gan_core.generate import encode_png, generate_dataset, row_schema, shard_sizes
+from gan_core.models import to_unit_range
+from gan_core.sampling import (RejectionRule, fit_rejection_rule, generate_and_score, load_model,
+                               rejection_sample, shard_seeds)
 from gan_core.train import train
 from tests.helpers import prepared_digits, tiny_params
 
@@ -32,17 +33,33 @@ def test_rows_follow_the_contract_and_regenerate_from_their_seed(model, tmp_path
     summary = generate_dataset(model, params.generate, tmp_path)
     assert summary["sample_count"] == 120 and summary["acceptance_rate"] == 1.0
     table = pq.read_table(tmp_path)
-    assert table.schema.equals(SCHEMA)
+    assert table.schema.equals(row_schema([str(k) for k in range(10)]), check_metadata=True)
     rows = table.to_pylist()
     assert len({r["seed"] for r in rows}) == 120
     assert {r["label"] for r in rows} == set(range(10))
     row = rows[37]
     again = generate_and_score(model, np.array([row["seed"]]))
-    png = np.asarray(Image.open(io.BytesIO(row["image"])))
+    assert row["image"]["path"] is None
+    png = np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])))
     expected = ((again.images[0, 0].clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
     assert png.shape == (8, 8) and np.array_equal(png, expected)
     assert row["label"] == again.labels[0]
-    assert row["d_score"] == pytest.approx(1 / (1 + np.exp(-again.logits[0])), rel=1e-6)
+    # d_score is the discriminator's score of the image as published: the decoded PNG.
+    decoded = to_unit_range(np.array(png[None, None])).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        logit = model.discriminator(decoded, torch.tensor([row["label"]])).item()
+    assert row["d_score"] == pytest.approx(1 / (1 + np.exp(-logit)), rel=1e-6)
+
+
+def test_samples_are_scored_and_evaluated_as_their_pngs(model):
+    # Evaluation and rejection draw through generate_and_score: its images are the 8-bit ones, exactly.
+    batch, _ = rejection_sample(model, None, 7, 60, 25)
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(png))) for png in encode_png(batch.images)])
+    assert torch.equal(batch.images[:, 0], to_unit_range(pixels))
+    with torch.inference_mode():
+        logits = model.discriminator(batch.images.contiguous(memory_format=torch.channels_last),
+                                     torch.as_tensor(batch.labels))
+    np.testing.assert_allclose(batch.logits, logits.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_generation_is_deterministic(model, tmp_path):
@@ -99,6 +116,16 @@ def test_rejection_in_generate_records_its_rate(model, tmp_path):
     assert summary["sample_count"] == 120
     assert 0.25 < summary["acceptance_rate"] < 0.6
     assert summary["rejection"]["enabled"] and "gamma" in summary["rejection"]
+    # The rate counts the candidates examined until each shard's quota filled, not whole batches.
+    rule = RejectionRule(tuple(summary["rejection"]["max_logit"]), tuple(summary["rejection"]["gamma"]))
+    examined = 0
+    for index, rows in enumerate(shard_sizes(120, params.generate.shard_size)):
+        accepted: list[bool] = []
+        while sum(accepted) < rows:
+            batch = generate_and_score(model, shard_seeds(params.generate.seed, index, len(accepted), 40))
+            accepted += list(batch.coins < rule.accept_probability(batch.logits, batch.labels))
+        examined += int(np.flatnonzero(accepted)[rows - 1]) + 1
+    assert summary["candidates"] == examined and summary["acceptance_rate"] == 120 / examined
     scores = pq.read_table(tmp_path).column("d_score").to_numpy()
     plain = generate_and_score(model, shard_seeds(0, 0, 0, 400)).logits
     assert scores.mean() > (1 / (1 + np.exp(-plain))).mean()
@@ -114,3 +141,21 @@ def test_rejection_sample_draws_from_the_plain_stream(model):
     expected = stream.seeds[stream.coins < rule.accept_probability(stream.logits)]
     assert np.array_equal(kept.seeds, expected) and kept.seeds[-1] == stream.seeds[-1]
     assert 0.3 < 60 / candidates < 0.7
+
+
+@pytest.mark.parametrize("logit, expected", [
+    # F = d - M - log(1 - exp(d - M - eps)) - gamma with M = 2, gamma = 0.5, eps = 1e-6, evaluated with
+    # mpmath at 40 digits. Logits above M are clipped to M (F at its largest, about log(1 / eps)).
+    (0.0, -2.354586698648693185),
+    (-30.0, -32.49999999999998734),
+    (2.0, 13.31551105796423244),
+    (5.0, 13.31551105796423244),
+    (2.0 - 1e-9, 13.31451155704849107),  # D(x) just below M: 1 - exp(.) is ~1e-6, where rounding bites
+    (2.0 - 1e-6, 12.62236337744529549),
+])
+def test_rejection_logit_matches_the_paper_to_float_precision(logit, expected):
+    from gan_core.sampling import RejectionRule
+
+    rule = RejectionRule(max_logit=(2.0,), gamma=(0.5,), eps=1e-6)
+    assert rule.shifted(np.array([logit]))[0] == pytest.approx(expected, rel=1e-14)
+    assert rule.accept_probability(np.array([logit]))[0] == pytest.approx(1 / (1 + np.exp(-expected)), rel=1e-14)

@@ -67,3 +67,52 @@ def test_utility_is_one_for_real_data_and_low_for_shuffled_labels():
     assert real["utility"] == 1.0 and real["utility_acc_real"] > 0.9
     shuffled = m.utility(x[:200], rng.permutation(labels[:200]), x[:200], labels[:200], x[200:], labels[200:])
     assert shuffled["utility"] < 0.6
+
+
+def test_frechet_distance_with_covariances_that_do_not_commute():
+    # The closed form needs tr (S_a S_b)^1/2; when S_a S_b != S_b S_a no shortcut through separate square
+    # roots holds. Reference: scipy's general matrix square root of the (non-symmetric) product.
+    from scipy.linalg import sqrtm
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(3000, 5)) @ rng.normal(size=(5, 5)) + rng.normal(size=5)
+    b = rng.normal(size=(2000, 5)) @ rng.normal(size=(5, 5))
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    assert np.abs(cov_a @ cov_b - cov_b @ cov_a).max() > 1.0  # they really do not commute
+    expected = (((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b)
+                - 2 * np.trace(sqrtm(cov_a @ cov_b)).real)
+    assert m.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert m.frechet_distance(b, a) == pytest.approx(expected, rel=1e-9)
+
+
+def test_prdc_of_a_set_and_its_shuffled_copy_far_from_the_origin():
+    # Features of ReLU networks sit far from the origin. Distances from |a|^2 + |b|^2 - 2ab lose the
+    # digits that separate neighbours there, and ties between a ball's radius and a distance broke
+    # either way (identical sets scored density 1.00037 on another CPU). From differences: exact.
+    rng = np.random.default_rng(5)
+    points = rng.normal(size=(400, 16)) + 1e7
+    shuffled = points[rng.permutation(400)]
+    assert m.prdc(points, shuffled, k=5) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+
+
+def test_utility_trains_both_classifiers_on_as_many_rows_of_each_class(monkeypatch):
+    rng = np.random.default_rng(6)
+    real_y = np.r_[np.zeros(30), np.ones(60), np.full(10, 2)].astype(int)  # 100 rows, imbalanced
+    synthetic_y = rng.permutation(np.arange(400) % 3)  # 400 rows, balanced: 133 or 134 of each
+    real_x, synthetic_x = rng.normal(size=(100, 4)) + real_y[:, None], rng.normal(size=(400, 4)) + synthetic_y[:, None]
+    seen = []
+
+    def recording(train_x, train_y, test_x, test_y, seed=0):
+        seen.append((len(train_x), np.bincount(train_y, minlength=3).tolist()))
+        return classifier_accuracy(train_x, train_y, test_x, test_y, seed)
+
+    classifier_accuracy = m.classifier_accuracy
+    monkeypatch.setattr(m, "classifier_accuracy", recording)
+    scores = m.utility(synthetic_x, synthetic_y, real_x, real_y, real_x, real_y)
+    assert seen == [(100, [30, 60, 10]), (100, [30, 60, 10])]  # synthetic first, then real
+    assert scores["utility_train_rows"] == 100
+    # Fewer synthetic rows of a class than real ones: both sets shrink to the smaller count.
+    seen.clear()
+    m.utility(synthetic_x[:40], synthetic_y[:40], real_x, real_y, real_x, real_y)
+    counts = np.minimum(np.bincount(synthetic_y[:40], minlength=3), [30, 60, 10]).tolist()
+    assert seen[0] == seen[1] == (sum(counts), counts)

@@ -34,7 +34,7 @@ def test_repro_publishes_a_readable_verified_dataset(project, pipeline_env, s3_s
     # As a user with .ganforge/s3.env sourced: endpoint and keys from the environment only.
     frame = pd.read_parquet(uri)
     assert len(frame) == 120 and list(frame.columns) == ["image", "label", "seed", "d_score"]
-    assert frame["image"].iloc[0].startswith(b"\x89PNG")
+    assert frame["image"].iloc[0]["bytes"].startswith(b"\x89PNG")
     out = run(["ganforge", "download", "pipeline-test", "--to", str(tmp_path)], project, pipeline_env)
     folder = Path(json.loads(out.stdout))
     assert sorted(p.name for p in folder.iterdir()) == ["_manifest.json", "part-00000.parquet",

@@ -7,6 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from gan_core import checkpoint as ckpt
+from gan_core.data import prepare_dataset
+from gan_core.lineage import LineageError, data_fingerprint, training_fingerprint
+from gan_core.models import to_unit_range
 from gan_core.train import latest_good_checkpoint, train
 from tests.helpers import prepared_digits, tiny_params
 
@@ -28,9 +31,9 @@ def test_resume_ends_with_the_same_weights(prepared, tmp_path):
     assert resumed["steps"] == straight["steps"] == 3 * (1258 // 32)
     # The exported model is the selected one, chosen among evaluations on both sides of the stop.
     assert resumed["selected_step"] == straight["selected_step"] == ckpt.read_meta(tmp_path / "resumed")["step"]
-    assert resumed["selected_fd_train"] == straight["selected_fd_train"]
+    assert resumed["selected_fd_validation"] == straight["selected_fd_validation"]
     selection = (tmp_path / "selection.csv").read_text().splitlines()
-    assert selection[0] == "step,fd_train"
+    assert selection[0] == "step,fd_validation"
     assert [int(r.split(",")[0]) for r in selection[1:]] == [20, 40, 60, 80, 100, 117]
     fds = {int(r.split(",")[0]): float(r.split(",")[1]) for r in selection[1:]}
     assert fds[resumed["selected_step"]] == min(fds.values())
@@ -92,3 +95,61 @@ def test_learning_rates_fall_linearly_to_zero_over_the_decay_share(prepared, tmp
     assert rates[60] == pytest.approx((3.2e-4, 1.6e-4))  # 40 of the 50 decay steps left
     assert rates[80] == pytest.approx((1.6e-4, 0.8e-4))
     assert rates[99] == pytest.approx((8e-6, 4e-6))  # the last step still moves the weights
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings_or_data(prepared, tmp_path):
+    params = tiny_params(train__epochs=1)
+    other = tiny_params(train__epochs=1, train__lr_g=4e-4)
+    train(params, prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck", stop_after=20, progress=False)
+    # A fresh run with other settings: its checkpoints replace the earlier run's, never mix with them.
+    train(other, prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck", stop_after=10, progress=False)
+    assert latest_good_checkpoint(tmp_path / "ck") == tmp_path / "ck" / "step-000000010"
+    with pytest.raises(LineageError, match=r"step-000000010 was trained with train\.lr_g 0\.0004 vs 0\.0002 "
+                                           r"\(checkpoint vs now\): delete it or rerun without --resume"):
+        train(params, prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck", resume=True, progress=False)
+    reshuffled = prepare_dataset("bundled:digits", tmp_path / "seed1.npz", 0.15, 0.15, seed=1)
+    assert reshuffled["train"] == 1258
+    with pytest.raises(LineageError, match=r"was trained on other data \(sha256 [0-9a-f]{8}\.\. vs [0-9a-f]{8}\.\.\)"):
+        train(other, tmp_path / "seed1.npz", tmp_path / "model", checkpoint_dir=tmp_path / "ck", resume=True,
+              progress=False)
+
+
+def test_the_exported_model_comes_from_this_run_even_past_an_old_checkpoint(prepared, tmp_path):
+    longer = tiny_params(train__epochs=3, train__select_every=0)
+    train(longer, prepared, tmp_path / "old", checkpoint_dir=tmp_path / "ck", progress=False)  # up to step 117
+    shorter = tiny_params(train__epochs=1, train__select_every=0)  # 39 steps
+    train(shorter, prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck", progress=False)
+    assert sorted(p.name for p in (tmp_path / "ck").glob("step-*")) == [
+        "step-000000010", "step-000000020", "step-000000030", "step-000000039"]
+    exported = ckpt.read_meta(tmp_path / "model")
+    assert exported["step"] == 39 and exported["fingerprint"]["train"]["epochs"] == 1
+    # Resuming the finished run exports its own last state again, not the longer run's.
+    resumed = train(shorter, prepared, tmp_path / "again", checkpoint_dir=tmp_path / "ck", resume=True,
+                    progress=False)
+    assert resumed["steps"] == 39
+    again = ckpt.read_meta(tmp_path / "again")
+    assert again["fingerprint"] == exported["fingerprint"]
+    assert again["files"]["ema.safetensors"] == exported["files"]["ema.safetensors"]
+
+
+def test_fingerprint_names_what_changes_the_model(prepared):
+    base = training_fingerprint(tiny_params(), data_fingerprint(prepared))
+    # Where and how fast a run goes is not what it learns: a checkpoint resumes on another machine.
+    assert training_fingerprint(tiny_params(train__threads=2, train__device="cpu", train__checkpoint_every=7),
+                                data_fingerprint(prepared)) == base
+    for changed in ({"train__select_every": 40}, {"model__latent_dim": 9}, {"prepare__seed": 1},
+                    {"features__dim": 8}):
+        assert training_fingerprint(tiny_params(**changed), data_fingerprint(prepared))["id"] != base["id"], changed
+    assert set(base["data"]["splits"]) == {"train", "validation", "test"}
+
+
+def test_selection_measures_against_the_validation_split(prepared):
+    from gan_core.data import load_prepared
+    from gan_core.models import DataShape
+    from gan_core.train import build_selector
+
+    data = load_prepared(prepared)
+    selector = build_selector(tiny_params(), data, DataShape(8, 1, 10), torch.device("cpu"), None)
+    net_features, _ = selector.net.embed(to_unit_range(data.validation.images))
+    assert selector.reference.shape[0] == len(data.validation.labels) == 270
+    assert (selector.reference == net_features).all()
