@@ -1,4 +1,4 @@
-"""Evaluate stage: model -> metrics/eval.json and plots/ (sample grid, score histograms)."""
+"""Evaluate stage: the local model -> metrics/eval.json and plots/; a published one -> .ganforge/evaluations/."""
 
 from prefect import flow, get_run_logger
 
@@ -11,8 +11,9 @@ from gan_core.stages import Layout, bucket_from_env, run_evaluate
 @flow(name="evaluate")
 def evaluate_flow(params_path: str = "params.yaml", checkpoint: str | None = None, bucket: str | None = None,
                   prepare_data: bool = False, workdir: str | None = None) -> dict:
-    """checkpoint: None for the local models/<dataset>/, else "latest", a version or an s3:// URI of one.
+    """checkpoint: None for the local models/<dataset>/, else "production", "latest", a version or an s3:// URI.
 
+    A published model's metrics are returned and reported, and written to .ganforge/evaluations/NAME/VERSION/.
     workdir: where to write (flows.tasks.run_layout); a deployment run writes into a folder of its own.
     """
     params, layout = load_params(params_path), run_layout(workdir)
@@ -22,7 +23,10 @@ def evaluate_flow(params_path: str = "params.yaml", checkpoint: str | None = Non
     model = fetch_model(checkpoint, bucket or bucket_from_env(), params.prepare.dataset) if checkpoint else None
     # A run folder evaluates the model it trained, else (an evaluation deployment run) the checkout's.
     local = layout.model(params) if layout.model(params).exists() else Layout().model(params)
-    metrics = run_evaluate(params, layout, model_dir=model.directory if model else local)
+    # A published model's metrics go to its own folder and this run's artifact: the checkout's
+    # metrics/eval.json describes the local model, and local generation stamps it into manifests.
+    out_dir = Layout().evaluation(model.directory.parent.name, model.version) if model else None
+    metrics = run_evaluate(params, layout, model_dir=model.directory if model else local, out_dir=out_dir)
     get_run_logger().info("discriminator AUC %.3f", metrics.get("d_auc", float("nan")))
     report("evaluate", params.prepare.dataset,
            {"model": model.uri if model else str(local), "metrics": metrics})

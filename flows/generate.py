@@ -74,7 +74,8 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
                   num_samples: int | None = None, rejection: bool | None = None, checkpoint: str | None = None,
                   keep_last: int | None = None, class_counts: dict[str, int] | None = None,
                   truncation: float | None = None) -> str | None:
-    """checkpoint: None for the local models/<dataset>/, else "latest", a version or an s3:// URI of one.
+    """checkpoint: None for the local models/<dataset>/ (the DVC stage), else "production" (the scheduled
+    deployment's: the model the quality gate promoted), "latest", a version or an s3:// URI of one.
 
     version: by default the run's scheduled time, so that rerunning a scheduled run publishes nothing new.
     class_counts: {class index or name: count} (num_samples then defaults to their sum); truncation: psi, 1 = off.

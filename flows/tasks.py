@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import deployment, flow_run
 from prefect.tasks import exponential_backoff
 
-from gan_core import storage
+from gan_core import registry, storage
 from gan_core.config import ConfigError, Params
 from gan_core.stages import Layout, ModelSource, default_version, fetch_published_model
 
@@ -110,17 +110,25 @@ def fetch_model(checkpoint: str, bucket: str, name: str) -> ModelSource:
 
 @task(**S3_RETRIES)
 def prune(bucket: str, prefix: str, name: str, keep_last: int) -> list[str]:
-    deleted = storage.apply_retention(bucket, name, keep_last, prefix)
+    if prefix == storage.MODELS_PREFIX:  # production and the models of kept datasets stay
+        deleted = registry.apply_model_retention(bucket, name, keep_last)
+    else:
+        deleted = storage.apply_retention(bucket, name, keep_last, prefix)
     get_run_logger().info("retention (keep %d): deleted %s", keep_last, deleted or "nothing")
     return deleted
 
 
 def report(stage: str, name: str, rows: dict) -> None:
     """This flow run's markdown artifact: one table of what it produced, keyed by stage and name."""
-    key = re.sub(r"[^a-z0-9]+", "-", f"{stage}-{name}".lower()).strip("-")
+    key = artifact_key(f"{stage}-{name}")
     lines = [f"### {stage}: {name}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in _flatten(rows).items()]
     create_markdown_artifact("\n".join(lines), key=key, description=f"{stage} {name}")
+
+
+def artifact_key(text: str) -> str:
+    """Prefect's artifact keys: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def _flatten(rows: dict, parent: str = "") -> dict:

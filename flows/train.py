@@ -1,11 +1,13 @@
 """Train stage: prepared data -> models/<dataset>/ (safetensors + meta.json); optionally published to S3."""
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 
 from flows.evaluate import evaluate_flow
 from flows.prepare import prepare_flow
-from flows.tasks import (S3_RETRIES, prune, publish_once, published, remove_run_folder, report, run_layout,
+from flows.tasks import (S3_RETRIES, artifact_key, prune, publish_once, published, remove_run_folder, report, run_layout,
                          scheduled_version, use_checkout_data)
+from gan_core import registry
 from gan_core.config import Params, load_params
 from gan_core.stages import Layout, bucket_from_env, run_publish_model, run_train, training_inputs
 from gan_core.storage import MODELS_PREFIX
@@ -17,11 +19,30 @@ def publish_model(params: Params, version: str, bucket: str, metrics: dict, layo
                         bucket, MODELS_PREFIX, params.prepare.dataset, version, training_inputs(params))
 
 
+@task(**S3_RETRIES)
+def promote(bucket: str, name: str, version: str) -> dict:
+    return registry.promote(bucket, name, version)
+
+
+def gate(params: Params, bucket: str, version: str, metrics: dict) -> None:
+    """Move `production` to VERSION when its metrics pass params' gate; else fail the run, production unchanged."""
+    name = params.prepare.dataset
+    result = registry.check_gate(metrics, params.gate)
+    create_markdown_artifact(result.markdown(name, version, metrics, params.gate),
+                             key=artifact_key(f"gate-{name}"),
+                             description=f"quality gate {name} {version}")
+    if not result.passed:
+        raise registry.gate_error(name, version, result)
+    promote(bucket, name, version)
+    get_run_logger().info("model %s %s passed the gate: now production", name, version)
+
+
 @flow(name="train")
 def train_flow(params_path: str = "params.yaml", resume: bool = False, prepare_data: bool = False,
                publish: bool = False, bucket: str | None = None, version: str | None = None,
                keep_last: int | None = None) -> dict:
-    """publish: evaluate the model, then publish it as s3://BUCKET/models/<dataset>/VERSION/ for other workers.
+    """publish: evaluate the model, publish it as s3://BUCKET/models/<dataset>/VERSION/ for other workers, and
+    make it `production` when it passes the quality gate (params' gate:); a failed gate fails the run.
 
     version: by default the run's scheduled time, so that rerunning a scheduled run trains nothing new.
     """
@@ -44,6 +65,8 @@ def train_flow(params_path: str = "params.yaml", resume: bool = False, prepare_d
         if keep_last:
             prune(bucket, MODELS_PREFIX, name, keep_last)
     report("train", name, {"model_uri": f"{layout.model(params)}/ (not published)", **summary, "metrics": metrics})
+    if publish:
+        gate(params, bucket, version, metrics)
     return summary
 
 

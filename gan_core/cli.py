@@ -128,6 +128,33 @@ def cmd_show(args) -> object:
 
 
 @command
+def cmd_models(args) -> object:
+    from gan_core import registry
+    from gan_core.stages import bucket_from_env
+    bucket, name = args.bucket or bucket_from_env(), args.name or load_params(args.params).prepare.dataset
+    if args.action == "list":
+        return registry.list_models(bucket, name)
+    if args.action == "promote":
+        return registry.promote(bucket, name, args.version)
+    if args.action == "rollback":
+        return registry.rollback(bucket, name)
+    return _publish_model(args, bucket, name)
+
+
+def _publish_model(args, bucket: str, name: str) -> dict:
+    from gan_core import registry
+    from gan_core.evaluate import read_metrics
+    from gan_core.stages import Layout, publication_version, run_publish_model
+    params, layout = load_params(args.params), Layout()
+    if name != params.prepare.dataset:
+        raise ValueError(f"--name {name}: publish sends the local models/{params.prepare.dataset}/ under its own name")
+    version, metrics = publication_version(args.version), read_metrics(layout.metrics)
+    uri = run_publish_model(params, version, bucket, metrics, layout)
+    promoted = registry.promote_if_passing(bucket, name, version, metrics, params.gate) if args.promote else None
+    return {"model": uri, "production": promoted}
+
+
+@command
 def cmd_s3(args) -> object:
     from gan_core import s3server
     action = {"start": s3server.start_embedded, "stop": s3server.stop_embedded,
@@ -171,6 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--to", help="target folder (default: ~/.cache/ganforge/cards, or $GANFORGE_CACHE/cards); "
                                    "the card lands in TO/NAME/VERSION/_card")
     show.add_argument("--bucket")
+    models = sub.add_parser("models", help="the model registry: published versions and the production alias")
+    actions = models.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="versions with their metrics, and which one is production").add_argument(
+        "name", nargs="?")
+    actions.add_parser("promote", help="make a complete version production").add_argument("version")
+    actions.add_parser("rollback", help="production back to the version it had before")
+    pub = actions.add_parser("publish", help="publish the local models/<dataset>/ with metrics/eval.json")
+    pub.add_argument("--version", help="model version (default: UTC time)")
+    pub.add_argument("--promote", action="store_true", help="then make it production if it passes params' gate")
+    for action in actions.choices.values():
+        if action.prog.split()[-1] != "list":
+            action.add_argument("--name", help="model name (default: prepare.dataset)")
+        action.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+        action.add_argument("--bucket")
     s3 = sub.add_parser("s3", help="the embedded SeaweedFS S3 server")
     s3.add_argument("action", choices=["start", "stop", "status"])
     s3.add_argument("--state-dir", default=".ganforge", help="where its data, pid and s3.env live")

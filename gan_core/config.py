@@ -183,6 +183,15 @@ class GenerateConfig(Section):
         return self
 
 
+class GateConfig(Section):
+    """What a trained model must reach to become `production`; null: not checked. Metrics of metrics/eval.json."""
+
+    fd_ratio_max: float | None = Field(2.0, gt=0.0)  # FD over the real-real floor
+    utility_min: float | None = Field(0.9, ge=0.0)  # classifier accuracy, synthetic-trained over real-trained
+    label_consistency_min: float | None = Field(0.9, ge=0.0, le=1.0)
+    memorisation_max: float | None = Field(0.02, ge=0.0, le=1.0)  # share of samples nearer a training image
+
+
 class Params(Section):
     prepare: PrepareConfig = PrepareConfig()
     model: ModelConfig = ModelConfig()
@@ -190,6 +199,7 @@ class Params(Section):
     features: FeaturesConfig = FeaturesConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     generate: GenerateConfig = GenerateConfig()
+    gate: GateConfig = GateConfig()
 
     @field_validator("*", mode="before")
     @classmethod

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from gan_core import storage
+from gan_core import registry, storage
 from gan_core.card import CardSources, write_card
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params, parse_params
@@ -24,6 +24,7 @@ from gan_core.sampling import RejectionRule, load_model
 from gan_core.train import pick_device, train
 
 DEFAULT_BUCKET = "ganforge"
+GENERATOR = "ema.safetensors"  # the weights generation samples from
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class Layout:
         """The evaluator networks, one per training split (git-ignored, rebuilt offline when missing)."""
         return self.project / ".ganforge" / "cache" / "features"
 
+    def evaluation(self, model_name: str, version: str) -> Path:
+        """Metrics and plots of a published model's evaluation: never the checkout's metrics/ and plots/."""
+        return self.root / ".ganforge" / "evaluations" / model_name / version
+
     @property
     def metrics(self) -> Path:
         return self.root / "metrics" / "eval.json"
@@ -85,6 +90,14 @@ class ModelSource:
     directory: Path
     uri: str | None = None  # s3://BUCKET/models/NAME/VERSION/ when fetched
     metrics: dict = field(default_factory=dict)  # its evaluation metrics
+    version: str | None = None  # when fetched
+    provenance: dict | None = None  # when fetched: its own manifest's (git, dvc, params)
+
+    def record(self) -> dict:
+        """What a dataset manifest says about the model that made it (`model`)."""
+        sha256 = storage.file_digest(self.directory / GENERATOR)[0] if (self.directory / GENERATOR).is_file() else None
+        return {"uri": self.uri, "version": self.version, "sha256": sha256, "provenance": self.provenance,
+                "metrics": self.metrics}
 
 
 def bucket_from_env() -> str:
@@ -143,9 +156,12 @@ def run_train(params: Params, layout: Layout = Layout(), resume: bool = False, p
                  feature_cache=layout.feature_cache, resume=resume, progress=progress)
 
 
-def run_evaluate(params: Params, layout: Layout = Layout(), model_dir: Path | None = None) -> dict:
+def run_evaluate(params: Params, layout: Layout = Layout(), model_dir: Path | None = None,
+                 out_dir: Path | None = None) -> dict:
+    """Metrics of the local model into metrics/ and plots/; of another model (model_dir) into out_dir only."""
     model = load_model(model_dir or layout.model(params), pick_device(params.train.device))
-    return evaluate(model, layout.prepared(params), params, layout.metrics, layout.plots, layout.feature_cache)
+    metrics_path, plots = (out_dir / "eval.json", out_dir / "plots") if out_dir else (layout.metrics, layout.plots)
+    return evaluate(model, layout.prepared(params), params, metrics_path, plots, layout.feature_cache)
 
 
 def run_rejection_table(params: Params, targets: list[float], layout: Layout = Layout()) -> list[dict]:
@@ -232,11 +248,18 @@ def source_hash(source: str) -> dict:
     return {"path": source, "md5": outs[0].get("md5")}
 
 
-def provenance(params: Params, layout: Layout = Layout()) -> dict:
-    """What a published manifest came from: code revision, DVC hashes of its data and model, params."""
-    locked = locked_outputs(layout.lock)
+def provenance(params: Params, layout: Layout = Layout(), fetched_model: bool = False) -> dict:
+    """What a published manifest came from: code revision, DVC hashes of its data and model, params.
+
+    With a fetched model, the local data, model and training params made none of it: only the code
+    and the generate params are this checkout's; the model's own provenance is in `model`.
+    """
     checkout = Layout(layout.project)
-    return {"git": git_revision(checkout.root, exclude=checkout.outputs(params)),
+    revision = git_revision(checkout.root, exclude=checkout.outputs(params))
+    if fetched_model:
+        return {"git": revision, "dvc": {}, "params": {"generate": params.generate.model_dump(mode="json")}}
+    locked = locked_outputs(layout.lock)
+    return {"git": revision,
             "dvc": {"source": source_hash(params.prepare.source),
                     "data": dvc_hash(layout.prepared(params), locked, layout.root),
                     "model": dvc_hash(layout.model(params), locked, layout.root)},
@@ -271,14 +294,15 @@ def training_inputs(params: Params) -> dict:
 def build_manifest(params: Params, summary: dict, version: str, layout: Layout = Layout(),
                    model: ModelSource | None = None) -> dict:
     model = model or local_model(params, layout)
+    record = model.record()
     return {"inputs": generation_inputs(params, model), "name": params.generate.name, "version": version,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "generator_sha256": generator_sha256(model.directory),
-            **provenance(params, layout),
+            "generator_sha256": record["sha256"], **provenance(params, layout, fetched_model=model.uri is not None),
             "sample_count": summary["sample_count"], "acceptance_rate": summary["acceptance_rate"],
-            "rejection": summary["rejection"], "model_uri": model.uri, "metrics": model.metrics,
-            "class_names": model_class_names(read_metrics(model.directory / "meta.json")), "schema_version": SCHEMA_VERSION,
-            "class_counts": summary["class_counts"], "truncation": summary["truncation"]}
+            "rejection": summary["rejection"], "model_uri": model.uri, "metrics": model.metrics, "model": record,
+            "class_names": model_class_names(read_metrics(model.directory / "meta.json")),
+            "schema_version": SCHEMA_VERSION, "class_counts": summary["class_counts"],
+            "truncation": summary["truncation"]}
 
 
 def run_publish(params: Params, summary: dict, version: str, bucket: str, layout: Layout = Layout(),
@@ -312,7 +336,7 @@ def run_publish_model(params: Params, version: str, bucket: str, metrics: dict, 
 
 
 def parse_checkpoint(checkpoint: str, bucket: str, name: str) -> tuple[str, str, str, str]:
-    """(bucket, prefix, name, version) of "latest", a version, or s3://BUCKET/PREFIX/NAME/VERSION/."""
+    """(bucket, prefix, name, version) of "production", "latest", a version, or s3://BUCKET/PREFIX/NAME/VERSION/."""
     if not checkpoint.startswith("s3://"):
         return bucket, storage.MODELS_PREFIX, name, checkpoint
     parts = checkpoint.removeprefix("s3://").strip("/").split("/")
@@ -324,7 +348,10 @@ def parse_checkpoint(checkpoint: str, bucket: str, name: str) -> tuple[str, str,
 def fetch_published_model(checkpoint: str, bucket: str, name: str) -> ModelSource:
     """Resolve and download (or reuse from the cache) a published model; every file verified."""
     bucket, prefix, name, version = parse_checkpoint(checkpoint, bucket, name)
+    if version == registry.PRODUCTION:
+        version = registry.production_version(bucket, name, prefix)
     directory = storage.fetch_model(bucket, name, version, model_cache_dir(), prefix=prefix)
     manifest = json.loads((directory / storage.MANIFEST).read_text())
     return ModelSource(directory, storage.version_uri(bucket, prefix, name, directory.name),
-                       manifest.get("metrics") or {})
+                       manifest.get("metrics") or {}, directory.name,
+                       {key: manifest.get(key) for key in ("git", "dvc", "params")})

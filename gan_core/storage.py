@@ -447,6 +447,34 @@ def _existing_bytes(client, bucket: str, key: str) -> bytes | None:
         raise
 
 
+def read_object(bucket: str, key: str, client=None) -> bytes | None:
+    """The bytes of s3://BUCKET/KEY, or None when there is no such object."""
+    return _existing_bytes(client or s3_client(), bucket, key)
+
+
+def read_object_tagged(bucket: str, key: str, client=None) -> tuple[bytes | None, str | None]:
+    """(bytes, ETag) of s3://BUCKET/KEY, or (None, None): the ETag makes a later put_if a compare-and-swap."""
+    try:
+        response = (client or s3_client()).get_object(Bucket=bucket, Key=key)
+    except ClientError as e:
+        if _is_missing(e):
+            return None, None
+        raise
+    return response["Body"].read(), response["ETag"]
+
+
+def put_if(bucket: str, key: str, body: bytes, client=None, **condition: str) -> bool:
+    """PUT with a condition (IfMatch=ETAG or IfNoneMatch="*"); False when it did not hold."""
+    try:
+        (client or s3_client()).put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
+                                           **condition)
+    except ClientError as e:
+        if _status(e) not in (409, 412):
+            raise
+        return False
+    return True
+
+
 def _put_manifest(client, bucket: str, key: str, body: bytes) -> None:
     try:
         client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
@@ -505,7 +533,11 @@ def _subfolders(client, bucket: str, prefix: str) -> list[str]:
 
 
 def list_versions(bucket: str, name: str, prefix: str = "datasets", client=None) -> list[dict]:
-    """Manifests of the complete versions of NAME, oldest first (created_at, then version)."""
+    """Manifests of the complete versions of NAME, oldest first by version name.
+
+    Versions are named by their scheduled slot (20250101T020000Z): a backfilled old slot published
+    last is still older than a newer slot, so the name, not the upload time, orders them.
+    """
     client = client or s3_client()
     candidates = [v for v in _subfolders(client, bucket, f"{prefix}/{validate_name('name', name)}/")
                   if NAME_RE.match(v) and ".." not in v]
@@ -518,7 +550,7 @@ def list_versions(bucket: str, name: str, prefix: str = "datasets", client=None)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         manifests = [m for m in pool.map(manifest_or_none, candidates) if m is not None]
-    return sorted(manifests, key=lambda m: (str(m.get("created_at", "")), m["version"]))
+    return sorted(manifests, key=lambda m: m["version"])
 
 
 def list_datasets(bucket: str, prefix: str = "datasets", client=None) -> list[str]:
@@ -732,8 +764,9 @@ def delete_version(bucket: str, name: str, version: str, prefix: str = "datasets
     return deleted
 
 
-def apply_retention(bucket: str, name: str, keep: int, prefix: str = "datasets", client=None) -> list[str]:
-    """Keep the newest KEEP complete versions of NAME and delete the older ones; return those deleted.
+def apply_retention(bucket: str, name: str, keep: int, prefix: str = "datasets", client=None,
+                    protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Keep the newest KEEP complete versions of NAME and those in PROTECT, delete the others; return those deleted.
 
     Folders without a manifest are left alone: they may be publications still in flight.
     """
@@ -741,6 +774,7 @@ def apply_retention(bucket: str, name: str, keep: int, prefix: str = "datasets",
         raise StorageError(f"retention must keep at least 1 version (got {keep})")
     client = client or s3_client()
     older = [m["version"] for m in list_versions(bucket, name, prefix, client)][:-keep]
+    older = [version for version in older if version not in protect]
     for version in older:
         delete_version(bucket, name, version, prefix, client)
     return older

@@ -23,6 +23,9 @@ dvc repro
 # Prepared data, models and the user's data/raw to the remote: another clone with the same S3 and
 # this dvc.lock gets them back with `dvc pull`.
 dvc push
+# The model just trained, published and made production if it passes params.yaml's gate: the nightly
+# generate/batch-generation uses production. A model that misses the gate stops here, visibly.
+ganforge models publish --promote >/dev/null
 
 name=$(python -c "from gan_core.config import load_params; print(load_params().generate.name)")
 version=$(python - "$bucket" "$name" <<'PY'
@@ -39,6 +42,7 @@ Dataset published: s3://$bucket/datasets/$name/$version/
   ganforge list $name
   ganforge download $name --version latest --to downloads
   python -c "import pandas as pd; print(pd.read_parquet('s3://$bucket/datasets/$name/$version/'))"
+Model published and promoted to production: ganforge models list   (the nightly generation uses it)
 Metrics: metrics/eval.json (dvc metrics show)   Samples: plots/samples.png
 Data and models pushed to s3://$bucket/dvc-store: commit dvc.lock, and another clone gets them with \`dvc pull\`.
 MSG

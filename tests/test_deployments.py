@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gan_core import storage
+from gan_core import registry, storage
 from gan_core.s3server import free_port
 from gan_core.stages import default_version
 from tests.helpers import ROOT, make_project, run, tiny_project_params
@@ -65,7 +65,7 @@ def server_env(s3_server, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def deployed(server_env, tiny_model_dir, s3_server, tmp_path_factory) -> Path:
-    """A project deployed with `prefect deploy --all`; its model published to S3 by hand."""
+    """A project deployed with `prefect deploy --all`; its model published to S3 and promoted by hand."""
     project = tmp_path_factory.mktemp("deployed")
     params = tiny_project_params(DATASET)
     params["prepare"]["dataset"] = "deploytest"
@@ -76,6 +76,7 @@ def deployed(server_env, tiny_model_dir, s3_server, tmp_path_factory) -> Path:
     (project / "prefect.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     storage.publish_model(tiny_model_dir, bucket=s3_server.bucket, name="deploytest", version="v1", manifest={},
                           client=s3_server.client())
+    registry.promote(s3_server.bucket, "deploytest", "v1", client=s3_server.client())  # what the nightly run uses
     create_process_pools(server_env["PREFECT_API_URL"], ["cpu", "gpu"])
     out = run(["prefect", "--no-prompt", "deploy", "--all"], project, server_env).stdout
     for name in ("train/training", "evaluate/evaluation", "generate/batch-generation"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gan_core import storage
+from gan_core import registry, storage
 from tests.helpers import git_commit, make_project, run, tiny_project_params, write_digit_images
 
 NAME = "rgbdigits-synthetic"  # generate.name unset: it follows prepare.dataset
@@ -76,6 +76,15 @@ def test_manifest_records_git_dvc_hashes_and_params(project, pipeline_env):
     }
     assert manifest["params"]["prepare"]["source"] == "data/raw/rgbdigits"
     assert "shards" not in manifest  # --long without NAME leaves the shard lists out
+
+
+def test_make_run_promotes_its_model_for_the_nightly_generation(project, s3_server):
+    client = s3_server.client()
+    version = registry.production_version(s3_server.bucket, "rgbdigits", client=client)
+    manifest = storage.read_manifest(s3_server.bucket, "rgbdigits", version, storage.MODELS_PREFIX, client)
+    generator = next(e for e in manifest["files"] if e["key"].endswith("/ema.safetensors"))
+    assert generator["sha256"] == storage.file_digest(project / "models" / "rgbdigits" / "ema.safetensors")[0]
+    assert manifest["metrics"] == json.loads((project / "metrics" / "eval.json").read_text())
 
 
 def test_experiments_run_show_and_diff(project, pipeline_env, s3_env, tmp_path):
