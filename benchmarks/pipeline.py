@@ -26,7 +26,11 @@ from gan_core.data import load_prepared
 from gan_core.lineage import data_fingerprint, training_fingerprint
 from gan_core.s3server import SeaweedServer
 from gan_core.models import DataShape
-from gan_core.stages import Layout, run_evaluate, run_generate, run_prepare, run_publish, run_train
+from gan_core.layout import Layout
+from gan_core.stages.evaluate import run_evaluate
+from gan_core.stages.generate import run_generate, run_publish
+from gan_core.stages.prepare import run_prepare
+from gan_core.stages.train import run_train
 from gan_core.train import build_state, export_model, pick_device, set_threads
 from tests.helpers import git_commit, make_project, run as run_cmd, tiny_project_params
 

@@ -3,9 +3,12 @@
 from prefect import flow, get_run_logger
 
 from flows.prepare import prepare_flow
-from flows.tasks import fetch_model, report, run_layout, use_checkout_data
+from flows.report import report
+from flows.runs import run_layout, use_checkout_data
+from flows.tasks import fetch_model
 from gan_core.config import load_params
-from gan_core.stages import Layout, bucket_from_env, run_evaluate
+from gan_core.layout import Layout, bucket_from_env
+from gan_core.stages.evaluate import run_evaluate
 
 
 @flow(name="evaluate")
@@ -14,7 +17,7 @@ def evaluate_flow(params_path: str = "params.yaml", checkpoint: str | None = Non
     """checkpoint: None for the local models/<dataset>/, else "production", "latest", a version or an s3:// URI.
 
     A published model's metrics are returned and reported, and written to .ganforge/evaluations/NAME/VERSION/.
-    workdir: where to write (flows.tasks.run_layout); a deployment run writes into a folder of its own.
+    workdir: where to write (flows.runs.run_layout); a deployment run writes into a folder of its own.
     """
     params, layout = load_params(params_path), run_layout(workdir)
     if prepare_data:  # a fresh worker host has no prepared held-out data yet

@@ -8,11 +8,15 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.tasks import (S3_RETRIES, fetch_model, prune, publish_once, published, remove_run_folder, report,
-                         run_layout, scheduled_version)
+from flows.report import report
+from flows.runs import remove_run_folder, run_layout, scheduled_version
+from flows.tasks import S3_RETRIES, fetch_model, prune, publish_once, published
 from gan_core.config import Params, load_params
-from gan_core.stages import (ModelSource, bucket_from_env, card_uri, generation_inputs, local_model, override_params,
-                             plan_generation, run_publish, run_shard, sample_overrides, summarize_shards)
+from gan_core.config import override_params
+from gan_core.layout import bucket_from_env
+from gan_core.lineage import ModelSource, generation_inputs, local_model
+from gan_core.stages.generate import (card_uri, plan_generation, run_publish, run_shard, sample_overrides,
+                                      summarize_shards)
 from gan_core.storage import validate_name
 
 # A local Dask cluster: worker processes with one thread each, and one torch thread each
@@ -80,7 +84,7 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
     version: by default the run's scheduled time, so that rerunning a scheduled run publishes nothing new.
     class_counts: {class index or name: count} (num_samples then defaults to their sum); truncation: psi, 1 = off.
     Under `dvc exp run` the prefix is experiments/<exp>/PREFIX; a deployment run writes its shards into
-    a folder of its own (flows.tasks.run_layout).
+    a folder of its own (flows.runs.run_layout).
     """
     params = override_params(load_params(params_path), {
         "generate.name": dataset_name, "generate.rejection.enabled": rejection, "generate.truncation": truncation,

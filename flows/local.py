@@ -20,9 +20,8 @@ from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from gan_core.cli import readable_errors
-from gan_core.s3server import _alive, _answers, _cmdline, _read_pid, free_port
-from gan_core.storage import setup_hint
+from gan_core.errors import readable_errors, setup_hint
+from gan_core.procs import alive, answers, cmdline, free_port, read_pid
 
 STARTUP_TIMEOUT = 120  # s: 11-27 s on 2 busy cores
 
@@ -36,12 +35,12 @@ def state_dir() -> Path:
 
 def _recorded_url(state: Path) -> str | None:
     """The API URL of the server recorded under STATE when it is alive and answers, else None."""
-    pid = _read_pid(state / "prefect-server.pid")
-    if pid is None or not _alive(pid) or not any("prefect" in a for a in _cmdline(pid)):
+    pid = read_pid(state / "prefect-server.pid")
+    if pid is None or not alive(pid) or not any("prefect" in a for a in cmdline(pid)):
         return None  # never started, stopped, or the pid now belongs to another program
     with contextlib.suppress(OSError):
         url = (state / "prefect.env").read_text().strip().removeprefix("export PREFECT_API_URL=")
-        return url if _answers(f"{url}/health") else None
+        return url if answers(f"{url}/health") else None
     return None
 
 
@@ -58,7 +57,7 @@ def _start(state: Path) -> str:
     (state / "prefect-server.pid").write_text(f"{server.pid}\n")
     url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    while not _answers(f"{url}/health"):
+    while not answers(f"{url}/health"):
         if server.poll() is not None or time.monotonic() > deadline:
             server.kill()
             raise RuntimeError(f"the local Prefect server did not start: see {state / 'prefect-server.log'}")

@@ -2,14 +2,15 @@
 
 from prefect import flow, get_run_logger
 
-from flows.tasks import report, run_layout
+from flows.report import report
+from flows.runs import run_layout
 from gan_core.config import load_params
-from gan_core.stages import run_prepare
+from gan_core.stages.prepare import run_prepare
 
 
 @flow(name="prepare", log_prints=True)
 def prepare_flow(params_path: str = "params.yaml", workdir: str | None = None) -> dict:
-    """workdir: a deployment run's own folder (flows.tasks.run_layout), for the prepared data."""
+    """workdir: a deployment run's own folder (flows.runs.run_layout), for the prepared data."""
     params = load_params(params_path)
     summary = run_prepare(params, run_layout(workdir))
     get_run_logger().info("prepared %s", summary)

@@ -134,3 +134,7 @@ def load_tensors(directory: Path, name: str, device: str | torch.device = "cpu")
         return load_file(str(path), device=str(device))
     except SafetensorError as exc:
         raise CheckpointError(f"{path}: not a safetensors file ({exc})") from None
+
+def read_metrics(path: Path) -> dict:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}

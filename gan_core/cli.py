@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from gan_core.config import load_params
+from gan_core.errors import readable_errors, setup_hint
 
 COMMANDS = {}
 
@@ -20,25 +21,25 @@ def command(fn):
 
 @command
 def cmd_prepare(args) -> object:
-    from gan_core.stages import run_prepare
+    from gan_core.stages.prepare import run_prepare
     return run_prepare(load_params(args.params))
 
 
 @command
 def cmd_train(args) -> object:
-    from gan_core.stages import run_train
+    from gan_core.stages.train import run_train
     return run_train(load_params(args.params), resume=args.resume)
 
 
 @command
 def cmd_evaluate(args) -> object:
-    from gan_core.stages import run_evaluate
+    from gan_core.stages.evaluate import run_evaluate
     return run_evaluate(load_params(args.params))
 
 
 @command
 def cmd_compare_rejection(args) -> object:
-    from gan_core.stages import run_rejection_table
+    from gan_core.stages.evaluate import run_rejection_table
     rows = run_rejection_table(load_params(args.params), args.acceptance)
     print("| target acceptance | acceptance | FD | FD / plain | precision | recall |")
     print("|---|---|---|---|---|---|")
@@ -71,7 +72,8 @@ def parse_number(flag: str, text: str | None, kind: type) -> int | float | None:
 
 def generate_params(args):
     """params.yaml with the command line's --num-samples, --class-counts and --truncation in place."""
-    from gan_core.stages import override_params, sample_overrides
+    from gan_core.config import override_params
+    from gan_core.stages.generate import sample_overrides
     counts = None if args.class_counts is None else parse_class_counts(args.class_counts)
     params = override_params(load_params(args.params), {"generate.truncation": parse_number(
         "--truncation", args.truncation, float)}, source="--truncation")
@@ -81,7 +83,8 @@ def generate_params(args):
 
 @command
 def cmd_generate(args) -> object:
-    from gan_core.stages import Layout, bucket_from_env, publication_version, run_generate, run_publish
+    from gan_core.layout import Layout, bucket_from_env
+    from gan_core.stages.generate import publication_version, run_generate, run_publish
     params = generate_params(args)
     version = None if args.no_publish else publication_version(args.version)
     summary = run_generate(params, Layout().generated(params))
@@ -93,7 +96,7 @@ def cmd_generate(args) -> object:
 @command
 def cmd_list(args) -> object:
     from gan_core import storage
-    from gan_core.stages import bucket_from_env
+    from gan_core.layout import bucket_from_env
     bucket = args.bucket or bucket_from_env()
     if args.name is not None:  # an empty name is refused, not read as "all"
         versions = storage.list_versions(bucket, args.name)
@@ -112,7 +115,7 @@ def cmd_list(args) -> object:
 @command
 def cmd_download(args) -> object:
     from gan_core import storage
-    from gan_core.stages import bucket_from_env
+    from gan_core.layout import bucket_from_env
     path = storage.download_dataset(args.bucket or bucket_from_env(), args.name, args.version, Path(args.to))
     return str(path)
 
@@ -121,7 +124,7 @@ def cmd_download(args) -> object:
 def cmd_show(args) -> object:
     from gan_core import storage
     from gan_core.card import CARD_FILES
-    from gan_core.stages import bucket_from_env, card_cache_dir
+    from gan_core.layout import bucket_from_env, card_cache_dir
     folder = storage.download_card(args.bucket or bucket_from_env(), args.name, args.version,
                                    Path(args.to) if args.to else card_cache_dir())
     return {name: str(folder / name) for name in CARD_FILES} | {"open": (folder / "report.html").resolve().as_uri()}
@@ -130,7 +133,7 @@ def cmd_show(args) -> object:
 @command
 def cmd_models(args) -> object:
     from gan_core import registry
-    from gan_core.stages import bucket_from_env
+    from gan_core.layout import bucket_from_env
     bucket, name = args.bucket or bucket_from_env(), args.name or load_params(args.params).prepare.dataset
     if args.action == "list":
         return registry.list_models(bucket, name)
@@ -143,8 +146,10 @@ def cmd_models(args) -> object:
 
 def _publish_model(args, bucket: str, name: str) -> dict:
     from gan_core import registry
-    from gan_core.evaluate import read_metrics
-    from gan_core.stages import Layout, publication_version, run_publish_model
+    from gan_core.checkpoint import read_metrics
+    from gan_core.handoff import run_publish_model
+    from gan_core.layout import Layout
+    from gan_core.stages.generate import publication_version
     params, layout = load_params(args.params), Layout()
     if name != params.prepare.dataset:
         raise ValueError(f"--name {name}: publish sends the local models/{params.prepare.dataset}/ under its own name")
@@ -218,19 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def readable_errors() -> tuple[type[Exception], ...]:
-    # Evaluated only once an error is raised: botocore is not imported by commands that do not need it.
-    from botocore.exceptions import BotoCoreError, ClientError
-    return ValueError, OSError, RuntimeError, BotoCoreError, ClientError
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = COMMANDS[args.command](args)
     except readable_errors() as exc:
         # Library errors are written to be read: print them without a traceback.
-        from gan_core.storage import setup_hint
         print(f"ganforge {args.command}: error: {exc}{setup_hint(exc)}", file=sys.stderr)
         return 1
     if result is not None:

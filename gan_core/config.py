@@ -295,3 +295,16 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         problem = f": {exc.problem}" if getattr(exc, "problem", None) else ""
         raise ConfigError(f"{path}: not valid YAML{where}{problem}") from None
     return parse_params(raw, str(path))
+
+
+def override_params(params: Params, overrides: dict[str, object], source: str = "flow parameters") -> Params:
+    """Params with dotted keys replaced ({"generate.num_samples": 10}), validated again; None keeps a value."""
+    raw = params.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        if value is not None:
+            *sections, key = dotted.split(".")
+            node = raw
+            for section in sections:
+                node = node[section]
+            node[key] = value
+    return parse_params(raw, source)

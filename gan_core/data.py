@@ -222,6 +222,12 @@ def default_class_names(num_classes: int) -> list[str]:
     return [str(k) for k in range(num_classes)]
 
 
+def model_class_names(meta: dict) -> list[str]:
+    """A model's class names (meta.json); "0".."K-1" for a conditional model exported before names existed."""
+    names = meta.get("class_names")
+    return list(names) if names is not None else default_class_names(meta["shape"]["num_classes"])
+
+
 def name_classes(data: ImageSet, source: str, class_names: list[str] | None = None) -> ImageSet:
     """`data` with its class names: `class_names` (params) over the source's own, else "0".."K-1"."""
     key = "prepare.class_names" if class_names is not None else f"{source}: class_names"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections.abc import Callable
@@ -18,9 +17,8 @@ from sklearn.metrics import roc_auc_score
 from gan_core import metrics as m
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import EvaluateConfig, Params, RejectionConfig
-from gan_core.data import ImageSet, PreparedData, check_disjoint, load_prepared
+from gan_core.data import ImageSet, PreparedData, check_disjoint, load_prepared, model_class_names
 from gan_core.features import FeatureNet, feature_space, load_or_train_feature_net
-from gan_core.generate import model_class_names
 from gan_core.lineage import check_model_data as check_model_trained_on
 from gan_core.lineage import data_fingerprint
 from gan_core.models import to_unit_range
@@ -294,6 +292,3 @@ def rejection_table(ctx: EvalContext, targets: list[float]) -> list[dict]:
     return [row | {"fd_floor": ctx.fd_floor, "fd_vs_plain": row["fd"] / rows[0]["fd"]} for row in rows]
 
 
-def read_metrics(path: Path) -> dict:
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gan_core.config import GenerateConfig
-from gan_core.data import default_class_names
+from gan_core.data import model_class_names
 from gan_core.png import encode_batch
 from gan_core.progress import progress_bar
 from gan_core.sampling import (Quota, RejectionRule, SampleBatch, TrainedModel, class_indices, fit_to_model,
@@ -46,12 +46,6 @@ def row_schema(class_names: Sequence[str]) -> pa.Schema:
         pa.field("seed", pa.int64()),       # regenerates the sample alone
         pa.field("d_score", pa.float64()),  # discriminator probability of "real"
     ], metadata={"huggingface": json.dumps({"info": {"features": features}})})
-
-
-def model_class_names(meta: dict) -> list[str]:
-    """A model's class names (meta.json); "0".."K-1" for a conditional model exported before names existed."""
-    names = meta.get("class_names")
-    return list(names) if names is not None else default_class_names(meta["shape"]["num_classes"])
 
 
 class OutOfSpaceError(OSError):
@@ -189,4 +183,4 @@ def summarize(results: list[ShardResult], rule: RejectionRule | None, cfg: Gener
     return {"sample_count": rows, "candidates": candidates, "acceptance_rate": rows / candidates,
             "rejection": rejection, "shard_files": [str(r.path) for r in sorted(results, key=lambda r: r.index)],
             "class_counts": dict(sorted(per_class.items(), key=lambda item: int(item[0]))) or None,
-            "truncation": cfg.truncation}
+            "truncation": cfg.truncation, "schema_version": SCHEMA_VERSION}

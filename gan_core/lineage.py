@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import hashlib
 import json
+import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
-from gan_core.checkpoint import sha256_file
+from gan_core.checkpoint import read_metrics, sha256_file
 from gan_core.config import Params
+from gan_core.data import BUNDLED_DIGITS, model_class_names
+from gan_core.layout import Layout
 
 PACKAGE = Path(__file__).resolve().parent
 # Train settings that change how fast or where a run goes, not what it learns. `threads` and `device`
@@ -123,3 +129,123 @@ def check_model_data(model: str, meta: dict, prepared: Path, data_fp: dict) -> N
                            f"differ; sha256 {_short(data_fp['sha256'])} vs {_short(trained_on['sha256'])}): did "
                            "prepare.source, prepare.seed or a split fraction change since training? Prepare the "
                            "data it was trained on, or train again")
+
+
+# --- provenance and manifests: what a published model or dataset came from ------------------
+
+GENERATOR = "ema.safetensors"  # the weights generation samples from
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The model a stage uses: the local DVC output, or a published version fetched from S3."""
+
+    directory: Path
+    uri: str | None = None  # s3://BUCKET/models/NAME/VERSION/ when fetched
+    metrics: dict = field(default_factory=dict)  # its evaluation metrics
+    version: str | None = None  # when fetched
+    provenance: dict | None = None  # when fetched: its own manifest's (git, dvc, params)
+
+    def record(self) -> dict:
+        """What a dataset manifest says about the model that made it (`model`)."""
+        sha256 = sha256_file(self.directory / GENERATOR) if (self.directory / GENERATOR).is_file() else None
+        return {"uri": self.uri, "version": self.version, "sha256": sha256, "provenance": self.provenance,
+                "metrics": self.metrics}
+
+
+def local_model(params: Params, layout: Layout = Layout()) -> ModelSource:
+    return ModelSource(layout.model(params), metrics=read_metrics(layout.metrics))
+
+
+def git_revision(root: Path = Path("."), exclude: tuple[Path, ...] | list[Path] = ()) -> dict:
+    """HEAD, and whether anything but the `exclude`d paths differs from it (untracked files included)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+    pathspec = ["--", "."] + [f":(exclude){Path(p).relative_to(root).as_posix()}" for p in exclude]
+    try:
+        revision = git("rev-parse", "HEAD").strip()
+        changed = [line[3:] for line in git("status", "--porcelain", *pathspec).splitlines()]
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return {"revision": None, "dirty": None, "changed": []}
+    return {"revision": revision, "dirty": bool(changed), "changed": changed[:20]}
+
+
+def dvc_hash(path: Path, locked: dict[str, str], root: Path = Path(".")) -> dict:
+    """DVC's md5 of a file or folder as it is now, and whether dvc.lock records that same hash."""
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+    from dvc_objects.fs.memory import MemoryFileSystem
+
+    relpath = Path(path).relative_to(root).as_posix()
+    md5 = None
+    if Path(path).exists():
+        _, _, obj = build(HashFileDB(MemoryFileSystem(), "/"), str(path), LocalFileSystem(), "md5", dry_run=True)
+        md5 = obj.hash_info.value
+    return {"path": relpath, "md5": md5, "in_dvc_lock": md5 is not None and locked.get(relpath) == md5}
+
+
+def locked_outputs(lock: Path) -> dict[str, str]:
+    """dvc.lock's md5 of every stage output, by path."""
+    try:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    except FileNotFoundError:
+        return {}
+    return {out["path"]: out.get("md5") for stage in stages.values() for out in stage.get("outs", [])}
+
+
+def source_hash(source: str) -> dict:
+    """The md5 that `dvc add` recorded for the raw source in its .dvc file, when it has one."""
+    dvc_file = Path(source + ".dvc")
+    if source == BUNDLED_DIGITS or not dvc_file.is_file():
+        return {"path": source, "md5": None}
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return {"path": source, "md5": outs[0].get("md5")}
+
+
+def provenance(params: Params, layout: Layout = Layout(), fetched_model: bool = False) -> dict:
+    """What a published manifest came from: code revision, DVC hashes of its data and model, params.
+
+    With a fetched model, the local data, model and training params made none of it: only the code
+    and the generate params are this checkout's; the model's own provenance is in `model`.
+    """
+    checkout = Layout(layout.project)
+    revision = git_revision(checkout.root, exclude=checkout.outputs(params))
+    if fetched_model:
+        return {"git": revision, "dvc": {}, "params": {"generate": params.generate.model_dump(mode="json")}}
+    locked = locked_outputs(layout.lock)
+    return {"git": revision,
+            "dvc": {"source": source_hash(params.prepare.source),
+                    "data": dvc_hash(layout.prepared(params), locked, layout.root),
+                    "model": dvc_hash(layout.model(params), locked, layout.root)},
+            "params": params.model_dump(mode="json")}
+
+
+def generator_sha256(model_dir: Path) -> str | None:
+    return read_metrics(model_dir / "meta.json").get("files", {}).get("ema.safetensors")
+
+
+def generation_inputs(params: Params, model: ModelSource) -> dict:
+    """What makes a dataset publication this run's own: a version with other inputs is another run's."""
+    return {"model_sha256": generator_sha256(model.directory), "model": params.model.model_dump(mode="json"),
+            "generate": params.generate.model_dump(mode="json"), "sample_count": params.generate.num_samples}
+
+
+def training_inputs(params: Params) -> dict:
+    """What makes a model publication this run's own: the data and every setting that trains it."""
+    return {section: getattr(params, section).model_dump(mode="json")
+            for section in ("prepare", "model", "train", "features")}
+
+
+def build_manifest(params: Params, summary: dict, version: str, layout: Layout = Layout(),
+                   model: ModelSource | None = None) -> dict:
+    model = model or local_model(params, layout)
+    record = model.record()
+    return {"inputs": generation_inputs(params, model), "name": params.generate.name, "version": version,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "generator_sha256": record["sha256"], **provenance(params, layout, fetched_model=model.uri is not None),
+            "sample_count": summary["sample_count"], "acceptance_rate": summary["acceptance_rate"],
+            "rejection": summary["rejection"], "model_uri": model.uri, "metrics": model.metrics, "model": record,
+            "class_names": model_class_names(read_metrics(model.directory / "meta.json")),
+            "schema_version": summary["schema_version"], "class_counts": summary["class_counts"],
+            "truncation": summary["truncation"]}

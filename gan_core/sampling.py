@@ -21,6 +21,16 @@ W_AVG_SEED, W_AVG_SAMPLES = 20_261_201, 4096
 Quota = list[tuple[int | None, int]]  # (class, rows) of one shard; class None: every class in turn
 
 
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
 @dataclass
 class TrainedModel:
     generator: Generator  # the EMA generator: what sampling uses

@@ -27,7 +27,8 @@ import botocore.session
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from botocore.exceptions import ConnectionError as S3ConnectionError
+
+from gan_core.errors import S3_SETUP_HINT, setup_hint  # noqa: F401  (setup_hint: the CLI's and flows' import)
 
 log = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
@@ -38,16 +39,6 @@ CLAIM = "_publishing.json"  # held while a version is being published; '_': Parq
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_WORKERS = 4
 TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=16 * 2**20, max_concurrency=4)
-
-
-S3_SETUP_HINT = ("run `source .ganforge/s3.env` (written by `make run` or `ganforge s3 start`), or set "
-                 "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-
-
-def setup_hint(error: BaseException) -> str:
-    """What to do next when ERROR comes from S3 not being configured in this shell, else ""."""
-    unset = not (os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"))
-    return f" (no S3 endpoint set: {S3_SETUP_HINT})" if unset and isinstance(error, S3ConnectionError) else ""
 
 
 class StorageError(ValueError):

@@ -24,23 +24,13 @@ from gan_core.features import FeatureNet, load_or_train_feature_net
 from gan_core.metrics import frechet_distance
 from gan_core.models import DataShape, Discriminator, Generator, count_parameters, to_unit_range
 from gan_core.progress import progress_bar
-from gan_core.sampling import latents_for_seeds, shard_seeds
+from gan_core.sampling import pick_device, latents_for_seeds, shard_seeds
 
 LOG_EVERY = 20  # steps per row of the loss log
 LOG_COLUMNS = ["step", "d_loss", "g_loss", "d_real", "d_fake"]
 SELECTION_COLUMNS = ["step", "fd_validation"]
 MODULES = ("generator", "discriminator", "ema")
 EMA_WARMUP = 3  # see update_ema
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def set_threads(threads: int) -> None:

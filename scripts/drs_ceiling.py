@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from gan_core.config import load_params
 from gan_core.evaluate import BATCH_SIZE, chunked_fd, build_context, quality_with_rejection
 from gan_core.sampling import load_model, rejection_sample
-from gan_core.stages import Layout
+from gan_core.layout import Layout
 from gan_core.train import pick_device
 
 

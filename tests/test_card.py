@@ -18,7 +18,10 @@ from gan_core import storage
 from gan_core.card import CARD_FILES, CELL, metrics_table, nearest_training
 from gan_core.cli import main
 from gan_core.data import load_prepared, prepare_dataset
-from gan_core.stages import Layout, run_evaluate, run_generate, run_publish, run_train
+from gan_core.layout import Layout
+from gan_core.stages.evaluate import run_evaluate
+from gan_core.stages.generate import run_generate, run_publish
+from gan_core.stages.train import run_train
 from tests.helpers import prepared_digits, tiny_params
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -15,7 +15,7 @@ import yaml
 
 from gan_core import registry, storage
 from gan_core.s3server import free_port
-from gan_core.stages import default_version
+from gan_core.layout import default_version
 from tests.helpers import ROOT, make_project, run, tiny_project_params
 
 BIN = Path(sys.executable).parent

@@ -15,7 +15,10 @@ from gan_core.features import cache_key, load_or_train_feature_net
 from gan_core.models import to_unit_range
 from gan_core.lineage import LineageError
 from gan_core.sampling import SampleBatch, load_model
-from gan_core.stages import Layout, run_evaluate, run_prepare, run_train
+from gan_core.layout import Layout
+from gan_core.stages.evaluate import run_evaluate
+from gan_core.stages.prepare import run_prepare
+from gan_core.stages.train import run_train
 from gan_core.train import train
 from tests.helpers import prepared_digits, tiny_params
 
@@ -70,7 +73,7 @@ def test_held_out_images_as_generated(split, net, tmp_path):
 
 
 def test_wrong_labels_and_blank_images_score_badly(split, net, tmp_path):
-    train_set, test_set = split.train, split.test
+    test_set = split.test
     relabelled = ImageSet(test_set.images, (test_set.labels + 1) % 10)
     ctx = context(split, net, relabelled, tmp_path)
     assert EVALUATORS["label_consistency"](ctx)["label_consistency"] < 0.3
@@ -179,7 +182,10 @@ def test_evaluator_cache_key_follows_its_code(split, tmp_path, monkeypatch):
 
 
 def test_unlabelled_data_is_flagged_and_measured_by_a_trained_evaluator(tmp_path):
-    from gan_core.stages import Layout, run_evaluate, run_prepare, run_train
+    from gan_core.layout import Layout
+    from gan_core.stages.evaluate import run_evaluate
+    from gan_core.stages.prepare import run_prepare
+    from gan_core.stages.train import run_train
     from tests.helpers import write_digit_images
 
     layout = Layout(tmp_path)

@@ -79,12 +79,12 @@ def test_two_generation_deployment_runs_keep_their_own_shards(checkout, s3_env, 
 
 
 def test_a_training_deployment_run_leaves_the_checkouts_outputs_alone(checkout, s3_env, prefect_api_url, monkeypatch):
-    from flows.train import train_flow
+    from flows.training import training_flow
 
     root, dataset = checkout
     as_deployment_run(monkeypatch)
     write_project_params(root / "params.yaml", dataset)
-    summary = train_flow(prepare_data=True, publish=True, bucket=s3_env.bucket, version="v2")
+    summary = training_flow(prepare_data=True, publish=True, bucket=s3_env.bucket, version="v2")
     assert summary["model_uri"] == f"s3://{s3_env.bucket}/models/{dataset}/v2/"
     manifest = storage.read_manifest(s3_env.bucket, dataset, "v2", storage.MODELS_PREFIX)
     assert manifest["inputs"]["prepare"]["dataset"] == dataset and "d_auc" in manifest["metrics"]

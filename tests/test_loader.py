@@ -19,7 +19,12 @@ from gan_core.config import ConfigError, parse_params
 from gan_core.data import DataError, ImageSet, load_prepared, name_classes
 from gan_core.generate import SCHEMA_VERSION, generate_dataset
 from gan_core.sampling import load_model
-from gan_core.stages import Layout, ModelSource, run_evaluate, run_generate, run_prepare, run_publish, run_train
+from gan_core.layout import Layout
+from gan_core.lineage import ModelSource
+from gan_core.stages.evaluate import run_evaluate
+from gan_core.stages.generate import run_generate, run_publish
+from gan_core.stages.prepare import run_prepare
+from gan_core.stages.train import run_train
 from tests.helpers import tiny_params
 from tests.test_user_data import cli_json
 

@@ -32,18 +32,18 @@ def nightly_generation(bucket: str, version: str) -> dict:
 
 def test_a_model_that_fails_the_gate_never_reaches_nightly_generation(s3_env, prefect_api_url, tmp_path,
                                                                         monkeypatch):
-    from flows.train import train_flow
+    from flows.training import training_flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))
     bucket, good, bad = s3_env.bucket, "20261130T020000Z", "20261201T020000Z"
-    train_flow(write_params(tmp_path / "params.yaml", PASSING), prepare_data=True, publish=True, bucket=bucket,
+    training_flow(write_params(tmp_path / "params.yaml", PASSING), prepare_data=True, publish=True, bucket=bucket,
                version=good)
     assert registry.production_version(bucket, NAME) == good
 
-    state = train_flow(write_params(tmp_path / "bad.yaml", FAILING), publish=True, bucket=bucket, version=bad,
+    state = training_flow(write_params(tmp_path / "bad.yaml", FAILING), publish=True, bucket=bucket, version=bad,
                        return_state=True)
     assert state.is_failed() and "quality gate failed: fd_ratio" in state.message, state.message
     assert [(m["version"], m["production"]) for m in registry.list_models(bucket, NAME)] == [(good, True),

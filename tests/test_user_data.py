@@ -13,7 +13,11 @@ from PIL import Image
 
 from gan_core import cli
 from gan_core.data import DataError, image_hashes, load_prepared
-from gan_core.stages import Layout, run_evaluate, run_generate, run_prepare, run_publish, run_train
+from gan_core.layout import Layout
+from gan_core.stages.evaluate import run_evaluate
+from gan_core.stages.generate import run_generate, run_publish
+from gan_core.stages.prepare import run_prepare
+from gan_core.stages.train import run_train
 from tests.helpers import prepared_digits, tiny_params, write_digit_images
 
 

@@ -1,0 +1,79 @@
+"""Generate stage: a model -> Parquet shards (fanned out or not) -> a dataset version in S3 with its card."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+from gan_core import storage
+from gan_core.card import CardSources, write_card
+from gan_core.checkpoint import write_json_atomic
+from gan_core.config import Params
+from gan_core.generate import ShardResult, generate_dataset, generate_shard, plan_shards, rejection_rule, summarize
+from gan_core.layout import Layout, default_version
+from gan_core.lineage import ModelSource, build_manifest, local_model
+from gan_core.sampling import RejectionRule, load_model, pick_device
+
+
+def sample_overrides(num_samples: int | None, class_counts: dict | None) -> dict[str, object]:
+    """Overrides of the output's size: class counts alone also set num_samples (their sum) in place of the file's."""
+    if class_counts and num_samples is None:
+        num_samples = sum(class_counts.values())
+    return {"generate.num_samples": num_samples, "generate.class_counts": class_counts}
+
+
+def run_generate(params: Params, out_dir: Path, layout: Layout = Layout()) -> dict:
+    """Shards into `out_dir` (emptied first) plus what the manifest records about them."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    model = load_model(layout.model(params), pick_device(params.train.device))
+    return generate_dataset(model, params.generate, out_dir)
+
+
+# --- generation fanned out: a plan, one call per shard (any order, any host), a summary ----------
+
+def plan_generation(params: Params, model_dir: Path, out_dir: Path) -> dict:
+    """Empty `out_dir`; fit the rejection rule once; list each shard's (index, quota: [(class, rows)])."""
+    cfg = params.generate
+    shutil.rmtree(out_dir, ignore_errors=True)
+    Path(out_dir).mkdir(parents=True)
+    model = load_model(model_dir, pick_device(params.train.device))
+    rule = rejection_rule(model, cfg)
+    return {"rule": asdict(rule) if rule else None,
+            "shards": [(i, [list(part) for part in quota]) for i, quota in enumerate(plan_shards(model, cfg))]}
+
+
+def run_shard(params: Params, model_dir: Path, index: int, quota: list, rule: dict | None, out_dir: Path) -> dict:
+    model = load_model(model_dir, pick_device(params.train.device))
+    result = generate_shard(model, index, quota, params.generate, RejectionRule(**rule) if rule else None, out_dir)
+    return {**asdict(result), "path": str(result.path)}
+
+
+def summarize_shards(params: Params, results: list[dict], rule: dict | None) -> dict:
+    shards = [ShardResult(**{**r, "path": Path(r["path"])}) for r in results]
+    return summarize(shards, RejectionRule(**rule) if rule else None, params.generate)
+
+
+def publication_version(version: str | None) -> str:
+    """VERSION checked before any work (a hostile one would otherwise fail only at upload), or the UTC time."""
+    return storage.validate_name("version", default_version() if version is None else version)
+
+
+def run_publish(params: Params, summary: dict, version: str, bucket: str, layout: Layout = Layout(),
+                model: ModelSource | None = None, prefix: str = "datasets") -> str:
+    model = model or local_model(params, layout)
+    manifest = build_manifest(params, summary, version, layout, model)
+    shards = [Path(p) for p in summary["shard_files"]]
+    card = write_card(shards[0].parent / storage.EXTRA_FOLDER, CardSources(
+        manifest, storage.version_uri(bucket, prefix, params.generate.name, version), shards,
+        layout.prepared(params), model.directory, layout.plots, params.generate.license))
+    uri = storage.publish_dataset(shards, bucket=bucket, name=params.generate.name, version=version,
+                                  manifest=manifest, prefix=prefix, extra_files=card)
+    # Beside the shards, wherever this run wrote them (the DVC out, or a run folder of its own).
+    write_json_atomic(shards[0].parent / "_published.json", {"uri": uri, "version": version})
+    return uri
+
+
+def card_uri(dataset_uri: str) -> str:
+    """The report page of a published version's card (`ganforge show NAME --version V` fetches it)."""
+    return f"{dataset_uri.rstrip('/')}/{storage.EXTRA_FOLDER}/report.html"
