@@ -1,7 +1,8 @@
 """Seconds per training step and peak memory at one resolution, default model widths, one torch thread.
 
-`python scripts/step_cost.py 32 1` (32x32 grey) or `python scripts/step_cost.py 64 3` (64x64 RGB): one
-process per figure, so that its peak resident memory is that resolution's alone.
+`python scripts/step_cost.py 32 1` (32x32 grey) or `python scripts/step_cost.py 64 3` (64x64 RGB), optionally
+followed by model settings (`d_channels=32`): one process per figure, so that its peak resident memory is
+that resolution's alone.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from gan_core.train import build_state, train_step
 WARMUP, STEPS = 3, 20
 
 
-def main(resolution: int, channels: int) -> None:
+def main(resolution: int, channels: int, model: dict[str, str]) -> None:
     torch.set_num_threads(1)
-    params = Params.model_validate({"train": {"device": "cpu", "threads": 1}})
+    params = Params.model_validate({"train": {"device": "cpu", "threads": 1}, "model": model})
     shape = DataShape(resolution, channels, num_classes=10)
     state = build_state(params, shape, torch.device("cpu"))
     batch = params.train.batch_size
@@ -38,4 +39,4 @@ def main(resolution: int, channels: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    main(int(sys.argv[1]), int(sys.argv[2]), dict(arg.split("=", 1) for arg in sys.argv[3:]))

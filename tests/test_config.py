@@ -1,5 +1,6 @@
 """params.yaml parsing: defaults, and errors that name the key before any work starts."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,14 @@ def test_split_fractions_must_leave_a_training_split(tmp_path):
         load_params(write(tmp_path, "prepare:\n  validation_fraction: 0.5\n  test_fraction: 0.5\n"))
     with pytest.raises(ConfigError, match="unknown key prepare.holdout_fraction"):
         load_params(write(tmp_path, "prepare:\n  holdout_fraction: 0.3\n"))
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("prepare:\n  resolution: 28\n", "prepare.resolution: must be auto or a power of two >= 8 (got 28)"),
+    ("prepare:\n  resolution: 4\n", "prepare.resolution: must be auto or a power of two >= 8 (got 4)"),
+    ("prepare:\n  transform: stretch\n", "prepare.transform: input should be 'pad', 'center-crop' or 'resize'"),
+])
+def test_resolution_and_transform_are_checked(tmp_path, text, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_params(write(tmp_path, text))
+    assert load_params(write(tmp_path, "prepare:\n  resolution: 64\n")).prepare.resolution == 64

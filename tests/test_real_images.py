@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from gan_core.config import load_params
@@ -184,6 +185,11 @@ def test_64x64_rgb_folder_trains_and_publishes(s3_env, tmp_path):
     assert sample.shape == (64, 64, 3) and sample.std() > 0
 
 
-def test_the_fashion_mnist_example_parameters_parse():
-    params = load_params(ROOT / "examples" / "fashion-mnist" / "params.yaml")
-    assert params.prepare.test_source and params.prepare.resolution in ("auto", 32)
+def test_the_fashion_mnist_parameters_parse_and_have_every_key_of_params_yaml():
+    # Copied over params.yaml, so dvc.yaml's ${...} and params lists must find the same keys.
+    example = ROOT / "examples" / "fashion-mnist" / "params.yaml"
+    params = load_params(example)
+    assert params.prepare.test_source == "data/raw/fashion-mnist/t10k-images-idx3-ubyte.gz"
+    keys = lambda tree, at="": {f"{at}{k}" for k, v in tree.items()} | {  # noqa: E731
+        key for k, v in tree.items() if isinstance(v, dict) for key in keys(v, f"{at}{k}.")}
+    assert keys(yaml.safe_load(example.read_text())) == keys(yaml.safe_load((ROOT / "params.yaml").read_text()))
