@@ -62,12 +62,15 @@ def _opened(path: Path):
         raise DataError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
 
 
+def _rotated(img) -> bool:
+    # JPEG only: its EXIF is in the header, while a PNG's getexif() decodes the whole image.
+    return img.format == "JPEG" and img.getexif().get(0x0112) in ROTATED
+
+
 def _header(path: Path, transform: str) -> tuple[int, bool]:
     """The squared side and whether it is RGB, from the file's header alone (nothing decoded)."""
     with _opened(path) as img:
-        width, height = img.size
-        if img.getexif().get(0x0112) in ROTATED:
-            width, height = height, width
+        width, height = img.size[::-1] if _rotated(img) else img.size
         return squared_side(height, width, transform), img.mode not in GREY_MODES
 
 
@@ -76,9 +79,9 @@ def _read_image(path: Path, mode: str) -> np.ndarray:
 
     with _opened(path) as img:
         try:
-            return np.asarray(ImageOps.exif_transpose(img).convert(mode))
+            return np.asarray((ImageOps.exif_transpose(img) if _rotated(img) else img).convert(mode))
         except (OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+            raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
 
 
 def class_folders(folder: Path, files: list[Path]) -> list[str]:

@@ -193,3 +193,21 @@ def test_the_fashion_mnist_parameters_parse_and_have_every_key_of_params_yaml():
     keys = lambda tree, at="": {f"{at}{k}" for k, v in tree.items()} | {  # noqa: E731
         key for k, v in tree.items() if isinstance(v, dict) for key in keys(v, f"{at}{k}.")}
     assert keys(yaml.safe_load(example.read_text())) == keys(yaml.safe_load((ROOT / "params.yaml").read_text()))
+
+
+def test_a_jpeg_is_turned_upright_by_its_exif_orientation(tmp_path):
+    layout = Layout(tmp_path)
+    for index in range(10):
+        array = np.zeros((8, 40), np.uint8)  # stored wide; orientation 6: shown rotated, tall
+        array[1:-1, 1:-1] = 150 + index * 10
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        path = layout.raw / "photos" / f"{index}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(path, quality=95, exif=exif)
+    params = tiny_params(prepare__source=str(layout.raw / "photos"), prepare__dataset="photos",
+                         prepare__transform="resize", prepare__resolution=32)
+    run_prepare(params, layout)
+    images = load_prepared(layout.prepared(params)).train.images[:, 0].astype(int)
+    assert images.shape[1:] == (32, 32)  # 40 high -> 32, 8 wide -> 6, centred from column 13
+    assert images[:, 8:24, 14:18].min() > 100 and images[:, :, :10].max() < 30 and images[:, :, 22:].max() < 30
