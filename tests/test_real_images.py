@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from gan_core.config import load_params
-from gan_core.data import DataError, image_hashes, load_image_folder, load_prepared
+from gan_core.data import DataError, image_hashes, load_image_folder, load_prepared, prepare_dataset
 from gan_core.stages import Layout, run_generate, run_prepare, run_publish, run_train
 from gan_core.transform import fit_square
 from tests.helpers import ROOT, mnist_like, tiny_params, write_digit_images, write_idx
@@ -150,7 +150,7 @@ def test_a_mixed_size_folder_with_grey_and_rgb_is_accepted_and_deterministic(tmp
     run_prepare(params, layout)
     assert layout.prepared(params).read_bytes() == first
     everything = np.concatenate([part.images for part in load_prepared(layout.prepared(params)).splits().values()])
-    grey = (everything[:, 0] == everything[:, 1]).all(axis=(1, 2)) & (everything[:, 1] == everything[:, 2]).all(axis=(1, 2))
+    grey = ((everything[:, 0] == everything[:, 1]) & (everything[:, 1] == everything[:, 2])).all(axis=(1, 2))
     assert grey.sum() == 12  # the grey images, made RGB; the 4 RGB ones have colour
 
 
@@ -164,6 +164,14 @@ def test_a_folder_is_read_into_one_array_with_bounded_memory(tmp_path):
     finally:
         tracemalloc.stop()
     assert data.images.shape == (300, 3, 64, 64)
+    assert peak < 2 * data.images.nbytes, (peak, data.images.nbytes)
+    # The whole prepare too: the splits are that array reordered in place, not copies of it.
+    tracemalloc.start()
+    try:
+        prepare_dataset(str(tmp_path / "many"), tmp_path / "many.npz", 0.15, 0.15, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert peak < 2 * data.images.nbytes, (peak, data.images.nbytes)
     files = sorted((tmp_path / "many").rglob("*.png"))
     simple = np.stack([fit_square(np.asarray(Image.open(p).convert("RGB")), 64, "pad") for p in files])
