@@ -53,7 +53,10 @@ class Section(BaseModel):
 
 class PrepareConfig(Section):
     dataset: SafeName = "digits"
-    source: str = "bundled:digits"  # "bundled:digits", a folder of images, or an .npz file
+    source: str = "bundled:digits"  # "bundled:digits", a folder of images, an .npz or an IDX images file
+    test_source: str | None = None  # an official test split: the test part, instead of test_fraction
+    resolution: Literal["auto"] | int = "auto"  # side of the square images; auto: smallest power of two holding them
+    transform: Literal["pad", "center-crop", "resize"] = "pad"
     validation_fraction: float = Field(0.15, gt=0.0, lt=1.0)  # per class: checkpoint selection and tuning
     test_fraction: float = Field(0.15, gt=0.0, lt=1.0)  # per class: the reported metrics only
     seed: int = Field(0, ge=0)
@@ -67,6 +70,13 @@ class PrepareConfig(Section):
         if names is not None and len(set(names)) != len(names):
             raise ValueError("class names must be distinct")
         return names
+
+    @field_validator("resolution")
+    @classmethod
+    def _power_of_two(cls, value):
+        if value != "auto" and (value < 8 or value & (value - 1)):
+            raise ValueError("must be auto or a power of two >= 8")
+        return value
 
     @model_validator(mode="after")
     def _leaves_training_images(self):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gan_core.transform import fill_images, pick_resolution, square_array, squared_side
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 BUNDLED_DIGITS = "bundled:digits"
 
@@ -48,54 +50,73 @@ def load_bundled_digits() -> ImageSet:
     return ImageSet(images[:, None], digits.target.astype(np.int64))
 
 
-def _check_square_pow2(images: np.ndarray, source: str) -> None:
-    height, width = images.shape[-2:]
-    if height != width or height < 8 or height & (height - 1):
-        raise DataError(f"{source}: images must be square with a power-of-two side >= 8 (got {height}x{width})")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _opened(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img.load()
-            mode = "L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
-            return np.asarray(img.convert(mode))
+        return Image.open(path)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
 
 
-def load_image_folder(folder: Path) -> ImageSet:
-    """Images in `folder`; a sub-folder per class gives labels, a flat folder gives none."""
+def _rotated(img) -> bool:
+    # JPEG only: its EXIF is in the header, while a PNG's getexif() decodes the whole image.
+    return img.format == "JPEG" and img.getexif().get(0x0112) in ROTATED
+
+
+def _header(path: Path, transform: str) -> tuple[int, bool]:
+    """The squared side and whether it is RGB, from the file's header alone (nothing decoded)."""
+    with _opened(path) as img:
+        width, height = img.size[::-1] if _rotated(img) else img.size
+        return squared_side(height, width, transform), img.mode not in GREY_MODES
+
+
+def _read_image(path: Path, mode: str) -> np.ndarray:
+    from PIL import ImageOps
+
+    with _opened(path) as img:
+        try:
+            return np.asarray((ImageOps.exif_transpose(img) if _rotated(img) else img).convert(mode))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+
+
+def class_folders(folder: Path, files: list[Path]) -> list[str]:
+    return sorted({p.parent.relative_to(folder).as_posix() for p in files})
+
+
+def image_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{folder}: no PNG or JPEG images found")
-    classes = sorted({p.parent.relative_to(folder).as_posix() for p in files})
+    return files
+
+
+def load_image_folder(folder: Path, resolution: int | str = "auto", transform: str = "pad") -> ImageSet:
+    """Images in `folder`; a sub-folder per class gives labels, a flat folder gives none.
+
+    Two passes, so that memory holds one copy of the decoded data: sizes and modes from the headers, then
+    each image decoded, squared and written into one preallocated array. Any RGB image makes all RGB.
+    """
+    files = image_files(folder)
+    classes = class_folders(folder, files)
     if "." in classes and len(classes) > 1:
         raise DataError(f"{folder}: images both at the top level ({files[0].name}) and in sub-folders: "
                         "use one sub-folder per class, or none")
+    sides, rgb = zip(*(_header(path, transform) for path in files))
+    mode = "RGB" if any(rgb) else "L"
+    images = fill_images((_read_image(path, mode) for path in files), len(files), 3 if any(rgb) else 1,
+                         pick_resolution(max(sides), resolution), transform, str(folder))
     labelled = classes != ["."]
-    arrays, labels = [], []
-    for path in files:
-        array = _read_image(path)
-        if arrays and array.shape != arrays[0].shape:
-            raise DataError(f"{path}: {_describe_shape(array.shape)} differs from "
-                            f"{files[0]}: {_describe_shape(arrays[0].shape)}; resize them all to one size")
-        arrays.append(array)
-        labels.append(classes.index(path.parent.relative_to(folder).as_posix()) if labelled else -1)
-    stacked = np.stack(arrays)
-    images = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
-    _check_square_pow2(images, str(folder))
-    return ImageSet(np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64),
-                    tuple(classes) if labelled else ())
+    labels = [classes.index(path.parent.relative_to(folder).as_posix()) if labelled else -1 for path in files]
+    return ImageSet(images, np.asarray(labels, dtype=np.int64), tuple(classes) if labelled else ())
 
 
-def _describe_shape(shape: tuple[int, ...]) -> str:
-    return f"{shape[1]}x{shape[0]} {'RGB' if len(shape) == 3 else 'grey'}"
-
-
-def load_npz(path: Path) -> ImageSet:
+def load_npz(path: Path, resolution: int | str = "auto", transform: str = "pad") -> ImageSet:
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "images" not in npz:
@@ -117,21 +138,36 @@ def load_npz(path: Path) -> ImageSet:
         raise DataError(f"{path}: 'images' must be uint8 0..255 (got {images.dtype})")
     if len(labels) != len(images):
         raise DataError(f"{path}: {len(labels)} labels for {len(images)} images")
-    _check_square_pow2(images, str(path))
+    images = square_array(images, resolution, transform, str(path))
     return ImageSet(np.ascontiguousarray(images), labels.astype(np.int64), names)
 
 
-def load_source(source: str) -> ImageSet:
+def load_idx(path: Path, resolution: int | str = "auto", transform: str = "pad") -> ImageSet:
+    from gan_core.idx import read_idx_pair
+
+    images, labels = read_idx_pair(path)
+    if len(images) == 0:
+        raise DataError(f"{path}: no images")
+    return ImageSet(square_array(images[:, None], resolution, transform, str(path)), labels)
+
+
+def load_source(source: str, resolution: int | str = "auto", transform: str = "pad") -> ImageSet:
+    from gan_core.idx import images_file_in, is_idx_images
+
     if source == BUNDLED_DIGITS:
         return load_bundled_digits()
     path = Path(source)
+    idx_images = images_file_in(path) if path.is_dir() else path if is_idx_images(path) else None
+    if idx_images is not None:
+        return load_idx(idx_images, resolution, transform)
     if path.is_dir():
-        return load_image_folder(path)
+        return load_image_folder(path, resolution, transform)
     if path.suffix == ".npz" and path.is_file():
-        return load_npz(path)
+        return load_npz(path, resolution, transform)
     if not path.exists():
         raise DataError(f"prepare.source: {source} not found (did you `dvc pull` or `dvc add` it?)")
-    raise DataError(f"prepare.source: {source!r} is not {BUNDLED_DIGITS!r}, an image folder or an .npz file")
+    raise DataError(f"prepare.source: {source!r} is not {BUNDLED_DIGITS!r}, an image folder, an .npz file or "
+                    "an IDX images file (*-images-idx3-ubyte[.gz], *.idx)")
 
 
 def image_hashes(images: np.ndarray) -> np.ndarray:
@@ -139,37 +175,54 @@ def image_hashes(images: np.ndarray) -> np.ndarray:
     return np.array([hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() for image in images])
 
 
-def deduplicate(data: ImageSet) -> tuple[ImageSet, int]:
-    """The first copy of each distinct image (and its label); how many later copies were dropped.
+def distinct(images: np.ndarray, exclude: set[str] = frozenset()) -> np.ndarray:
+    """Indices of the first copy of each distinct image (sha256 of its bytes) not among `exclude`.
 
     A copy in two splits would put a training image into the validation or test set.
     """
-    _, first = np.unique(image_hashes(data.images), return_index=True)
-    keep = np.sort(first)
-    return replace(data, images=data.images[keep], labels=data.labels[keep]), len(data.labels) - len(keep)
+    seen, keep = set(exclude), []
+    for index, digest in enumerate(image_hashes(images)):
+        if digest not in seen:
+            seen.add(digest)
+            keep.append(index)
+    return np.asarray(keep, dtype=np.int64)
 
 
-def split(data: ImageSet, validation_fraction: float, test_fraction: float,
-          seed: int) -> tuple[ImageSet, ImageSet, ImageSet]:
-    """Seeded train / validation / test parts, stratified by label so that every class is in each.
+def split_parts(labels: np.ndarray, validation_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Per image 0 (train), 1 (validation) or 2 (test): seeded, stratified so that every class is in each.
 
     Each class's permutation puts held-out images first: round(n * (validation + test)) of them, the
     last round(n * test) for test. The training part is the one a single held-out share would leave.
+    test_fraction 0 (an official test split given elsewhere) leaves no test part.
     """
     rng = np.random.default_rng(seed)
-    part = np.zeros(len(data.labels), dtype=np.int8)  # 0 train, 1 validation, 2 test
-    for label in np.unique(data.labels):
-        members = rng.permutation(np.flatnonzero(data.labels == label))
+    part = np.zeros(len(labels), dtype=np.int8)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
         held = int(round(len(members) * (validation_fraction + test_fraction)))
         test = int(round(len(members) * test_fraction))
         part[members[:held - test]], part[members[held - test:held]] = 1, 2
-        if held == len(members) or held - test < 1 or test < 1:
+        if held == len(members) or held - test < 1 or (test_fraction and test < 1):
             what = f"class {label}" if label >= 0 else "the unlabelled data"
             raise DataError(f"{what} has {len(members)} images: too few to split with prepare.validation_fraction="
                             f"{validation_fraction} and prepare.test_fraction={test_fraction} (each part needs "
                             "at least one image of each class)")
-    pick = lambda index: replace(data, images=data.images[part == index], labels=data.labels[part == index])  # noqa: E731
-    return pick(0), pick(1), pick(2)
+    return part
+
+
+def permute_rows(array: np.ndarray, order: np.ndarray) -> None:
+    """array[:len(order)] = array[order] (distinct indices) in place, one row at a time along each cycle,
+    so that no second copy of a large dataset is ever made."""
+    full = np.concatenate([order, np.setdiff1d(np.arange(len(array)), order)])  # row i takes row full[i]
+    done = full == np.arange(len(array))
+    for start in np.flatnonzero(~done):
+        if done[start]:
+            continue
+        saved, row = array[start].copy(), start
+        while full[row] != start:
+            array[row] = array[full[row]]
+            done[row], row = True, full[row]
+        array[row], done[row] = saved, True
 
 
 @dataclass(frozen=True)
@@ -242,12 +295,50 @@ def name_classes(data: ImageSet, source: str, class_names: list[str] | None = No
 
 
 def prepare_dataset(source: str, out_path: Path, validation_fraction: float, test_fraction: float,
-                    seed: int, class_names: list[str] | None = None) -> dict:
-    data, duplicates = deduplicate(name_classes(load_source(source), source, class_names))
-    train, validation, test = split(data, validation_fraction, test_fraction, seed)
-    prepared = PreparedData(train, validation, test, list(data.class_names))
+                    seed: int, resolution: int | str = "auto", transform: str = "pad",
+                    test_source: str | None = None, class_names: list[str] | None = None) -> dict:
+    """De-duplicated, squared, split three ways and saved; with test_source, that is the test split and the
+    source gives training and validation only. The splits are the source's array reordered in place."""
+    data = name_classes(load_source(source, resolution, transform), source, class_names)
+    official_test, test_copies = load_official_test(test_source, data, source, transform) if test_source else (None, 0)
+    keep = distinct(data.images, exclude=set(image_hashes(official_test.images)) if official_test else set())
+    part = split_parts(data.labels[keep], validation_fraction, 0.0 if official_test else test_fraction, seed)
+    order = np.concatenate([keep[part == index] for index in range(3)])
+    permute_rows(data.images, order)
+    labels, bounds = data.labels[order], np.cumsum([0] + [int((part == index).sum()) for index in range(3)])
+    train, validation, test = (ImageSet(data.images[a:b], labels[a:b], data.class_names)
+                               for a, b in zip(bounds, bounds[1:]))
+    prepared = PreparedData(train, validation, official_test or test, list(data.class_names))
     check_disjoint(prepared, source)
     save_prepared(Path(out_path), prepared)
-    return {"train": len(train.labels), "validation": len(validation.labels), "test": len(test.labels),
-            "duplicates_removed": duplicates, "resolution": data.resolution, "channels": data.channels,
-            "classes": data.num_classes}
+    return {"train": len(train.labels), "validation": len(validation.labels), "test": len(prepared.test.labels),
+            "duplicates_removed": len(data.labels) - len(keep) + test_copies, "resolution": train.resolution,
+            "channels": train.channels, "classes": data.num_classes}
+
+
+def load_official_test(test_source: str, data: ImageSet, source: str, transform: str) -> tuple[ImageSet, int]:
+    """prepare.test_source at the source's resolution, de-duplicated (and how many copies were dropped); its
+    channels and classes must be the source's."""
+    loaded = load_source(test_source, data.resolution, transform)
+    keep = distinct(loaded.images)
+    test = ImageSet(loaded.images[keep], loaded.labels[keep], data.class_names)
+    if test.channels != data.channels:
+        raise DataError(f"prepare.test_source: {test_source} has {test.channels} channel(s), prepare.source "
+                        f"{source} {data.channels}")
+    ours, theirs = np.unique(data.labels).tolist(), np.unique(test.labels).tolist()
+    if ours != theirs:
+        raise DataError(f"prepare.test_source: {test_source} has classes {theirs}, prepare.source {source} {ours}")
+    folders = [_class_folder_names(name) for name in (source, test_source)]
+    if None not in folders and folders[0] != folders[1]:
+        raise DataError(f"prepare.test_source: {test_source} has class folders {folders[1]}, prepare.source "
+                        f"{source} {folders[0]}")
+    return test, len(loaded.labels) - len(keep)
+
+
+def _class_folder_names(source: str) -> list[str] | None:
+    from gan_core.idx import images_file_in
+
+    path = Path(source)
+    if not path.is_dir() or images_file_in(path) is not None:
+        return None
+    return class_folders(path, image_files(path))

@@ -77,7 +77,8 @@ def training_fingerprint(params: Params, data_fp: dict) -> dict:
     """What a trained model depends on, plus `id`, the sha256 of all of it as canonical JSON."""
     fingerprint = {
         "data": data_fp,
-        "split": params.prepare.model_dump(include={"source", "validation_fraction", "test_fraction", "seed"}),
+        "split": params.prepare.model_dump(include={"source", "test_source", "resolution", "transform",
+                                                    "validation_fraction", "test_fraction", "seed"}),
         "model": params.model.model_dump(mode="json"),
         "train": params.train.model_dump(mode="json", exclude=NOT_IN_FINGERPRINT),
         "features": params.features.model_dump(mode="json"),  # the evaluator that selects the exported step

@@ -12,6 +12,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from gan_core.config import ModelConfig
 
 BASE_RESOLUTION = 4  # the linear projection's feature map is 4x4; each decoder block doubles it
+MAX_WIDTH = 512  # StyleGAN2's cap: at 64x64 the discriminator's doubling would reach 1,024 channels
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class DecoderBlock(nn.Module):
 
 
 def _block_widths(first: int, count: int, shrink: bool) -> list[int]:
-    return [max(first // 2**i, 16) if shrink else first * 2**i for i in range(count + 1)]
+    return [max(first // 2**i, 16) if shrink else min(first * 2**i, MAX_WIDTH) for i in range(count + 1)]
 
 
 class Generator(nn.Module):

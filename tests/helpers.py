@@ -78,6 +78,29 @@ def write_digit_images(folder: Path, per_class: int, rgb: bool, by_class: bool =
     return paths
 
 
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """An MNIST IDX file of uint8 `array` (3 dimensions: images, 1: labels); gzipped when path ends in .gz."""
+    import gzip
+
+    header = (0x0800 + array.ndim).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    data = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
+    return path
+
+
+def mnist_like(per_class: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 grey digits (scikit-learn's, upscaled) on black, as MNIST: (N, 28, 28) uint8 and labels."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    picks = np.concatenate([np.flatnonzero(digits.target == k)[offset:offset + per_class] for k in range(10)])
+    images = [np.asarray(Image.fromarray(np.uint8(digits.images[i] * 255 / 16)).resize((20, 20), Image.BILINEAR))
+              for i in picks]
+    return np.pad(np.stack(images), ((0, 0), (4, 4), (4, 4))), digits.target[picks].astype(np.uint8)
+
+
 # --- throwaway git + DVC projects, as a user's clone of this repository ---------------------
 
 def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:

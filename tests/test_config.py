@@ -1,5 +1,6 @@
 """params.yaml parsing: defaults, and errors that name the key before any work starts."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,14 @@ def test_the_dataset_name_follows_the_data_unless_set(tmp_path):
     params["generate"]["name"] = "portraits"
     (tmp_path / "named.yaml").write_text(yaml.safe_dump(params))
     assert load_params(tmp_path / "named.yaml").generate.name == "portraits"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("prepare:\n  resolution: 28\n", "prepare.resolution: must be auto or a power of two >= 8 (got 28)"),
+    ("prepare:\n  resolution: 4\n", "prepare.resolution: must be auto or a power of two >= 8 (got 4)"),
+    ("prepare:\n  transform: stretch\n", "prepare.transform: input should be 'pad', 'center-crop' or 'resize'"),
+])
+def test_resolution_and_transform_are_checked(tmp_path, text, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_params(write(tmp_path, text))
+    assert load_params(write(tmp_path, "prepare:\n  resolution: 64\n")).prepare.resolution == 64

@@ -41,3 +41,14 @@ def test_a_sample_does_not_depend_on_its_batch():
 def test_bad_resolution_is_refused():
     with pytest.raises(ValueError, match="power of two"):
         DataShape(12, 1, 0).num_blocks
+
+
+@pytest.mark.parametrize("resolution, d_widths, g_widths", [
+    (32, [64, 128, 256, 512], [64, 32, 16]),
+    (64, [64, 128, 256, 512, 512], [64, 32, 16, 16]),  # capped at 512, not 1,024
+])
+def test_default_widths_at_32_and_64(resolution, d_widths, g_widths):
+    shape = DataShape(resolution, 3, 10)
+    D, G = Discriminator(ModelConfig(), shape), Generator(ModelConfig(), shape)
+    assert [m.out_channels for m in D.features if isinstance(m, torch.nn.Conv2d)] == d_widths
+    assert [block.deconv.out_channels for block in G.decoder] == g_widths

@@ -75,11 +75,8 @@ def write_png(path, size: int, mode: str = "L") -> None:
 
 @pytest.mark.parametrize("files, message", [
     ({}, "data/raw/x: no PNG or JPEG images found"),
-    ({"a.png": (16, "L"), "b.png": (32, "L")}, "data/raw/x/b.png: 32x32 grey differs from data/raw/x/a.png: 16x16 grey"),
-    ({"a.png": (16, "L"), "b.png": (16, "RGB")}, "data/raw/x/b.png: 16x16 RGB differs from data/raw/x/a.png"),
     ({"a.png": (16, "L"), "cat/b.png": (16, "L")}, "data/raw/x: images both at the top level (a.png) and in sub-folders"),
-    ({"a.png": (12, "L")}, "data/raw/x: images must be square with a power-of-two side >= 8 (got 12x12)"),
-], ids=["empty", "mixed-sizes", "grey-and-rgb", "flat-and-classes", "not-power-of-two"])
+], ids=["empty", "flat-and-classes"])
 def test_unusable_folder_fails_naming_it(files, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data" / "raw" / "x").mkdir(parents=True)

@@ -11,13 +11,16 @@ from gan_core.layout import Layout
 
 def run_prepare(params: Params, layout: Layout = Layout()) -> dict:
     cfg = params.prepare
-    check_source_is_tracked(cfg.source, layout)
+    for key, source in (("prepare.source", cfg.source), ("prepare.test_source", cfg.test_source)):
+        if source is not None:
+            check_source_is_tracked(source, layout, key)
     return prepare_dataset(cfg.source, layout.prepared(params), cfg.validation_fraction, cfg.test_fraction,
-                           cfg.seed, cfg.class_names)
+                           cfg.seed, resolution=cfg.resolution, transform=cfg.transform, test_source=cfg.test_source,
+                           class_names=cfg.class_names)
 
 
-def check_source_is_tracked(source: str, layout: Layout = Layout()) -> None:
+def check_source_is_tracked(source: str, layout: Layout = Layout(), key: str = "prepare.source") -> None:
     # dvc.yaml's prepare stage depends on data/raw: a source elsewhere would change unnoticed.
     if source != BUNDLED_DIGITS and not Path(source).resolve().is_relative_to(layout.raw.resolve()):
-        raise DataError(f"prepare.source: {source} is outside {layout.raw}/, the folder dvc.yaml tracks: "
+        raise DataError(f"{key}: {source} is outside {layout.raw}/, the folder dvc.yaml tracks: "
                         f"move it to {layout.raw}/NAME and `dvc add` it there")
