@@ -529,8 +529,9 @@ def list_versions(bucket: str, name: str, prefix: str = "datasets", client=None)
     Versions are named by their scheduled slot (20250101T020000Z): a backfilled old slot published
     last is still older than a newer slot, so the name, not the upload time, orders them.
     """
+    validate_name("name", name)  # before any client: a bad name is refused without credentials too
     client = client or s3_client()
-    candidates = [v for v in _subfolders(client, bucket, f"{prefix}/{validate_name('name', name)}/")
+    candidates = [v for v in _subfolders(client, bucket, f"{prefix}/{name}/")
                   if NAME_RE.match(v) and ".." not in v]
 
     def manifest_or_none(version: str) -> dict | None:
@@ -556,9 +557,17 @@ def _has_complete_version(client, bucket: str, prefix: str, name: str) -> bool:
     return any(_exists(client, bucket, f"{prefix}/{name}/{v}/{MANIFEST}") for v in versions)
 
 
+def _check_names(name: str, version: str) -> None:
+    # Before any client is made: a hostile name is refused as such, with or without credentials.
+    validate_name("name", name)
+    if version != "latest":
+        validate_name("version", version)
+
+
 def resolve_version(bucket: str, name: str, version: str = "latest", prefix: str = "datasets",
                     client=None) -> str:
     """VERSION itself if complete, or the newest complete version for "latest"."""
+    _check_names(name, version)
     client = client or s3_client()
     if version != "latest":
         try:
@@ -593,6 +602,7 @@ def download_files(bucket: str, name: str, version: str, to_dir: Path, *, prefix
     of them match the manifest, so a failure leaves nothing behind. `also`: more manifest keys
     whose files come too when the manifest has them (a dataset's card, under `files`).
     """
+    _check_names(name, version)
     client = client or s3_client()
     version = resolve_version(bucket, name, version, prefix, client)
     raw = _read_manifest_bytes(client, bucket, prefix, name, version)

@@ -33,6 +33,7 @@ from botocore.exceptions import ClientError
 from gan_core import checkpoint as ckpt
 from gan_core import cli, storage
 from gan_core.config import ConfigError, load_params
+from gan_core.layout import Layout
 from gan_core.models import DataShape
 from gan_core.s3server import SeaweedServer
 from gan_core.sampling import load_model
@@ -174,7 +175,7 @@ def test_killed_generation_reruns_to_an_identical_manifest(model_project, s3_ser
     client.create_bucket(Bucket="gf-reference")
     run(command + ["--bucket", "gf-reference"], model_project, env)  # never interrupted
 
-    shards = model_project / "data" / "generated" / "killed-worker"
+    shards = Layout(model_project).generated(load_params(params))  # by dataset: data/generated/digits
     shutil.rmtree(shards)  # the reference's: what appears next is the killed worker's
     worker = subprocess.Popen(command, cwd=model_project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -188,12 +189,16 @@ def test_killed_generation_reruns_to_an_identical_manifest(model_project, s3_ser
     manifest = read_manifest(bucket, "killed-worker", "v1", client=client)
     listed = [e["key"] for e in manifest["shards"]]
     assert len(listed) == 16
-    assert keys_under(client, bucket, folder) == [folder + MANIFEST] + listed  # nothing twice, nothing stale
+    card = [e["key"] for e in manifest["files"]]  # the dataset card, uploaded before the manifest
+    assert keys_under(client, bucket, folder) == sorted([folder + MANIFEST] + listed + card)  # nothing twice or stale
     assert pending_uploads(client, bucket, folder) == []
 
     def without_timestamp(bucket: str) -> bytes:
-        raw = client.get_object(Bucket=bucket, Key=folder + MANIFEST)["Body"].read()
-        return re.sub(rb'"created_at": "[^"]*"', b"", raw)
+        # The card states when it was made, so its bytes (and sha256) follow created_at too.
+        manifest = json.loads(client.get_object(Bucket=bucket, Key=folder + MANIFEST)["Body"].read())
+        manifest.pop("created_at")
+        manifest["files"] = [e["key"] for e in manifest["files"]]
+        return json.dumps(manifest, sort_keys=True).encode()
 
     assert without_timestamp(bucket) == without_timestamp("gf-reference")
 
@@ -537,7 +542,7 @@ def test_the_secret_key_appears_nowhere(model_project, s3_server, s3_env, prefec
 
 def test_full_disk_during_generation(model_project, s3_env, monkeypatch, capsys):
     params = params_file(model_project, "full-disk", num_samples=20000, shard_size=2000)
-    out = model_project / "data" / "generated" / "full-disk"
+    out = Layout(model_project).generated(load_params(params))  # by dataset: data/generated/digits
     out.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(out)], capture_output=True)
     if mounted.returncode:
@@ -550,7 +555,7 @@ def test_full_disk_during_generation(model_project, s3_env, monkeypatch, capsys)
     finally:
         subprocess.run(["umount", str(out)], check=True)
     err = capsys.readouterr().err
-    assert re.search(r"full-disk/part-\d{5}\.parquet: no space left on device \(\d+ bytes free there\)", err), err
+    assert re.search(r"generated/digits/part-\d{5}\.parquet: no space left on device \(\d+ bytes free there\)", err), err
     assert left and not [n for n in left if n.endswith(".tmp")]  # the complete shards, no partial one
     assert keys_under(s3_env.client, s3_env.bucket, "datasets/full-disk/") == []
     assert digests(model_project / "models", model_project / "metrics", params) == inputs
