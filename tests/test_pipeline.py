@@ -37,7 +37,7 @@ def test_repro_publishes_a_readable_verified_dataset(project, pipeline_env, s3_s
     assert frame["image"].iloc[0]["bytes"].startswith(b"\x89PNG")
     out = run(["ganforge", "download", "pipeline-test", "--to", str(tmp_path)], project, pipeline_env)
     folder = Path(json.loads(out.stdout))
-    assert sorted(p.name for p in folder.iterdir()) == ["_manifest.json", "part-00000.parquet",
+    assert sorted(p.name for p in folder.iterdir()) == ["_card", "_manifest.json", "part-00000.parquet",
                                                          "part-00001.parquet", "part-00002.parquet"]
     metrics = json.loads((project / "metrics" / "eval.json").read_text())
     assert set(metrics["d_score_real"]) == {"mean", "p10", "p50", "p90"}
