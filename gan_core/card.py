@@ -276,7 +276,7 @@ def report_html(sources: CardSources, generated: Generated, names: dict[int, str
             f"<p>{m['sample_count']} samples, acceptance rate {m.get('acceptance_rate', 1.0):.3f}, model "
             f"<code>{html.escape(str(m.get('model_uri') or 'local'))}</code></p>",
             "<h2>Metrics</h2>", _markdown_table_html(metrics_table(m.get("metrics") or {})),
-            "<h2>Real (held-out) and generated, per class</h2>", real_sections[0],
+            "<h2>Real (test split) and generated, per class</h2>", real_sections[0],
             "<h2>Discriminator scores (probability of real)</h2>", real_sections[1],
             "<h2>Nearest training image (pixel L2): the memorisation check</h2>", real_sections[2],
             "<h2>Training curves</h2>", _training_curves(sources.plots_dir)]
@@ -298,7 +298,7 @@ def _img(image: Image.Image, alt: str) -> str:
 
 
 def _class_grids(real: dict[int, list[np.ndarray]], fake: dict[int, list[np.ndarray]], names: dict[int, str]) -> str:
-    rows = ["<table><tr><th>class</th><th>real (held-out)</th><th>generated</th></tr>"]
+    rows = ["<table><tr><th>class</th><th>real (test split)</th><th>generated</th></tr>"]
     for label in sorted(fake):
         real_cell = _img(_grid([real[label]]), f"real {names[label]}") if real.get(label) else "none"
         rows.append(f"<tr><td>{html.escape(names[label])}</td><td>{real_cell}</td>"
@@ -316,7 +316,7 @@ def _heldout_scores(model_dir: Path, heldout: ImageSet) -> np.ndarray:
 def _score_histogram(real: np.ndarray, generated: np.ndarray, bins: int = 20) -> str:
     edges = np.linspace(0, 1, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
-    share = {f"real held-out ({len(real)})": np.histogram(real, edges)[0] / max(1, len(real)),
+    share = {f"real test split ({len(real)})": np.histogram(real, edges)[0] / max(1, len(real)),
              f"generated ({len(generated)})": np.histogram(generated, edges)[0] / max(1, len(generated))}
     return svg_chart(centres, share, "discriminator score", "share of images")
 
