@@ -137,6 +137,7 @@ class EvaluateConfig(Section):
                              "rejection"]
     knn: int = Field(5, ge=1)  # k of precision / recall / density / coverage
     memorisation_ratio: float = Field(0.5, gt=0.0, le=1.0)
+    near_twin_ratio: float = Field(0.5, gt=0.0, le=1.0)  # of the class's median real NN distance
 
 
 class RejectionConfig(Section):

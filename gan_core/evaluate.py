@@ -178,6 +178,32 @@ def memorisation(ctx: EvalContext) -> dict:
                           ctx.cfg.memorisation_ratio)
 
 
+@register("kid")
+def kernel_inception_distance(ctx: EvalContext) -> dict:
+    """KID to the real test images (subsets of up to 1,000, bootstrap 95 % interval) and the real-real floor:
+    the training split against the test split, measured alike."""
+    real = ctx.test_features[0]
+    floor = m.kid(ctx.train_features, real, seed=ctx.cfg.seed)["kid"]
+    return m.kid(ctx.fake_features[0], real, seed=ctx.cfg.seed) | {"kid_floor": floor}
+
+
+@register("cas")
+def classification_accuracy_score(ctx: EvalContext) -> dict:
+    """Test accuracy of a classifier trained on generated samples only, over the same one trained on the
+    real training split (features of the evaluator network; see metrics.cas)."""
+    _require_labels(ctx, "cas")
+    return m.cas(ctx.fake_features[0], ctx.fake.labels, ctx.train_features, ctx.train.labels,
+                 ctx.test_features[0], ctx.test.labels)
+
+
+@register("near_twins")
+def near_twins(ctx: EvalContext) -> dict:
+    """Share of generated samples with a near-twin among the others of their class, against the real test
+    images' own share on as many images per class (evaluator features; unlabelled data: one class)."""
+    return m.near_twins(ctx.fake_features[0], ctx.fake.labels, ctx.test_features[0], ctx.test.labels,
+                        ctx.cfg.near_twin_ratio, seed=ctx.cfg.seed)
+
+
 def quality_with_rejection(ctx: EvalContext, target_acceptance: float | None) -> dict:
     """FD, precision and recall vs the test split of evaluate.num_samples samples drawn with rejection at
     `target_acceptance` (None: off), measured as the frechet and prdc evaluators measure them."""

@@ -116,3 +116,75 @@ def test_utility_trains_both_classifiers_on_as_many_rows_of_each_class(monkeypat
     m.utility(synthetic_x[:40], synthetic_y[:40], real_x, real_y, real_x, real_y)
     counts = np.minimum(np.bincount(synthetic_y[:40], minlength=3), [30, 60, 10]).tolist()
     assert seen[0] == seen[1] == (sum(counts), counts)
+
+
+# --- KID, CAS, near-twins, chunked nearest neighbours ---------------------------------------------
+
+def test_unbiased_polynomial_mmd_matches_the_direct_double_sum():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(7, 3)), rng.normal(size=(5, 3)) + 0.5
+    kernel = lambda x, y: (x @ y / 3 + 1) ** 3  # noqa: E731
+    within_a = sum(kernel(a[i], a[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
+    within_b = sum(kernel(b[i], b[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
+    across = sum(kernel(x, y) for x in a for y in b) / (7 * 5)
+    assert m.polynomial_mmd2(a, b) == pytest.approx(within_a + within_b - 2 * across, rel=1e-12)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shift():
+    rng = np.random.default_rng(4)
+    real, same = rng.normal(size=(2000, 8)), rng.normal(size=(3000, 8))
+    alike = m.kid(real, same, subsets=10, subset_size=200)
+    assert alike["kid_low"] <= 0.0 <= alike["kid_high"]
+    assert abs(alike["kid"]) < 0.01
+    shifted = m.kid(real, same + 0.5, subsets=10, subset_size=200)
+    # the mean shift alone gives about 3 * |0.5|^2 * 8 / 8 = 0.75 (the kernel's linear term)
+    assert shifted["kid_low"] > 0.5 and shifted["kid"] > 20 * alike["kid_high"]
+
+
+def test_chunked_prdc_and_nearest_distances_equal_the_full_matrices(monkeypatch):
+    from scipy.spatial.distance import cdist
+    rng = np.random.default_rng(5)
+    real, fake = rng.normal(size=(60, 3)), rng.normal(size=(45, 3)) * 1.2
+    full = m.prdc(real, fake, k=3)
+    nearest = m.nearest_distances(fake, real)
+    monkeypatch.setattr(m, "CHUNK_BYTES", 8 * 60 * 7)  # blocks of 7 rows against 60, or of 9 against 45
+    assert m.prdc(real, fake, k=3) == full
+    np.testing.assert_allclose(m.nearest_distances(fake, real), cdist(fake, real).min(axis=1), rtol=1e-9)
+    np.testing.assert_array_equal(m.nearest_distances(fake, real), nearest)
+    # the full-matrix definitions, written out
+    real_r = np.sort(cdist(real, real), axis=1)[:, 3]
+    fake_r = np.sort(cdist(fake, fake), axis=1)[:, 3]
+    d = cdist(real, fake)
+    assert full["precision"] == pytest.approx((d < real_r[:, None]).any(axis=0).mean())
+    assert full["recall"] == pytest.approx((d < fake_r[None, :]).any(axis=1).mean())
+    assert full["density"] == pytest.approx((d < real_r[:, None]).sum() / (3 * 45))
+    assert full["coverage"] == pytest.approx((d.min(axis=1) < real_r).mean())
+
+
+def test_near_twins_counts_repeats_within_a_class_against_the_real_rate():
+    rng = np.random.default_rng(6)
+    real = rng.normal(size=(200, 4))
+    real_y = np.repeat([0, 1], 100)
+    fresh = rng.normal(size=(1000, 4))
+    fake_y = np.repeat([0, 1], 500)
+    alike = m.near_twins(fresh, fake_y, real, real_y, ratio=0.5)
+    assert alike["near_twins_by_class"]["0"]["rows"] == 100
+    assert 0.5 < alike["near_twins_ratio"] < 2.0
+    # class 1 generates 50 distinct points, each ten times: every draw of 100 is full of twins
+    repeated = fresh.copy()
+    repeated[500:] = np.repeat(fresh[500:550], 10, axis=0)
+    twins = m.near_twins(repeated, fake_y, real, real_y, ratio=0.5)
+    assert twins["near_twins_by_class"]["1"]["generated"] > 0.8
+    assert twins["near_twins_by_class"]["0"]["generated"] == alike["near_twins_by_class"]["0"]["generated"]
+    assert twins["near_twins_ratio"] > 4 * alike["near_twins_ratio"]
+
+
+def test_cas_of_real_rows_is_one_and_of_swapped_labels_is_low():
+    rng = np.random.default_rng(7)
+    centres = np.eye(3, 5) * 6
+    y = np.tile([0, 1, 2], 100)
+    x, test_x = centres[y] + rng.normal(size=(300, 5)), centres[y] + rng.normal(size=(300, 5))
+    same = m.cas(x, y, x, y, test_x, y)
+    assert same["cas"] == 1.0 and same["cas_acc_real"] > 0.95
+    swapped = m.cas(x, (y + 1) % 3, x, y, test_x, y)
+    assert swapped["cas"] < 0.1
