@@ -83,6 +83,28 @@ def test_wrong_labels_and_blank_images_score_badly(split, net, tmp_path):
     assert EVALUATORS["prdc"](blank)["precision"] == 0.0
 
 
+def test_kid_cas_and_near_twins_on_real_images_as_generated(split, net, tmp_path):
+    as_train = context(split, net, split.train, tmp_path)
+    kid = EVALUATORS["kid"](as_train)
+    assert kid["kid"] == kid["kid_floor"] and kid["kid_low"] <= kid["kid"] <= kid["kid_high"]
+    cas = EVALUATORS["cas"](as_train)  # the same rows train both classifiers
+    assert cas["cas"] == 1.0 and cas["cas_acc_synthetic"] == cas["cas_acc_real"] > 0.5
+    twins = EVALUATORS["near_twins"](context(split, net, split.test, tmp_path))  # the test split against itself
+    assert twins["near_twins"] == twins["near_twins_real"] and twins["near_twins_ratio"] == 1.0
+    assert sum(entry["rows"] for entry in twins["near_twins_by_class"].values()) == len(split.test.labels)
+
+
+def test_kid_cas_and_near_twins_see_bad_samples(split, net, tmp_path):
+    test_set = split.test
+    relabelled = context(split, net, ImageSet(test_set.images, (test_set.labels + 1) % 10), tmp_path)
+    assert EVALUATORS["cas"](relabelled)["cas"] < 0.3
+    blank = context(split, net, ImageSet(np.zeros_like(test_set.images), test_set.labels), tmp_path)
+    kid = EVALUATORS["kid"](blank)
+    assert kid["kid_low"] > 10 * max(kid["kid_floor"], 1e-3)
+    twins = EVALUATORS["near_twins"](blank)  # every blank image is its class's twin
+    assert twins["near_twins"] == 1.0 and twins["near_twins_ratio"] > 5
+
+
 def test_evaluator_network_is_cached_by_data_hash(split, tmp_path):
     train_set = split.train
     cfg = tiny_params().features
