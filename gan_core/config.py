@@ -133,8 +133,8 @@ class EvaluateConfig(Section):
     num_samples: int = Field(5000, ge=10)
     seed: int = Field(1, ge=0)
     grid_rows: int = Field(10, ge=1)  # samples per class in the sample grid
-    evaluators: list[str] = ["discriminator", "frechet", "prdc", "label_consistency", "utility", "memorisation",
-                             "rejection"]
+    evaluators: list[str] = ["discriminator", "frechet", "kid", "prdc", "label_consistency", "utility", "cas",
+                             "memorisation", "near_twins", "rejection"]
     knn: int = Field(5, ge=1)  # k of precision / recall / density / coverage
     memorisation_ratio: float = Field(0.5, gt=0.0, le=1.0)
     near_twin_ratio: float = Field(0.5, gt=0.0, le=1.0)  # of the class's median real NN distance

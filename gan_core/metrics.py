@@ -29,6 +29,10 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross, 0.0))
 
 
+class TooFewRows(ValueError):
+    """Too few samples for a metric to mean anything (tiny test splits)."""
+
+
 def polynomial_mmd2(a: np.ndarray, b: np.ndarray) -> float:
     """Unbiased MMD^2 with the cubic kernel k(x, y) = (x.y / d + 1)^3 (the KID of Binkowski et al. 2018):
     the kernel means within each set leave out the diagonal (a point with itself)."""
@@ -48,9 +52,10 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 10, subset_size: int = 1000
     2013) and their spread is the estimate's own: overlapping subsets gave intervals that missed 0 for
     two samples of one distribution. Unbiased: about 0, possibly below, for one distribution."""
     rng = np.random.default_rng(seed)
+    subsets = min(subsets, len(a) // 2, len(b) // 2)  # fewer, on tiny sets: a subset needs two rows
+    if subsets < 2:
+        raise TooFewRows(f"kid needs at least 4 rows on each side (got {len(a)} and {len(b)})")
     size = min(subset_size, len(a) // subsets, len(b) // subsets)
-    if size < 2:
-        raise ValueError(f"kid: {subsets} subsets need at least {2 * subsets} rows on each side")
     rows_a, rows_b = rng.permutation(len(a)), rng.permutation(len(b))
     values = np.array([polynomial_mmd2(a[rows_a[i * size:(i + 1) * size]], b[rows_b[i * size:(i + 1) * size]])
                        for i in range(subsets)])
@@ -204,7 +209,7 @@ def near_twins(fake: np.ndarray, fake_y: np.ndarray, real: np.ndarray, real_y: n
     (a larger set has nearer neighbours by chance alone), and their shares averaged.
     """
     rng = np.random.default_rng(seed)
-    fake_twins, real_twins, by_class = 0.0, 0.0, {}
+    fake_twins, real_twins, rows, by_class = 0.0, 0.0, 0, {}
     for label in np.unique(real_y):
         real_k, fake_k = real[real_y == label], fake[fake_y == label]
         size = min(len(real_k), len(fake_k))
@@ -216,10 +221,10 @@ def near_twins(fake: np.ndarray, fake_y: np.ndarray, real: np.ndarray, real_y: n
         fake_share = float(np.mean([_twin_share(fake_k[rng.choice(len(fake_k), size, replace=False)], threshold)
                                     for _ in range(draws)]))
         fake_twins, real_twins = fake_twins + fake_share * size, real_twins + real_share * size
-        by_class[str(int(label))] = {"generated": fake_share, "real": real_share, "rows": size}
-    rows = sum(entry["rows"] for entry in by_class.values())
+        by_class[str(int(label))] = {"generated": fake_share, "real": real_share}
+        rows += size
     if not rows:
-        raise ValueError("near_twins: no class has two or more real and generated rows")
+        raise TooFewRows("near_twins needs a class with two or more real and generated rows")
     generated, real_rate = fake_twins / rows, real_twins / rows
     return {"near_twins": generated, "near_twins_real": real_rate,
             "near_twins_ratio": generated / real_rate if real_rate else None, "near_twins_by_class": by_class}

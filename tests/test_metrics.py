@@ -136,6 +136,8 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shift():
     alike = m.kid(real, same, subsets=10, subset_size=200)
     assert alike["kid_low"] <= 0.0 <= alike["kid_high"]
     assert abs(alike["kid"]) < 0.01
+    with pytest.raises(m.TooFewRows, match="4 rows"):
+        m.kid(real[:3], same)
     shifted = m.kid(real, same + 0.5, subsets=10, subset_size=200)
     # the mean shift alone gives about 3 * |0.5|^2 * 8 / 8 = 0.75 (the kernel's linear term)
     assert shifted["kid_low"] > 0.5 and shifted["kid"] > 20 * alike["kid_high"]
@@ -168,7 +170,8 @@ def test_near_twins_counts_repeats_within_a_class_against_the_real_rate():
     fresh = rng.normal(size=(1000, 4))
     fake_y = np.repeat([0, 1], 500)
     alike = m.near_twins(fresh, fake_y, real, real_y, ratio=0.5)
-    assert alike["near_twins_by_class"]["0"]["rows"] == 100
+    with pytest.raises(m.TooFewRows, match="near_twins"):
+        m.near_twins(fresh[:1], fake_y[:1], real, real_y, ratio=0.5)
     assert 0.5 < alike["near_twins_ratio"] < 2.0
     # class 1 generates 50 distinct points, each ten times: every draw of 100 is full of twins
     repeated = fresh.copy()
