@@ -47,7 +47,7 @@ def polynomial_mmd2(a: np.ndarray, b: np.ndarray) -> float:
 def kid(a: np.ndarray, b: np.ndarray, subsets: int = 10, subset_size: int = 1000, seed: int = 0,
         resamples: int = 2000) -> dict[str, float]:
     """Kernel Inception Distance: the mean of `polynomial_mmd2` over `subsets` disjoint random subsets of each
-    set, up to subset_size rows each (bounded cost, as Binkowski et al.), with a 95 % percentile bootstrap
+    set, up to subset_size rows of each (bounded cost, as Binkowski et al.), with a 95 % percentile bootstrap
     interval of that mean. Disjoint, so the subsets' values are independent (the B-test of Zaremba et al.
     2013) and their spread is the estimate's own: overlapping subsets gave intervals that missed 0 for
     two samples of one distribution. Unbiased: about 0, possibly below, for one distribution."""
@@ -55,9 +55,10 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 10, subset_size: int = 1000
     subsets = min(subsets, len(a) // 2, len(b) // 2)  # fewer, on tiny sets: a subset needs two rows
     if subsets < 2:
         raise TooFewRows(f"kid needs at least 4 rows on each side (got {len(a)} and {len(b)})")
-    size = min(subset_size, len(a) // subsets, len(b) // subsets)
+    # each side as large as it allows: 26 test images a subset for the digits need not cap the generated ones
+    size_a, size_b = min(subset_size, len(a) // subsets), min(subset_size, len(b) // subsets)
     rows_a, rows_b = rng.permutation(len(a)), rng.permutation(len(b))
-    values = np.array([polynomial_mmd2(a[rows_a[i * size:(i + 1) * size]], b[rows_b[i * size:(i + 1) * size]])
+    values = np.array([polynomial_mmd2(a[rows_a[i * size_a:(i + 1) * size_a]], b[rows_b[i * size_b:(i + 1) * size_b]])
                        for i in range(subsets)])
     means = values[rng.integers(0, subsets, (resamples, subsets))].mean(axis=1)
     low, high = np.quantile(means, [0.025, 0.975])
