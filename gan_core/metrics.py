@@ -3,9 +3,9 @@ utility and CAS. Nearest neighbours are found in row blocks: never an N x M dist
 
 from __future__ import annotations
 
-import numpy as np
 from collections.abc import Callable, Iterator
 
+import numpy as np
 from scipy.spatial.distance import cdist
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import pairwise_distances
@@ -57,9 +57,9 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 10, subset_size: int = 1000
         raise TooFewRows(f"kid needs at least 4 rows on each side (got {len(a)} and {len(b)})")
     # each side as large as it allows: 26 test images a subset for the digits need not cap the generated ones
     size_a, size_b = min(subset_size, len(a) // subsets), min(subset_size, len(b) // subsets)
-    rows_a, rows_b = rng.permutation(len(a)), rng.permutation(len(b))
-    values = np.array([polynomial_mmd2(a[rows_a[i * size_a:(i + 1) * size_a]], b[rows_b[i * size_b:(i + 1) * size_b]])
-                       for i in range(subsets)])
+    blocks_a = np.split(rng.permutation(len(a))[:subsets * size_a], subsets)
+    blocks_b = np.split(rng.permutation(len(b))[:subsets * size_b], subsets)
+    values = np.array([polynomial_mmd2(a[rows_a], b[rows_b]) for rows_a, rows_b in zip(blocks_a, blocks_b)])
     means = values[rng.integers(0, subsets, (resamples, subsets))].mean(axis=1)
     low, high = np.quantile(means, [0.025, 0.975])
     return {"kid": float(values.mean()), "kid_low": float(low), "kid_high": float(high)}
@@ -89,8 +89,10 @@ def _distance_blocks(a: np.ndarray, b: np.ndarray, distance: Callable = _pair_di
 
 def _knn_radii(points: np.ndarray, k: int) -> np.ndarray:
     """Distance from each point to its k-th nearest neighbour in the same set (itself excluded)."""
-    # column 0 of each row's sorted distances is the point itself
-    return np.concatenate([np.partition(block, k, axis=1)[:, k] for _, block in _distance_blocks(points, points)])
+    radii = np.empty(len(points))
+    for rows, block in _distance_blocks(points, points):
+        radii[rows] = np.partition(block, k, axis=1)[:, k]  # column 0 is the point itself
+    return radii
 
 
 def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """Seconds and peak memory of every array evaluator at Fashion-MNIST's size: 60,000 training, 10,000 test and
 60,000 generated 32x32 grey images of 10 classes (synthetic: a smooth template per class plus noise).
 
-`python scripts/eval_cost.py [generated] [training] [test]` (defaults 60000 60000 10000). One torch thread.
+`python scripts/eval_cost.py [generated training test [evaluator ...]]` (defaults 60000 60000 10000, every
+evaluator). One torch thread.
 The evaluator network is left untrained (its cost does not depend on its weights; its training is timed by its
 own progress bar). `discriminator` and `rejection` need a trained GAN: their cost is its forward passes, not
 measured here. Peak memory per evaluator is what tracemalloc sees (numpy, scipy and sklearn buffers) above the
@@ -59,18 +60,19 @@ def timed(label: str, run) -> None:
     print(f"{label:<22} {seconds:8.1f} s  {peak / 2**20:8.0f} MiB", flush=True)
 
 
-def main(generated: int, training: int, test: int) -> None:
+def main(generated: int, training: int, test: int, names: list[str]) -> None:
     torch.set_num_threads(1)
     ctx = build(generated, training, test)
     print(f"{generated} generated, {training} training, {test} test images, {SIDE}x{SIDE} grey")
     timed("features (embedding)", lambda: (ctx.train_features, ctx.test_features, ctx.fake_features))
     total = time.perf_counter()
     for name, evaluator in EVALUATORS.items():
-        if name not in SKIPPED:
+        if name not in SKIPPED and (not names or name in names):
             timed(name, lambda: evaluator(ctx))
     print(f"all of them: {time.perf_counter() - total:.0f} s; not timed: {', '.join(SKIPPED)} (need a trained GAN); "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
-    main(*(int(arg) for arg in sys.argv[1:4]) if len(sys.argv) > 1 else (60000, 60000, 10000))
+    sizes = [int(arg) for arg in sys.argv[1:4]] or [60000, 60000, 10000]
+    main(*sizes, sys.argv[4:])
