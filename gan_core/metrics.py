@@ -179,7 +179,8 @@ def utility(synthetic_x: np.ndarray, synthetic_y: np.ndarray, real_x: np.ndarray
 def cas(synthetic_x: np.ndarray, synthetic_y: np.ndarray, real_x: np.ndarray, real_y: np.ndarray,
         test_x: np.ndarray, test_y: np.ndarray) -> dict[str, float]:
     """Classification Accuracy Score (Ravuri & Vinyals 2019): test accuracy of a classifier trained on synthetic
-    rows only (as many per class as the real training rows), over that of one trained on the real rows.
+    rows only, over that of one trained on the real rows; per class as many rows on each side (`size_matched`:
+    the real training split's counts when there are enough synthetic rows).
 
     The classifier is a standardised logistic regression on the evaluator network's features, not the paper's
     ResNet trained from scratch: a CNN on 60,000 images per side takes tens of minutes on a 2-core CPU, this
@@ -190,7 +191,7 @@ def cas(synthetic_x: np.ndarray, synthetic_y: np.ndarray, real_x: np.ndarray, re
     synthetic_rows, real_rows = size_matched(synthetic_y, real_y)
     accuracy = {}
     for name, x, y in (("synthetic", synthetic_x[synthetic_rows], synthetic_y[synthetic_rows]),
-                       ("real", real_x, real_y)):
+                       ("real", real_x[real_rows], real_y[real_rows])):
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=0))
         accuracy[name] = float(model.fit(x, y).score(test_x, test_y))
     return {"cas": accuracy["synthetic"] / accuracy["real"], "cas_acc_synthetic": accuracy["synthetic"],

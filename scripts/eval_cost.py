@@ -68,7 +68,7 @@ def main(generated: int, training: int, test: int, names: list[str]) -> None:
     total = time.perf_counter()
     for name, evaluator in EVALUATORS.items():
         if name not in SKIPPED and (not names or name in names):
-            timed(name, lambda: evaluator(ctx))
+            timed(name, lambda evaluator=evaluator: evaluator(ctx))
     print(f"all of them: {time.perf_counter() - total:.0f} s; not timed: {', '.join(SKIPPED)} (need a trained GAN); "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 

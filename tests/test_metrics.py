@@ -123,7 +123,10 @@ def test_utility_trains_both_classifiers_on_as_many_rows_of_each_class(monkeypat
 def test_unbiased_polynomial_mmd_matches_the_direct_double_sum():
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=(7, 3)), rng.normal(size=(5, 3)) + 0.5
-    kernel = lambda x, y: (x @ y / 3 + 1) ** 3  # noqa: E731
+
+    def kernel(x, y):
+        return (x @ y / 3 + 1) ** 3
+
     within_a = sum(kernel(a[i], a[j]) for i in range(7) for j in range(7) if i != j) / (7 * 6)
     within_b = sum(kernel(b[i], b[j]) for i in range(5) for j in range(5) if i != j) / (5 * 4)
     across = sum(kernel(x, y) for x in a for y in b) / (7 * 5)
