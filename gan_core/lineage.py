@@ -223,7 +223,7 @@ def provenance(params: Params, layout: Layout = Layout(), fetched_model: bool = 
 
 
 def generator_sha256(model_dir: Path) -> str | None:
-    return read_metrics(model_dir / "meta.json").get("files", {}).get("ema.safetensors")
+    return read_metrics(model_dir / "meta.json").get("files", {}).get(GENERATOR)
 
 
 def generation_inputs(params: Params, model: ModelSource) -> dict:
