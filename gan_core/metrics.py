@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from scipy.spatial.distance import cdist
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import pairwise_distances
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -120,9 +119,23 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
 
 
 def nearest_distances(queries: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Distance from each query to its nearest reference row (sklearn's BLAS form: fast in pixel space)."""
-    queries, reference = np.asarray(queries, np.float64), np.asarray(reference, np.float64)
-    return np.concatenate([block.min(axis=1) for _, block in _distance_blocks(queries, reference, pairwise_distances)])
+    """Distance from each query to its nearest reference row, as |q|^2 + min(|r|^2 - 2 q.r) in float32 blocks.
+
+    One float32 matrix product (BLAS sgemm) per block: half float64's time in pixel space (60,000 x 51,000
+    rows of 1,024 pixels), and its rounding (about 1e-4 on a squared distance of 1,024 pixels in [0, 1]) is
+    far below the distances memorisation compares. sklearn upcasts float32 to float64, hence numpy here.
+    """
+    queries, reference = np.asarray(queries, np.float32), np.asarray(reference, np.float32)
+    reference_sq = np.einsum("ij,ij->i", reference, reference)
+    step = max(1, CHUNK_BYTES // (4 * max(1, len(reference))))
+    nearest_sq = np.empty(len(queries), np.float64)
+    for start in range(0, len(queries), step):
+        block = queries[start:start + step]
+        partial = block @ reference.T
+        partial *= -2.0
+        partial += reference_sq
+        nearest_sq[start:start + step] = np.einsum("ij,ij->i", block, block) + partial.min(axis=1)
+    return np.sqrt(np.clip(nearest_sq, 0.0, None))
 
 
 def memorisation(fake: np.ndarray, train: np.ndarray, holdout: np.ndarray, ratio: float) -> dict[str, float]:
