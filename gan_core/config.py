@@ -130,6 +130,8 @@ class FeaturesConfig(Section):
 
 
 class EvaluateConfig(Section):
+    # the real split the metrics compare with: test for the reported numbers, validation to choose settings
+    split: Literal["test", "validation"] = "test"
     num_samples: int = Field(5000, ge=10)
     seed: int = Field(1, ge=0)
     grid_rows: int = Field(10, ge=1)  # samples per class in the sample grid

@@ -30,7 +30,9 @@ from gan_core.sampling import SampleBatch, TrainedModel, fit_to_model, logit_to_
 class EvalContext:
     model: TrainedModel
     train: ImageSet
-    test: ImageSet  # the reported numbers' real images: seen by neither training nor checkpoint selection
+    # The real images the metrics compare with, seen by neither training nor the evaluator network: the test
+    # split (reported numbers), or the validation split with evaluate.split: validation (choosing settings).
+    held_out: ImageSet
     fake: SampleBatch  # images in [-1, 1], generated for `fake.labels`
     plots_dir: Path
     cfg: EvaluateConfig
@@ -42,9 +44,9 @@ class EvalContext:
         return self.features.embed(to_unit_range(self.train.images))[0]
 
     @cached_property
-    def test_features(self) -> tuple[np.ndarray, np.ndarray]:
-        """Features and predicted classes of the real test images."""
-        return self.features.embed(to_unit_range(self.test.images))
+    def held_out_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """Features and predicted classes of the held-out real images."""
+        return self.features.embed(to_unit_range(self.held_out.images))
 
     @cached_property
     def fake_features(self) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +55,7 @@ class EvalContext:
     @cached_property
     def fd_floor(self) -> float:
         """Frechet distance from the real training images to the test ones (the real-real floor)."""
-        return m.frechet_distance(self.train_features, self.test_features[0])
+        return m.frechet_distance(self.train_features, self.held_out_features[0])
 
     @property
     def like_train(self) -> int:
@@ -94,7 +96,7 @@ def discriminator_scores(ctx: EvalContext) -> dict:
 
     An AUC near 0.5 means the discriminator cannot tell generated digits from unseen real ones.
     """
-    real = logit_to_score(discriminator_logits(ctx.model, ctx.test))
+    real = logit_to_score(discriminator_logits(ctx.model, ctx.held_out))
     fake = logit_to_score(ctx.fake.logits)
     truth = np.r_[np.ones(len(real)), np.zeros(len(fake))]
     auc = roc_auc_score(truth, np.r_[real, fake])
@@ -127,13 +129,13 @@ def frechet(ctx: EvalContext) -> dict:
 def chunked_fd(ctx: EvalContext, features: np.ndarray) -> float:
     n = ctx.like_train
     chunks = [features[start:start + n] for start in range(0, len(features) - n + 1, n)]
-    return float(np.mean([m.frechet_distance(chunk, ctx.test_features[0]) for chunk in chunks]))
+    return float(np.mean([m.frechet_distance(chunk, ctx.held_out_features[0]) for chunk in chunks]))
 
 
 @register("prdc")
 def precision_recall(ctx: EvalContext) -> dict:
     """Precision, recall, density and coverage against real test images, as many generated as real."""
-    real = ctx.test_features[0]
+    real = ctx.held_out_features[0]
     return m.prdc(real, ctx.fake_features[0][:len(real)], ctx.cfg.knn)
 
 
@@ -154,7 +156,7 @@ def label_consistency(ctx: EvalContext) -> dict:
     """
     _require_labels(ctx, "label_consistency")
     return {"label_consistency": float((ctx.fake_features[1] == ctx.fake.labels).mean()),
-            "evaluator_accuracy": float((ctx.test_features[1] == ctx.test.labels).mean())}
+            "evaluator_accuracy": float((ctx.held_out_features[1] == ctx.held_out.labels).mean())}
 
 
 def _pixels(images: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -169,13 +171,13 @@ def utility(ctx: EvalContext) -> dict:
     """Held-out accuracy of a logistic regression trained on generated samples only, relative to real-trained."""
     _require_labels(ctx, "utility")
     return m.utility(_pixels(ctx.fake.images), ctx.fake.labels, _pixels(ctx.train.images), ctx.train.labels,
-                     _pixels(ctx.test.images), ctx.test.labels)
+                     _pixels(ctx.held_out.images), ctx.held_out.labels)
 
 
 @register("memorisation")
 def memorisation(ctx: EvalContext) -> dict:
     """Share of generated samples much nearer a training image than test ones are (pixel space)."""
-    return m.memorisation(_pixels(ctx.fake.images), _pixels(ctx.train.images), _pixels(ctx.test.images),
+    return m.memorisation(_pixels(ctx.fake.images), _pixels(ctx.train.images), _pixels(ctx.held_out.images),
                           ctx.cfg.memorisation_ratio)
 
 
@@ -183,7 +185,7 @@ def memorisation(ctx: EvalContext) -> dict:
 def kernel_inception_distance(ctx: EvalContext) -> dict:
     """KID to the real test images (subsets of up to 1,000, bootstrap 95 % interval) and the real-real floor:
     the training split against the test split, measured alike."""
-    real = ctx.test_features[0]
+    real = ctx.held_out_features[0]
     with too_few_rows_not_applicable():
         floor = m.kid(ctx.train_features, real, seed=ctx.cfg.seed)["kid"]
         return m.kid(ctx.fake_features[0], real, seed=ctx.cfg.seed) | {"kid_floor": floor}
@@ -195,7 +197,7 @@ def classification_accuracy_score(ctx: EvalContext) -> dict:
     real training split (features of the evaluator network; see metrics.cas)."""
     _require_labels(ctx, "cas")
     return m.cas(ctx.fake_features[0], ctx.fake.labels, ctx.train_features, ctx.train.labels,
-                 ctx.test_features[0], ctx.test.labels)
+                 ctx.held_out_features[0], ctx.held_out.labels)
 
 
 @register("near_twins")
@@ -203,7 +205,7 @@ def near_twins(ctx: EvalContext) -> dict:
     """Share of generated samples with a near-twin among the others of their class, against the real test
     images' own share on as many images per class (evaluator features; unlabelled data: one class)."""
     with too_few_rows_not_applicable():
-        return m.near_twins(ctx.fake_features[0], ctx.fake.labels, ctx.test_features[0], ctx.test.labels,
+        return m.near_twins(ctx.fake_features[0], ctx.fake.labels, ctx.held_out_features[0], ctx.held_out.labels,
                             ctx.cfg.near_twin_ratio, seed=ctx.cfg.seed)
 
 
@@ -225,7 +227,7 @@ def quality_with_rejection(ctx: EvalContext, target_acceptance: float | None) ->
         rule = fit_to_model(ctx.model, settings, ctx.cfg.seed, BATCH_SIZE)
         batch, candidates = rejection_sample(ctx.model, rule, ctx.cfg.seed, len(ctx.fake.seeds), BATCH_SIZE)
         features, _ = ctx.features.embed(batch.images)
-    real = ctx.test_features[0]
+    real = ctx.held_out_features[0]
     quality = m.prdc(real, features[:len(real)], ctx.cfg.knn)
     return {"acceptance": len(batch.seeds) / candidates, "fd": chunked_fd(ctx, features),
             "precision": quality["precision"], "recall": quality["recall"]}
@@ -287,7 +289,8 @@ def build_context(model: TrainedModel, prepared: Path, params: Params, plots_dir
     check_model_data(model, prepared, data)
     fake, _ = rejection_sample(model, None, cfg.seed, cfg.num_samples, BATCH_SIZE)
     features = load_or_train_feature_net(data.train, params.features, feature_cache).to(model.device)
-    return EvalContext(model, data.train, data.test, fake, plots_dir, cfg, params.generate.rejection, features)
+    held_out = data.splits()[cfg.split]
+    return EvalContext(model, data.train, held_out, fake, plots_dir, cfg, params.generate.rejection, features)
 
 
 def check_model_data(model: TrainedModel, prepared: Path, data: PreparedData) -> None:

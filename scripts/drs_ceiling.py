@@ -50,7 +50,7 @@ def main() -> None:
           f"(the ratio rules' candidates, all kept: {chunked_fd(ctx, pool_features):.3f})")
     drs = quality_with_rejection(ctx, args.acceptance)
     print(f"discriminator rejection (generate.rejection): acceptance {drs['acceptance']:.3f}, FD {drs['fd']:.3f}")
-    for name, real in (("training split", ctx.train_features), ("test images (oracle)", ctx.test_features[0])):
+    for name, real in (("training split", ctx.train_features), ("test images (oracle)", ctx.held_out_features[0])):
         ratio = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(
             np.r_[real, reference_features], np.r_[np.ones(len(real)), np.zeros(len(reference_features))])
         keep = keep_by_ratio(ratio.decision_function(pool_features), pool.coins, args.acceptance)

@@ -64,7 +64,7 @@ def main(generated: int, training: int, test: int, names: list[str]) -> None:
     torch.set_num_threads(1)
     ctx = build(generated, training, test)
     print(f"{generated} generated, {training} training, {test} test images, {SIDE}x{SIDE} grey")
-    timed("features (embedding)", lambda: (ctx.train_features, ctx.test_features, ctx.fake_features))
+    timed("features (embedding)", lambda: (ctx.train_features, ctx.held_out_features, ctx.fake_features))
     total = time.perf_counter()
     for name, evaluator in EVALUATORS.items():
         if name not in SKIPPED and (not names or name in names):

@@ -176,7 +176,12 @@ def test_evaluation_refuses_data_the_model_was_not_trained_on(tmp_path):
         run_evaluate(reshuffled, layout)
     assert not layout.metrics.exists()
     run_prepare(params, layout)  # the split it was trained on again: evaluation runs
-    assert np.isfinite(run_evaluate(params, layout)["fd"])
+    on_test = run_evaluate(params, layout)
+    assert np.isfinite(on_test["fd"])
+    # evaluate.split: validation compares the same samples with the validation images (choosing settings)
+    validation = tiny_params(train__epochs=1, train__select_every=0, evaluate__split="validation")
+    on_validation = run_evaluate(validation, layout)
+    assert on_validation["fd_floor"] != on_test["fd_floor"] and on_validation["d_score_fake"] == on_test["d_score_fake"]
 
 
 def test_no_training_image_is_in_validation_or_test(split, tmp_path):
