@@ -153,3 +153,16 @@ def test_selection_measures_against_the_validation_split(prepared):
     net_features, _ = selector.net.embed(to_unit_range(data.validation.images))
     assert selector.reference.shape[0] == len(data.validation.labels) == 270
     assert (selector.reference == net_features).all()
+    # Scored in batches (memory bounded), and the batches change nothing but the peak memory.
+    from gan_core.models import Generator
+    generator = Generator(tiny_params().model, DataShape(8, 1, 10)).eval()
+    calls = []
+
+    def counting(z, labels):
+        calls.append(len(z))
+        return generator(z, labels)
+
+    whole = selector.score(counting, batch_size=len(selector.z))
+    batched = selector.score(counting, batch_size=500)
+    n = len(selector.z)
+    assert calls == [n, 500, 500, n - 1000] and 1000 < n < 1500 and batched == pytest.approx(whole, rel=1e-6)
