@@ -183,6 +183,13 @@ def test_near_twins_counts_repeats_within_a_class_against_the_real_rate():
     assert twins["near_twins_by_class"]["1"]["generated"] > 0.8
     assert twins["near_twins_by_class"]["0"]["generated"] == alike["near_twins_by_class"]["0"]["generated"]
     assert twins["near_twins_ratio"] > 4 * alike["near_twins_ratio"]
+    # the ratio's range over the real rate's 95 % interval holds the point ratio and narrows with more real rows
+    for result in (alike, twins):
+        assert result["near_twins_real_low"] < result["near_twins_real"] < result["near_twins_real_high"]
+        assert result["near_twins_ratio_low"] < result["near_twins_ratio"] < result["near_twins_ratio_high"]
+    assert m._binomial_interval(6, 269) == pytest.approx((0.0082, 0.0479), abs=1e-4)
+    wide, narrow = m._binomial_interval(5, 100), m._binomial_interval(50, 1000)
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 2
 
 
 def test_cas_of_real_rows_is_one_and_of_swapped_labels_is_low():
