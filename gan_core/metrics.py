@@ -3,7 +3,7 @@ utility and CAS. Nearest neighbours are found in row blocks: never an N x M dist
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from scipy.spatial.distance import cdist
@@ -78,13 +78,12 @@ def _pair_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cdist(a, b)
 
 
-def _distance_blocks(a: np.ndarray, b: np.ndarray, distance: Callable = _pair_distances
-                     ) -> Iterator[tuple[slice, np.ndarray]]:
+def _distance_blocks(a: np.ndarray, b: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
     """(rows, distances from a[rows] to every row of b), rows in blocks of about CHUNK_BYTES."""
     step = max(1, CHUNK_BYTES // (8 * max(1, len(b))))
     for start in range(0, len(a), step):
         rows = slice(start, start + step)
-        yield rows, distance(a[rows], b)
+        yield rows, _pair_distances(a[rows], b)
 
 
 def _knn_radii(points: np.ndarray, k: int) -> np.ndarray:
