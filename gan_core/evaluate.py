@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import sys
+import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -308,22 +310,31 @@ def evaluate(model: TrainedModel, prepared: Path, params: Params, metrics_path: 
     if unknown:
         raise ValueError(f"evaluate.evaluators: unknown {unknown} (known: {sorted(EVALUATORS)})")
     plots_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     ctx = build_context(model, prepared, params, plots_dir, feature_cache)
+    _say_time("context (samples, evaluator network)", started)
     metrics = {"parameters": model.meta["parameters"], "step": model.meta["step"],
                # Unlabelled data: no label evaluators, and features learnt without labels; say so.
                "labelled": bool(ctx.train.num_classes), "feature_space": feature_space(ctx.train.num_classes)}
     skipped = []
     for name in params.evaluate.evaluators:
+        started = time.monotonic()
         try:
             metrics |= EVALUATORS[name](ctx)
         except NotApplicable:
             # Default evaluators stay valid for unlabelled data: those that need labels step aside.
             skipped.append(name)
+        _say_time(name, started)
     if skipped:
         metrics["skipped_evaluators"] = ", ".join(skipped)
     write_sample_grids(ctx.fake, model_class_names(model.meta), params.evaluate.grid_rows, plots_dir)
     write_json_atomic(Path(metrics_path), metrics)
     return metrics
+
+
+def _say_time(what: str, started: float) -> None:
+    # Where an evaluation's minutes go, in the stage's log (a lazily built feature counts where first used).
+    print(f"evaluate: {what} in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
 
 def rejection_table(ctx: EvalContext, targets: list[float]) -> list[dict]:
