@@ -25,7 +25,8 @@ from gan_core.features import FeatureNet, feature_space, load_or_train_feature_n
 from gan_core.lineage import check_model_data as check_model_trained_on
 from gan_core.lineage import data_fingerprint
 from gan_core.models import to_unit_range
-from gan_core.sampling import SampleBatch, TrainedModel, fit_to_model, logit_to_score, quantise, rejection_sample
+from gan_core.sampling import (SampleBatch, TrainedModel, fit_to_model, logit_to_score, quantise, rejection_sample,
+                               stream_positions)
 
 
 @dataclass
@@ -227,8 +228,14 @@ def quality_with_rejection(ctx: EvalContext, target_acceptance: float | None) ->
     else:
         settings = ctx.rejection.model_copy(update={"target_acceptance": target_acceptance})
         rule = fit_to_model(ctx.model, settings, ctx.cfg.seed, BATCH_SIZE)
-        batch, candidates = rejection_sample(ctx.model, rule, ctx.cfg.seed, len(ctx.fake.seeds), BATCH_SIZE)
-        features, _ = ctx.features.embed(batch.images)
+        # The plain samples are the stream's first candidates: those accepted keep their images and features.
+        batch, candidates = rejection_sample(ctx.model, rule, ctx.cfg.seed, len(ctx.fake.seeds), BATCH_SIZE,
+                                             drawn_before=ctx.fake)
+        reused = stream_positions(batch.seeds)
+        reused = reused[reused < len(ctx.fake.seeds)]  # accepted in stream order: the reused ones come first
+        features, drawn = ctx.fake_features[0][reused], batch.images[len(reused):]
+        if len(drawn):
+            features = np.concatenate([features, ctx.features.embed(drawn)[0]])
     real = ctx.held_out_features[0]
     quality = m.prdc(real, features[:len(real)], ctx.cfg.knn)
     return {"acceptance": len(batch.seeds) / candidates, "fd": chunked_fd(ctx, features),

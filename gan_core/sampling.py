@@ -128,6 +128,11 @@ def candidates_through(seed: int) -> int:
     return int(seed & ((1 << SHARD_BITS) - 1)) + 1
 
 
+def stream_positions(seeds: np.ndarray) -> np.ndarray:
+    """Each seed's position in its shard's stream (0 for the first candidate)."""
+    return np.asarray(seeds, dtype=np.int64) & ((1 << SHARD_BITS) - 1)
+
+
 @torch.inference_mode()
 def generate_and_score(model: TrainedModel, seeds: np.ndarray, truncation: float = 1.0) -> "SampleBatch":
     """Images as published (8-bit, mapped back to [-1, 1], on the CPU), labels, the discriminator's logit
@@ -292,14 +297,19 @@ def accept(batch: SampleBatch, rule: RejectionRule | None) -> SampleBatch:
 
 
 def rejection_sample(model: TrainedModel, rule: RejectionRule | None, base_seed: int, count: int,
-                     batch_size: int) -> tuple[SampleBatch, int]:
+                     batch_size: int, drawn_before: SampleBatch | None = None) -> tuple[SampleBatch, int]:
     """The first `count` accepted samples of shard 0's seed stream, and how many candidates that took.
 
     Without a rule this is simply the first `count` seeds: both settings draw from one stream, so a
-    comparison of the two differs only in what rejection removed.
+    comparison of the two differs only in what rejection removed. drawn_before: the stream's first
+    candidates, already generated (evaluation's plain samples): judged again, not generated again.
     """
     kept: list[SampleBatch] = []
     drawn = 0
+    if drawn_before is not None:
+        if not np.array_equal(drawn_before.seeds, shard_seeds(base_seed, 0, 0, len(drawn_before.seeds))):
+            raise ValueError("drawn_before: not the first candidates of this seed's stream")
+        kept, drawn = [accept(drawn_before, rule)], len(drawn_before.seeds)
     while sum(len(b.seeds) for b in kept) < count:
         kept.append(accept(generate_and_score(model, shard_seeds(base_seed, 0, drawn, batch_size)), rule))
         drawn += batch_size

@@ -141,6 +141,12 @@ def test_rejection_sample_draws_from_the_plain_stream(model):
     expected = stream.seeds[stream.coins < rule.accept_probability(stream.logits)]
     assert np.array_equal(kept.seeds, expected) and kept.seeds[-1] == stream.seeds[-1]
     assert 0.3 < 60 / candidates < 0.7
+    # Handed the plain samples, it judges them instead of generating them again: the same samples.
+    again, again_candidates = rejection_sample(model, rule, 7, 60, 25, drawn_before=plain)
+    assert again_candidates == candidates and np.array_equal(again.seeds, kept.seeds)
+    assert torch.equal(again.images, kept.images) and np.array_equal(again.logits, kept.logits)
+    with pytest.raises(ValueError, match="drawn_before"):
+        rejection_sample(model, rule, 8, 60, 25, drawn_before=plain)
 
 
 @pytest.mark.parametrize("logit, expected", [
