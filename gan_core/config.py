@@ -13,6 +13,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       model_validator)
 from pydantic_core import PydanticCustomError
 
+from gan_core.tabular.config import TableConfig
+
 PARAMS_FILE = Path("params.yaml")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -63,6 +65,12 @@ class PrepareConfig(Section):
     # Names of classes 0..K-1, over the source's own (folder names, an .npz's class_names); checked
     # against the data's class count when preparing.
     class_names: list[ClassName] | None = None
+    # Tables (a .csv, a .parquet or a folder of .parquet files as source): column kind overrides (name -> one of
+    # continuous, integer, categorical, boolean, datetime), the utility metric's target column, and the
+    # categorical column to condition on (None: the target when it is categorical or boolean, else none).
+    columns: dict[str, Literal["continuous", "integer", "categorical", "boolean", "datetime"]] = {}
+    target: str | None = None
+    condition: str | None = None
 
     @field_validator("class_names")
     @classmethod
@@ -213,6 +221,7 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     generate: GenerateConfig = GenerateConfig()
     gate: GateConfig = GateConfig()
+    table: TableConfig = TableConfig()  # the row GAN of a table source (model and training); unused for images
 
     @field_validator("*", mode="before")
     @classmethod

@@ -17,6 +17,7 @@ from gan_core.checkpoint import read_metrics, sha256_file
 from gan_core.config import Params
 from gan_core.data import BUNDLED_DIGITS, model_class_names
 from gan_core.layout import Layout
+from gan_core.table_data import is_table_source
 
 PACKAGE = Path(__file__).resolve().parent
 # Train settings that change how fast or where a run goes, not what it learns. `threads` and `device`
@@ -37,9 +38,11 @@ def data_fingerprint(prepared_path: Path) -> dict:
     """sha256 of the prepared .npz, and per split the sha256 of its images and labels."""
     splits = {}
     with np.load(prepared_path, allow_pickle=False) as npz:
+        # A table's splits are its rows (Parquet bytes); an image set's, its images and labels.
+        fields = ("rows",) if "kind" in npz.files and str(npz["kind"]) == "table" else ("images", "labels")
         for name in ("train", "validation", "test"):
             digest = hashlib.sha256()
-            for key in (f"{name}_images", f"{name}_labels"):
+            for key in (f"{name}_{field}" for field in fields):
                 array = np.ascontiguousarray(npz[key])
                 digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
                 digest.update(array.tobytes())
@@ -47,21 +50,32 @@ def data_fingerprint(prepared_path: Path) -> dict:
     return {"sha256": sha256_file(prepared_path), "splits": splits}
 
 
+def _module_path(name: str) -> Path | None:
+    """gan_core's source file of dotted `name` ("tabular.train"); a sub-package's __init__.py; None if none."""
+    base = PACKAGE.joinpath(*name.split("."))
+    path = base.with_suffix(".py")
+    return path if path.is_file() else None
+
+
 def module_closure(module: str) -> list[Path]:
-    """The source files of gan_core `module` and of every gan_core module it imports, transitively."""
+    """The source files of gan_core `module` (dotted for a sub-package's: "tabular.train") and of every
+    gan_core module it imports, transitively."""
     seen: dict[str, Path] = {}
     pending = [module]
     while pending:
         name = pending.pop()
-        path = PACKAGE / f"{name}.py"
-        if name in seen or not path.is_file():
+        path = _module_path(name)
+        if name in seen or path is None:
             continue
         seen[name] = path
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module == "gan_core":
                 pending += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gan_core."):
-                pending.append(node.module.removeprefix("gan_core."))
+                inner = node.module.removeprefix("gan_core.")
+                pending.append(inner)
+                if (PACKAGE / inner.replace(".", "/")).is_dir():  # `from gan_core.tabular import train`
+                    pending += [f"{inner}.{alias.name}" for alias in node.names]
     return sorted(seen.values())
 
 
@@ -87,6 +101,21 @@ def training_fingerprint(params: Params, data_fp: dict) -> dict:
     return fingerprint | {"id": canonical_sha256(fingerprint)}
 
 
+def table_training_fingerprint(params: Params, data_fp: dict) -> dict:
+    """training_fingerprint for a table: the split and column settings, the `table` section and train.seed."""
+    fingerprint = {
+        "data": data_fp,
+        "split": params.prepare.model_dump(mode="json", include={"source", "test_source", "validation_fraction",
+                                                                 "test_fraction", "seed", "columns", "target",
+                                                                 "condition"}),
+        # max_seconds stops a run by the clock: it stays, as it decides what is trained
+        "table": params.table.model_dump(mode="json", exclude={"checkpoint_every"}),
+        "train": {"seed": params.train.seed},
+        "code": code_version("tabular.train"),
+    }
+    return fingerprint | {"id": canonical_sha256(fingerprint)}
+
+
 def differences(found: dict, wanted: dict) -> list[str]:
     """What differs between two training fingerprints, in words: 'with train.lr_g 0.0004 vs 0.0002'."""
     if found.get("data", {}).get("sha256") != wanted["data"]["sha256"]:
@@ -94,8 +123,10 @@ def differences(found: dict, wanted: dict) -> list[str]:
                f"{_short(wanted['data']['sha256'])})"]
     else:
         out = []
-    for section in ("split", "model", "train", "features"):
-        theirs, ours = found.get(section, {}), wanted[section]
+    for section in ("split", "model", "table", "train", "features"):
+        if section not in found and section not in wanted:
+            continue
+        theirs, ours = found.get(section) or {}, wanted.get(section) or {}
         out += [f"with {section}.{key} {theirs.get(key)} vs {ours.get(key)}"
                 for key in sorted(set(theirs) | set(ours)) if theirs.get(key) != ours.get(key)]
     if found.get("code") != wanted["code"]:
@@ -135,6 +166,19 @@ def check_model_data(model: str, meta: dict, prepared: Path, data_fp: dict) -> N
 # --- provenance and manifests: what a published model or dataset came from ------------------
 
 GENERATOR = "ema.safetensors"  # the weights generation samples from
+TABLE_GENERATOR = "generator.safetensors"  # a table model's (its EMA weights)
+
+
+def generator_file(model_dir: Path) -> str:
+    """The file of a model folder that generation samples from: the EMA generator of either kind."""
+    return TABLE_GENERATOR if model_kind(model_dir) == "table" else GENERATOR
+
+
+def model_kind(model_dir: Path) -> str:
+    """"table" or "image", as the model's meta.json says (models exported before tables are images)."""
+    meta = read_metrics(Path(model_dir) / "meta.json")
+    return "table" if meta.get("kind") == "table" or str(meta.get("format", "")).startswith("ganforge-table") \
+        else "image"
 
 
 @dataclass(frozen=True)
@@ -149,7 +193,8 @@ class ModelSource:
 
     def record(self) -> dict:
         """What a dataset manifest says about the model that made it (`model`)."""
-        sha256 = sha256_file(self.directory / GENERATOR) if (self.directory / GENERATOR).is_file() else None
+        generator = self.directory / generator_file(self.directory)
+        sha256 = sha256_file(generator) if generator.is_file() else None
         return {"uri": self.uri, "version": self.version, "sha256": sha256, "provenance": self.provenance,
                 "metrics": self.metrics}
 
@@ -223,30 +268,41 @@ def provenance(params: Params, layout: Layout = Layout(), fetched_model: bool = 
 
 
 def generator_sha256(model_dir: Path) -> str | None:
-    return read_metrics(model_dir / "meta.json").get("files", {}).get(GENERATOR)
+    return read_metrics(model_dir / "meta.json").get("files", {}).get(generator_file(model_dir))
 
 
 def generation_inputs(params: Params, model: ModelSource) -> dict:
     """What makes a dataset publication this run's own: a version with other inputs is another run's."""
-    return {"model_sha256": generator_sha256(model.directory), "model": params.model.model_dump(mode="json"),
+    # A table model's shape is in its meta.json (and so in its sha256), not in params' `model`.
+    shape = ({"table": params.table.model_dump(mode="json")} if model_kind(model.directory) == "table"
+             else {"model": params.model.model_dump(mode="json")})
+    return {"model_sha256": generator_sha256(model.directory), **shape,
             "generate": params.generate.model_dump(mode="json"), "sample_count": params.generate.num_samples}
 
 
 def training_inputs(params: Params) -> dict:
     """What makes a model publication this run's own: the data and every setting that trains it."""
-    return {section: getattr(params, section).model_dump(mode="json")
-            for section in ("prepare", "model", "train", "features")}
+    sections = ("prepare", "table", "train") if is_table_params(params) else ("prepare", "model", "train", "features")
+    return {section: getattr(params, section).model_dump(mode="json") for section in sections}
+
+
+def is_table_params(params: Params) -> bool:
+    return is_table_source(params.prepare.source)
 
 
 def build_manifest(params: Params, summary: dict, version: str, layout: Layout = Layout(),
                    model: ModelSource | None = None) -> dict:
     model = model or local_model(params, layout)
     record = model.record()
-    return {"inputs": generation_inputs(params, model), "name": params.generate.name, "version": version,
+    meta = read_metrics(model.directory / "meta.json")
+    # A table's classes are its condition column's values; its manifest says which columns ganforge added.
+    kind = {"kind": "table", "added_columns": summary["added_columns"], "columns": summary["columns"],
+            "condition": meta.get("schema", {}).get("condition")} if summary.get("kind") == "table" else {}
+    return {**kind, "inputs": generation_inputs(params, model), "name": params.generate.name, "version": version,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "generator_sha256": record["sha256"], **provenance(params, layout, fetched_model=model.uri is not None),
             "sample_count": summary["sample_count"], "acceptance_rate": summary["acceptance_rate"],
             "rejection": summary["rejection"], "model_uri": model.uri, "metrics": model.metrics, "model": record,
-            "class_names": model_class_names(read_metrics(model.directory / "meta.json")),
+            "class_names": meta.get("class_names", []) if kind else model_class_names(meta),
             "schema_version": summary["schema_version"], "class_counts": summary["class_counts"],
             "truncation": summary["truncation"]}

@@ -1,20 +1,35 @@
-"""Evaluate stage: a model and the test split -> metrics/eval.json and plots/."""
+"""Evaluate stage: a model and the test split -> metrics/eval.json and plots/ (image or table evaluators by kind)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from gan_core import lineage
+from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params
-from gan_core.evaluate import build_context, evaluate, rejection_table
+from gan_core.evaluate import _summary, _write_score_histogram, build_context, evaluate, rejection_table
 from gan_core.layout import Layout
-from gan_core.sampling import load_model, pick_device
+from gan_core.sampling import load_model, logit_to_score, pick_device, shard_seeds
+from gan_core.table_data import load_prepared_table
+from gan_core.table_plots import write_marginals_png
+
+# Plot outputs dvc.yaml declares for either kind: a kind that has nothing for one leaves it an empty folder.
+PLOT_FOLDERS = ("classes", "marginals")
 
 
 def run_evaluate(params: Params, layout: Layout = Layout(), model_dir: Path | None = None,
                  out_dir: Path | None = None) -> dict:
     """Metrics of the local model into metrics/ and plots/; of another model (model_dir) into out_dir only."""
-    model = load_model(model_dir or layout.model(params), pick_device(params.train.device))
+    directory = model_dir or layout.model(params)
     metrics_path, plots = (out_dir / "eval.json", out_dir / "plots") if out_dir else (layout.metrics, layout.plots)
+    for folder in PLOT_FOLDERS:
+        (plots / folder).mkdir(parents=True, exist_ok=True)
+    if lineage.model_kind(directory) == "table":
+        return evaluate_table_model(directory, layout.prepared(params), params, metrics_path, plots)
+    model = load_model(directory, pick_device(params.train.device))
     return evaluate(model, layout.prepared(params), params, metrics_path, plots, layout.feature_cache)
 
 
@@ -23,3 +38,26 @@ def run_rejection_table(params: Params, targets: list[float], layout: Layout = L
     model = load_model(layout.model(params), pick_device(params.train.device))
     ctx = build_context(model, layout.prepared(params), params, layout.plots, layout.feature_cache)
     return rejection_table(ctx, targets)
+
+
+def evaluate_table_model(model_dir: Path, prepared: Path, params: Params, metrics_path: Path, plots: Path) -> dict:
+    """evaluate.num_samples generated rows against the real splits: the model's own discriminator on the test
+    split (d_auc, plots/d_scores.csv), then the table evaluators (gan_core.tabular.evaluate); one flat JSON."""
+    from gan_core.tabular.evaluate import evaluate_table
+    from gan_core.tabular.sampling import load_table_model, sample_rows, score_rows
+
+    model, data = load_table_model(model_dir), load_prepared_table(prepared)
+    lineage.check_model_data(f"the model (step {model.meta.get('step')})", {"fingerprint": model.meta.get("lineage")},
+                             prepared, lineage.data_fingerprint(prepared))
+    synthetic, fake_logits = sample_rows(model, shard_seeds(params.evaluate.seed, 0, 0, params.evaluate.num_samples))
+    real = logit_to_score(score_rows(model.scorer, model.transformer.transform(data.test)))
+    fake = logit_to_score(fake_logits)
+    _write_score_histogram(plots / "d_scores.csv", real, fake)
+    write_marginals_png(data.test, synthetic, {c.name: c.kind for c in data.schema.columns}, plots / "samples.png")
+    metrics = {"kind": "table", "step": model.meta.get("step"), "d_score_real": _summary(real),
+               "d_score_fake": _summary(fake),
+               "d_auc": float(roc_auc_score(np.r_[np.ones(len(real)), np.zeros(len(fake))], np.r_[real, fake]))}
+    metrics |= evaluate_table(data.train, data.test, synthetic, data.schema, plots_dir=plots,
+                              seed=params.evaluate.seed)
+    write_json_atomic(Path(metrics_path), metrics)
+    return metrics

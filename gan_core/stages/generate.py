@@ -12,8 +12,12 @@ from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params
 from gan_core.generate import ShardResult, generate_dataset, generate_shard, plan_shards, rejection_rule, summarize
 from gan_core.layout import Layout, default_version
-from gan_core.lineage import ModelSource, build_manifest, local_model
+from gan_core.lineage import ModelSource, build_manifest, local_model, model_kind
 from gan_core.sampling import RejectionRule, load_model, pick_device
+from gan_core.table_card import write_table_card
+from gan_core.table_generate import (generate_table_dataset, generate_table_shard, plan_table_shards, summarize_table,
+                                     table_rejection_rule)
+from gan_core.tabular.sampling import load_table_model
 
 
 def sample_overrides(num_samples: int | None, class_counts: dict | None) -> dict[str, object]:
@@ -26,6 +30,8 @@ def sample_overrides(num_samples: int | None, class_counts: dict | None) -> dict
 def run_generate(params: Params, out_dir: Path, layout: Layout = Layout()) -> dict:
     """Shards into `out_dir` (emptied first) plus what the manifest records about them."""
     shutil.rmtree(out_dir, ignore_errors=True)
+    if model_kind(layout.model(params)) == "table":
+        return generate_table_dataset(load_table_model(layout.model(params)), params.generate, out_dir)
     model = load_model(layout.model(params), pick_device(params.train.device))
     return generate_dataset(model, params.generate, out_dir)
 
@@ -37,21 +43,35 @@ def plan_generation(params: Params, model_dir: Path, out_dir: Path) -> dict:
     cfg = params.generate
     shutil.rmtree(out_dir, ignore_errors=True)
     Path(out_dir).mkdir(parents=True)
-    model = load_model(model_dir, pick_device(params.train.device))
-    rule = rejection_rule(model, cfg)
+    if model_kind(model_dir) == "table":
+        model = load_table_model(model_dir)
+        rule, quotas = table_rejection_rule(model, cfg), plan_table_shards(model, cfg)
+    else:
+        model = load_model(model_dir, pick_device(params.train.device))
+        rule, quotas = rejection_rule(model, cfg), plan_shards(model, cfg)
     return {"rule": asdict(rule) if rule else None,
-            "shards": [(i, [list(part) for part in quota]) for i, quota in enumerate(plan_shards(model, cfg))]}
+            "shards": [(i, [list(part) for part in quota]) for i, quota in enumerate(quotas)]}
 
 
 def run_shard(params: Params, model_dir: Path, index: int, quota: list, rule: dict | None, out_dir: Path) -> dict:
+    rule = RejectionRule(**rule) if rule else None
+    if model_kind(model_dir) == "table":
+        result = generate_table_shard(load_table_model(model_dir), index, quota, params.generate, rule, out_dir)
+        # The summary of a table's shards needs its model (the condition column's values, the added columns).
+        return {**asdict(result), "path": str(result.path), "table_model": str(model_dir)}
     model = load_model(model_dir, pick_device(params.train.device))
-    result = generate_shard(model, index, quota, params.generate, RejectionRule(**rule) if rule else None, out_dir)
+    result = generate_shard(model, index, quota, params.generate, rule, out_dir)
     return {**asdict(result), "path": str(result.path)}
 
 
 def summarize_shards(params: Params, results: list[dict], rule: dict | None) -> dict:
-    shards = [ShardResult(**{**r, "path": Path(r["path"])}) for r in results]
-    return summarize(shards, RejectionRule(**rule) if rule else None, params.generate)
+    table_model = results[0].get("table_model") if results else None
+    shards = [ShardResult(**{**{k: v for k, v in r.items() if k != "table_model"}, "path": Path(r["path"])})
+              for r in results]
+    rule = RejectionRule(**rule) if rule else None
+    if table_model:
+        return summarize_table(shards, rule, params.generate, load_table_model(Path(table_model)))
+    return summarize(shards, rule, params.generate)
 
 
 def publication_version(version: str | None) -> str:
@@ -64,9 +84,10 @@ def run_publish(params: Params, summary: dict, version: str, bucket: str, layout
     model = model or local_model(params, layout)
     manifest = build_manifest(params, summary, version, layout, model)
     shards = [Path(p) for p in summary["shard_files"]]
-    card = write_card(shards[0].parent / storage.EXTRA_FOLDER, CardSources(
-        manifest, storage.version_uri(bucket, prefix, params.generate.name, version), shards,
-        layout.prepared(params), model.directory, layout.plots, params.generate.license))
+    sources = CardSources(manifest, storage.version_uri(bucket, prefix, params.generate.name, version), shards,
+                          layout.prepared(params), model.directory, layout.plots, params.generate.license)
+    write = write_table_card if summary.get("kind") == "table" else write_card
+    card = write(shards[0].parent / storage.EXTRA_FOLDER, sources)
     uri = storage.publish_dataset(shards, bucket=bucket, name=params.generate.name, version=version,
                                   manifest=manifest, prefix=prefix, extra_files=card)
     # Beside the shards, wherever this run wrote them (the DVC out, or a run folder of its own).

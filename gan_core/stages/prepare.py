@@ -1,4 +1,4 @@
-"""Prepare stage: the configured source -> data/prepared/<dataset>.npz (three splits)."""
+"""Prepare stage: the configured source -> data/prepared/<dataset>.npz (three splits of images or of table rows)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from gan_core.config import Params
 from gan_core.data import BUNDLED_DIGITS, DataError, prepare_dataset
 from gan_core.layout import Layout
+from gan_core.table_data import is_table_source, prepare_table
 
 
 def run_prepare(params: Params, layout: Layout = Layout()) -> dict:
@@ -14,6 +15,14 @@ def run_prepare(params: Params, layout: Layout = Layout()) -> dict:
     for key, source in (("prepare.source", cfg.source), ("prepare.test_source", cfg.test_source)):
         if source is not None:
             check_source_is_tracked(source, layout, key)
+    if is_table_source(cfg.source):
+        return prepare_table(cfg.source, layout.prepared(params), cfg.validation_fraction, cfg.test_fraction,
+                             cfg.seed, columns=cfg.columns, target=cfg.target, condition=cfg.condition,
+                             test_source=cfg.test_source)
+    table_keys = [key for key in ("columns", "target", "condition") if getattr(cfg, key)]
+    if table_keys:
+        raise DataError(f"prepare.{table_keys[0]} is for a table source (.csv, .parquet); "
+                        f"prepare.source {cfg.source} holds images")
     return prepare_dataset(cfg.source, layout.prepared(params), cfg.validation_fraction, cfg.test_fraction,
                            cfg.seed, resolution=cfg.resolution, transform=cfg.transform, test_source=cfg.test_source,
                            class_names=cfg.class_names)
