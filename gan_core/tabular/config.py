@@ -1,0 +1,40 @@
+"""The `table:` section of params.yaml: the row GAN's shape and its training knobs."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TableConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # model
+    embedding_dim: int = Field(128, ge=1)  # latent z, as CTGAN
+    mapping_layers: int = Field(1, ge=0)  # the seed's mapping network: z (+ conditional vector) -> w
+    mapping_dim: int = Field(128, ge=1)
+    generator_dims: tuple[int, ...] = (256, 256)  # decoder blocks; each grows the width by its own (residual concat)
+    discriminator_dims: tuple[int, ...] = (256, 256)
+    pac: int = Field(10, ge=1)  # PacGAN: the discriminator judges groups of `pac` rows
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)  # in the discriminator, as CTGAN
+    gumbel_tau: float = Field(0.2, gt=0.0)
+    gmm_components: int = Field(10, ge=1)  # most modes per continuous column (Bayesian GMM prunes the rest)
+    # training
+    batch_size: int = Field(500, ge=1)  # rounded down to a multiple of pac
+    steps: int = Field(1000, ge=1)
+    max_seconds: float | None = Field(None, gt=0.0)  # wall-clock budget: stop early when spent (not reproducible)
+    lr: float = Field(2e-4, gt=0.0)  # generator
+    lr_d: float | None = Field(None, gt=0.0)  # discriminator; None: the same as lr
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-6, ge=0.0)
+    ema_decay: float = Field(0.99, ge=0.0, lt=1.0)
+    cond_loss_weight: float = Field(1.0, ge=0.0)
+    select_every: int = Field(50, ge=0)  # steps between checkpoint-selection scores on validation; 0: the last step
+    select_rows: int = Field(1000, ge=10)  # generated rows per selection score
+    checkpoint_every: int = Field(500, ge=1)  # steps between resumable checkpoints
+
+    @model_validator(mode="after")
+    def _batch_holds_a_pack(self):
+        if self.batch_size < self.pac:
+            raise ValueError(f"table.batch_size ({self.batch_size}) must be at least table.pac ({self.pac})")
+        return self

@@ -1,0 +1,141 @@
+"""What a table's columns are: reading a table from csv / parquet, inferring column kinds, overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from pandas.api import types as ptypes
+
+KINDS = ("continuous", "integer", "categorical", "boolean", "datetime")
+DISCRETE = ("categorical", "boolean")
+
+
+class TableError(ValueError):
+    """A table, column or schema that cannot be used; the message names the file or column."""
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    kind: str
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    columns: tuple[ColumnSpec, ...]
+    target: str | None
+    condition: str | None
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> ColumnSpec:
+        for spec in self.columns:
+            if spec.name == name:
+                return spec
+        raise TableError(f"column {name!r} is not in the table (columns: {self.names})")
+
+    def to_json(self) -> dict:
+        return {"columns": [{"name": c.name, "kind": c.kind, "nullable": c.nullable} for c in self.columns],
+                "target": self.target, "condition": self.condition}
+
+    @classmethod
+    def from_json(cls, d: dict) -> TableSchema:
+        columns = tuple(ColumnSpec(str(c["name"]), str(c["kind"]), bool(c["nullable"])) for c in d["columns"])
+        for c in columns:
+            if c.kind not in KINDS:
+                raise TableError(f"schema: column {c.name!r} has unknown kind {c.kind!r} (kinds: {', '.join(KINDS)})")
+        return cls(columns, d.get("target"), d.get("condition"))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A .csv file, a .parquet file or a folder of .parquet files (read in name order) as one DataFrame."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            parts = sorted(p for p in path.iterdir() if p.suffix == ".parquet" and not p.name.startswith(("_", ".")))
+            if not parts:
+                raise TableError(f"{path}: a folder without .parquet files")
+            return pd.concat([_read_one(p) for p in parts], ignore_index=True)
+        return _read_one(path)
+    except FileNotFoundError:
+        raise TableError(f"{path}: not found") from None
+
+
+def _read_one(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix == ".csv":
+            df = pd.read_csv(path)
+        elif path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            raise TableError(f"{path}: a table source must be a .csv, a .parquet or a folder of .parquet files")
+    except (ValueError, OSError) as exc:
+        if isinstance(exc, (TableError, FileNotFoundError)):
+            raise
+        raise TableError(f"{path}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if df.empty or not len(df.columns):
+        raise TableError(f"{path}: no rows or no columns")
+    if len(set(map(str, df.columns))) != len(df.columns):
+        raise TableError(f"{path}: column names must be distinct")
+    return df
+
+
+def infer_kind(series: pd.Series) -> str:
+    """The kind a column's values suggest; overrides decide where this guesses wrong."""
+    values = series.dropna()
+    if ptypes.is_bool_dtype(series.dtype) or (len(values) and values.map(type).isin([bool]).all()):
+        return "boolean"
+    if ptypes.is_datetime64_any_dtype(series.dtype):
+        return "datetime"
+    if ptypes.is_integer_dtype(series.dtype):
+        return "integer"
+    if ptypes.is_float_dtype(series.dtype):
+        # An integer column with missing values reads as float.
+        return "integer" if len(values) and (values == values.round()).all() and values.abs().max() < 2**53 \
+            else "continuous"
+    if series.dtype == object and len(values) and values.map(type).eq(str).all() and _iso_dates(values):
+        return "datetime"
+    return "categorical"
+
+
+def _iso_dates(values: pd.Series) -> bool:
+    sample = values.iloc[:200]
+    if not sample.str.match(r"^\d{4}-\d{2}-\d{2}").all():
+        return False
+    try:
+        pd.to_datetime(values, format="ISO8601")
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def infer_schema(df: pd.DataFrame, overrides: dict[str, str] | None = None, target: str | None = None,
+                 condition: str | None = None) -> TableSchema:
+    """Kinds of every column of `df`, with `overrides` (name -> kind) over the guesses.
+
+    `condition` None: the target when that is categorical or boolean, else no condition.
+    """
+    overrides = dict(overrides or {})
+    names = [str(c) for c in df.columns]
+    for name, kind in overrides.items():
+        if name not in names:
+            raise TableError(f"prepare.columns: no column {name!r} in the table (columns: {names})")
+        if kind not in KINDS:
+            raise TableError(f"prepare.columns: {name!r} has unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
+    for key, name in (("target", target), ("condition", condition)):
+        if name is not None and name not in names:
+            raise TableError(f"prepare.{key}: no column {name!r} in the table (columns: {names})")
+    columns = tuple(ColumnSpec(name, overrides.get(name) or infer_kind(df[col]), bool(df[col].isna().any()))
+                    for name, col in zip(names, df.columns))
+    kinds = {c.name: c.kind for c in columns}
+    if condition is None and target is not None and kinds[target] in DISCRETE:
+        condition = target
+    if condition is not None and kinds[condition] not in DISCRETE:
+        raise TableError(f"prepare.condition: column {condition!r} is {kinds[condition]}; "
+                         "condition on a categorical or boolean column")
+    return TableSchema(columns, target, condition)
