@@ -191,8 +191,8 @@ class Selector:
 
 
 def select(state: TableState, selector: Selector, data: TrainData, cfg: TableConfig) -> None:
-    scores = selector.score(state.G_ema, data, cfg)
-    state.selection.append({"step": state.step} | {k: round(v, 5) for k, v in scores.items()})
+    scores = {k: round(v, 5) for k, v in selector.score(state.G_ema, data, cfg).items()}
+    state.selection.append({"step": state.step} | scores)
     if scores["score"] > state.best_score:
         state.best_step, state.best_score = state.step, scores["score"]
         state.best = {GENERATOR: _clone(state.G_ema.state_dict()),
@@ -215,7 +215,9 @@ def _current(state: TableState) -> dict:
 def fingerprint(x: np.ndarray, schema: TableSchema, cfg: TableConfig, seed: int) -> str:
     """What a resumable state was trained from: only the same training rows, schema, config and seed resume it."""
     digest = hashlib.sha256(np.ascontiguousarray(x).tobytes())
-    digest.update(json.dumps([schema.to_json(), cfg.model_dump(mode="json"), seed], sort_keys=True).encode())
+    # How long to train is not part of it: a run given more steps or time continues the same run.
+    knobs = cfg.model_dump(mode="json", exclude={"steps", "max_seconds", "checkpoint_every"})
+    digest.update(json.dumps([schema.to_json(), knobs, seed], sort_keys=True).encode())
     return digest.hexdigest()
 
 
