@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--rounds N] [training] [generation] [pipeline]`: every figure, one `bench:` line each."""
+"""`python -m benchmarks [--rounds N] [training] [generation] [pipeline] [tables]`: every figure, one `bench:` line each."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-SUITES = ("training", "generation", "pipeline")
+SUITES = ("training", "generation", "pipeline", "tables")
 
 
 def machine_state() -> str:
