@@ -127,7 +127,9 @@ def cmd_show(args) -> object:
     from gan_core.layout import bucket_from_env, card_cache_dir
     folder = storage.download_card(args.bucket or bucket_from_env(), args.name, args.version,
                                    Path(args.to) if args.to else card_cache_dir())
-    return {name: str(folder / name) for name in CARD_FILES} | {"open": (folder / "report.html").resolve().as_uri()}
+    # A table's card has no preview.png.
+    return ({name: str(folder / name) for name in CARD_FILES if (folder / name).exists()}
+            | {"open": (folder / "report.html").resolve().as_uri()})
 
 
 @command

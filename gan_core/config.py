@@ -211,6 +211,18 @@ class GateConfig(Section):
     utility_min: float | None = Field(0.9, ge=0.0)  # classifier accuracy, synthetic-trained over real-trained
     label_consistency_min: float | None = Field(0.9, ge=0.0, le=1.0)
     memorisation_max: float | None = Field(0.02, ge=0.0, le=1.0)  # share of samples nearer a training image
+    # Tables (gan_core.tabular.evaluate's metrics); utility_min above applies to both kinds.
+    quality_min: float | None = Field(0.7, ge=0.0, le=1.0)  # SDMetrics quality score against the test rows
+    dcr_ratio_min: float | None = Field(0.9, ge=0.0)  # median distance to closest training record over the test rows'
+
+    def applies_to(self, kind: str) -> dict[str, float | None]:
+        """The thresholds that bear on a model of `kind` ("image" or "table"), by key."""
+        other = TABLE_ONLY_GATES if kind != "table" else IMAGE_ONLY_GATES
+        return {key: value for key, value in self.model_dump().items() if key not in other}
+
+
+IMAGE_ONLY_GATES = {"fd_ratio_max", "label_consistency_min", "memorisation_max"}
+TABLE_ONLY_GATES = {"quality_min", "dcr_ratio_min"}
 
 
 class Params(Section):

@@ -40,20 +40,22 @@ class GateResult:
     def markdown(self, name: str, version: str, metrics: dict, gate: GateConfig) -> str:
         verdict = "passed: promoted to production" if self.passed else "FAILED: not promoted"
         lines = [f"### quality gate: {name} {version} {verdict}", "", "| metric | value | threshold |", "|---|---|---|"]
-        for key, metric, bound, threshold in _thresholds(gate):
+        for key, metric, bound, threshold in _thresholds(gate, metrics.get("kind", "image")):
             lines.append(f"| {metric} | {metrics.get(metric, 'missing')} | {bound} {threshold} |")
         return "\n".join(lines + [""] + [f"- {miss}" for miss in self.misses])
 
 
-def _thresholds(gate: GateConfig) -> list[tuple[str, str, str, float | None]]:
-    """(key, metric, "min" or "max", threshold) of each gate setting: `fd_ratio_max` bounds `fd_ratio` from above."""
-    return [(key, *key.rsplit("_", 1), threshold) for key, threshold in gate.model_dump().items()]
+def _thresholds(gate: GateConfig, kind: str = "image") -> list[tuple[str, str, str, float | None]]:
+    """(key, metric, "min" or "max", threshold) of each gate setting for a model of `kind` (the evaluation's
+    `kind`: "table", else images): `fd_ratio_max` bounds `fd_ratio` from above."""
+    return [(key, *key.rsplit("_", 1), threshold) for key, threshold in gate.applies_to(kind).items()]
 
 
 def check_gate(metrics: dict, gate: GateConfig) -> GateResult:
-    """Each threshold of `gate` against `metrics`; a missing or non-numeric metric misses unless its threshold is null."""
+    """Each threshold of `gate` for the evaluated kind against `metrics`; a missing or non-numeric metric misses
+    unless its threshold is null."""
     misses = []
-    for key, metric, bound, threshold in _thresholds(gate):
+    for key, metric, bound, threshold in _thresholds(gate, metrics.get("kind", "image")):
         if threshold is None:
             continue
         value = metrics.get(metric)

@@ -72,6 +72,9 @@ def category_counts(model: TableModel, class_counts: dict | None, key: str = "ge
 
 
 def plan_table_shards(model: TableModel, cfg: GenerateConfig) -> list[Quota]:
+    if cfg.truncation != 1.0:
+        raise ConfigError(f"generate.truncation: a table model has no truncation trick; set it to 1.0 "
+                          f"(got {cfg.truncation})")
     return shard_quotas(cfg.num_samples, cfg.shard_size, category_counts(model, cfg.class_counts))
 
 

@@ -10,7 +10,8 @@ from gan_core.checkpoint import read_meta, write_json_atomic
 from gan_core.config import Params
 from gan_core.layout import Layout
 from gan_core.table_data import arrow_schema_text, load_prepared_table, prepared_kind
-from gan_core.train import train
+from gan_core.sampling import pick_device
+from gan_core.train import set_threads, train
 
 
 def run_train(params: Params, layout: Layout = Layout(), resume: bool = False, progress: bool = True) -> dict:
@@ -28,11 +29,13 @@ def train_table(params: Params, layout: Layout = Layout(), resume: bool = False,
     """
     from gan_core.tabular.train import train_table_gan
 
+    set_threads(params.train.threads)  # as for images: 1 thread gives the same model on any machine of one kind
     prepared, out_dir = layout.prepared(params), layout.model(params)
     data = load_prepared_table(prepared)
     fingerprint = lineage.table_training_fingerprint(params, lineage.data_fingerprint(prepared))
     history = train_table_gan(data.train, data.validation, data.schema, params.table, out_dir,
-                              seed=params.train.seed, resume=resume, progress=progress)
+                              seed=params.train.seed, resume=resume, progress=progress,
+                              device=str(pick_device(params.train.device)))
     summary = {"steps": history["steps"], "total_steps": params.table.steps, "seconds": history["seconds"],
                "selected_step": history["best_step"], "selected_score_validation": history.get("best_score"),
                "rows": len(data.train)}

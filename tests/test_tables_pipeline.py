@@ -1,0 +1,258 @@
+"""Tables through the pipeline: a small hostile table (odd column names, `seed` and `d_score` taken, missing values in
+every kind) prepared, trained, evaluated, generated and published through real DVC, Prefect and SeaweedFS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from gan_core import registry, storage
+from gan_core.config import ConfigError, parse_params
+from gan_core.data import DataError
+from gan_core.layout import Layout
+from gan_core.lineage import data_fingerprint
+from gan_core.table_data import load_prepared_table, prepare_table, prepared_kind
+from gan_core.table_generate import added_columns
+from tests.helpers import ROOT, git_commit, make_project, run, tiny_project_params
+
+SPECIES = ["Adélie", "Gentoo", "Chin strap"]
+# A few dozen steps of a narrow row GAN: seconds on 2 busy cores; nothing here measures quality.
+TINY_TABLE = {"embedding_dim": 16, "mapping_dim": 16, "generator_dims": [32, 32], "discriminator_dims": [32, 32],
+              "pac": 5, "batch_size": 50, "steps": 30, "select_every": 10, "select_rows": 100,
+              "checkpoint_every": 10, "gmm_components": 3}
+
+
+def hostile_table(rows: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Penguin-like rows: spaces, quotes and unicode in names, `seed` and `d_score` already taken, every kind
+    (continuous, integer, categorical, boolean, datetime) with missing values, and two exact duplicate rows."""
+    rng = np.random.default_rng(seed)
+    species = rng.choice(SPECIES, rows, p=[0.5, 0.35, 0.15])
+    frame = pd.DataFrame({
+        "species": species,
+        "body mass (g)": (np.where(species == "Gentoo", 5000, 3700) + rng.normal(0, 300, rows)).round(1),
+        'bill "length"': rng.normal(44, 5, rows).round(2),
+        "flippers": pd.array(rng.integers(170, 230, rows), dtype="Int64"),
+        "île": rng.choice(["Biscoe", "Dream", "Torgersen"], rows),
+        "seed": rng.integers(0, 5, rows),
+        "d_score": rng.random(rows),
+        "male": pd.array(rng.random(rows) < 0.5, dtype="boolean"),
+        "seen": pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 900, rows), unit="D"),
+    })
+    for column in ("body mass (g)", 'bill "length"', "flippers", "île", "male", "seen"):
+        frame.loc[rng.random(rows) < 0.05, column] = None
+    return pd.concat([frame.iloc[:-2], frame.iloc[:2]], ignore_index=True)  # 2 exact duplicates: dropped
+
+
+def table_params(name: str, dataset: str = "hostile") -> dict:
+    params = tiny_project_params(name)
+    params["prepare"] |= {"dataset": dataset, "source": f"data/raw/{dataset}.parquet", "target": "species"}
+    params["table"] |= TINY_TABLE
+    params["evaluate"]["num_samples"] = 100
+    params["generate"] |= {"class_counts": {"Adélie": 60, "Gentoo": 40, "Chin strap": 20},
+                           "rejection": {"enabled": True, "burn_in": 300, "target_acceptance": 0.5}}
+    del params["generate"]["num_samples"]  # the sum of class_counts
+    return params
+
+
+# --- prepare, names, params: no training -------------------------------------------------------
+
+def test_prepare_drops_duplicates_and_splits_stratified_and_reproducibly(tmp_path):
+    source = tmp_path / "hostile.parquet"
+    hostile_table().to_parquet(source, index=False)
+    summary = prepare_table(str(source), tmp_path / "a.npz", 0.15, 0.15, 0, target="species")
+    prepare_table(str(source), tmp_path / "b.npz", 0.15, 0.15, 0, target="species")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    assert summary["duplicates_removed"] == 2 and summary["train"] + summary["validation"] + summary["test"] == 198
+    assert prepared_kind(tmp_path / "a.npz") == "table"
+    data = load_prepared_table(tmp_path / "a.npz")
+    assert data.schema.condition == "species" and data.class_names == sorted(SPECIES)
+    assert list(data.train.dtypes) == list(hostile_table().dtypes)  # the user's dtypes, exactly
+    rows = {split: set(map(tuple, frame.astype(str).to_numpy())) for split, frame in data.splits().items()}
+    assert not rows["train"] & rows["validation"] and not rows["train"] & rows["test"]
+    for frame in data.splits().values():  # every species in every split
+        assert set(frame["species"]) == set(SPECIES)
+    assert set(data_fingerprint(tmp_path / "a.npz")["splits"]) == {"train", "validation", "test"}
+
+
+def test_a_csv_and_a_folder_of_parquet_files_are_sources_too(tmp_path):
+    frame = hostile_table(120)
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    (tmp_path / "parts").mkdir()
+    frame.iloc[:60].to_parquet(tmp_path / "parts" / "a.parquet", index=False)
+    frame.iloc[60:].to_parquet(tmp_path / "parts" / "b.parquet", index=False)
+    from_csv = prepare_table(str(tmp_path / "rows.csv"), tmp_path / "csv.npz", 0.2, 0.2, 1)
+    from_folder = prepare_table(str(tmp_path / "parts"), tmp_path / "folder.npz", 0.2, 0.2, 1)
+    assert from_csv["train"] + from_csv["validation"] + from_csv["test"] == 118
+    assert from_folder["train"] + from_folder["validation"] + from_folder["test"] == 118
+
+
+def test_added_columns_take_a_free_name():
+    assert added_columns(["a", "b"]) == {"seed": "seed", "d_score": "d_score"}
+    assert added_columns(["seed", "_seed", "d_score"]) == {"seed": "__seed", "d_score": "_d_score"}
+
+
+def test_table_params_parse_and_name_what_is_wrong(tmp_path):
+    params = parse_params(table_params("x"))
+    assert params.prepare.target == "species" and params.table.steps == 30
+    with pytest.raises(ConfigError, match=r"prepare\.columns\.age: input should be 'continuous'"):
+        parse_params({"prepare": {"columns": {"age": "number"}}})
+    with pytest.raises(ConfigError, match=r"unknown key table\.stepz \(did you mean table\.steps\?\)"):
+        parse_params({"table": {"stepz": 3}})
+    from gan_core.stages.prepare import run_prepare
+    layout = Layout(tmp_path)
+    (layout.raw).mkdir(parents=True)
+    hostile_table().to_parquet(layout.raw / "hostile.parquet", index=False)
+    wrong = parse_params({"prepare": {"source": str(layout.raw / "hostile.parquet"), "target": "speciess"}})
+    with pytest.raises(ValueError, match=r"prepare\.target: no column 'speciess'"):
+        run_prepare(wrong, layout)
+    images = parse_params({"prepare": {"target": "species"}})
+    with pytest.raises(DataError, match=r"prepare\.target is for a table source"):
+        run_prepare(images, layout)
+
+
+def test_the_quality_gate_reads_a_tables_own_metrics():
+    gate = parse_params({}).gate
+    table = {"kind": "table", "quality": 0.8, "utility": 0.95, "dcr_ratio": 1.0}
+    assert registry.check_gate(table, gate).passed  # no image metric (fd_ratio, ...) is asked of a table
+    assert registry.check_gate({**table, "quality": 0.6}, gate).misses == ["quality 0.6 < 0.7 (gate.quality_min)"]
+    assert registry.check_gate({**table, "dcr_ratio": None}, gate).misses == [
+        "dcr_ratio is missing from the evaluation (gate.dcr_ratio_min: 0.9)"]
+    images = {"fd_ratio": 1.2, "utility": 0.95, "label_consistency": 0.97, "memorisation": 0.0}
+    assert registry.check_gate(images, gate).passed  # nor a table metric of images
+
+
+# --- the whole pipeline: dvc repro -> a published, downloaded, verified dataset --------------------
+
+NAME = "hostile-synthetic"
+
+
+@pytest.fixture(scope="module")
+def project(pipeline_env, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("table-project")
+    make_project(root, table_params(NAME))
+    hostile_table().to_parquet(root / "data" / "raw" / "hostile.parquet", index=False)
+    run(["git", "init", "-q"], root, pipeline_env)
+    run(["dvc", "add", "data/raw/hostile.parquet"], root, pipeline_env)
+    git_commit(root, pipeline_env, "a table")
+    run(["dvc", "repro"], root, pipeline_env)
+    return root
+
+
+def test_repro_publishes_a_table_shaped_like_the_input(project, pipeline_env, s3_server, s3_env, tmp_path):
+    versions = storage.list_versions(s3_server.bucket, NAME, client=s3_server.client())
+    assert len(versions) == 1
+    manifest = versions[0]
+    assert manifest["kind"] == "table" and manifest["schema_version"] == 1
+    assert manifest["added_columns"] == {"seed": "_seed", "d_score": "_d_score"}
+    assert manifest["class_counts"] == {"Adélie": 60, "Gentoo": 40, "Chin strap": 20}
+    assert manifest["sample_count"] == 120 and len(manifest["shards"]) == 3
+    assert 0 < manifest["acceptance_rate"] < 1 and manifest["rejection"]["enabled"]
+    meta = json.loads((project / "models" / "hostile" / "meta.json").read_text())
+    assert manifest["generator_sha256"] == meta["files"]["generator.safetensors"]
+    assert manifest["dvc"]["source"]["md5"] is not None
+    # As a user with .ganforge/s3.env sourced: the version folder reads as one DataFrame.
+    frame = pd.read_parquet(manifest_uri(s3_server.bucket, manifest))
+    real = hostile_table()
+    assert frame.shape == (120, real.shape[1] + 2)
+    assert list(frame.columns) == [*real.columns, "_seed", "_d_score"]
+    assert frame.dtypes.iloc[:-2].to_dict() == real.dtypes.to_dict()
+    assert frame["_seed"].dtype == np.int64 and frame["_d_score"].between(0, 1).all()
+    assert frame["species"].value_counts().to_dict() == {"Adélie": 60, "Gentoo": 40, "Chin strap": 20}
+    out = run(["ganforge", "download", NAME, "--to", str(tmp_path)], project, pipeline_env)
+    folder = Path(json.loads(out.stdout))
+    assert sorted(p.name for p in folder.iterdir()) == ["_card", "_manifest.json", "part-00000.parquet",
+                                                         "part-00001.parquet", "part-00002.parquet"]
+    assert sorted(p.name for p in (folder / "_card").iterdir()) == ["README.md", "report.html"]
+    assert pd.read_parquet(folder).equals(frame)
+
+
+def manifest_uri(bucket: str, manifest: dict) -> str:
+    return f"s3://{bucket}/datasets/{manifest['name']}/{manifest['version']}/"
+
+
+def test_repro_evaluates_the_table(project):
+    metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    assert metrics["kind"] == "table" and 0.0 <= metrics["d_auc"] <= 1.0
+    assert set(metrics["d_score_real"]) == {"mean", "p10", "p50", "p90"}
+    plots = project / "plots"
+    assert (plots / "samples.png").read_bytes().startswith(b"\x89PNG")
+    assert (plots / "d_scores.csv").read_text().startswith("score,real,generated")
+    assert (plots / "losses.csv").read_text().startswith("step,")
+
+
+def test_repro_reruns_exactly_what_changed(project, pipeline_env):
+    assert "Running stage" not in run(["dvc", "repro"], project, pipeline_env).stdout
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["table"]["steps"] = 20
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+    changed = run(["dvc", "repro"], project, pipeline_env)
+    ran = {line.split("'")[1] for line in changed.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"train", "evaluate", "generate"}
+
+
+# --- the Prefect deployments take a table unchanged ------------------------------------------------
+
+DEPLOYED = "deploy-table-test"
+
+
+@pytest.fixture(scope="module")
+def table_model_dir(tmp_path_factory) -> Path:
+    """models/<dataset>/ of the hostile table, trained through the stage functions (a few seconds)."""
+    from gan_core.stages.prepare import run_prepare
+    from gan_core.stages.train import run_train
+
+    layout = Layout(tmp_path_factory.mktemp("table-model"))
+    layout.raw.mkdir(parents=True)
+    hostile_table().to_parquet(layout.raw / "hostile.parquet", index=False)
+    raw = table_params(DEPLOYED)
+    raw["prepare"]["source"] = str(layout.raw / "hostile.parquet")
+    params = parse_params(raw)
+    run_prepare(params, layout)
+    run_train(params, layout, progress=False)
+    return layout.model(params)
+
+
+def test_a_scheduled_generation_publishes_a_table(server_env, table_model_dir, s3_server, tmp_path_factory):
+    import datetime as dt
+
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from gan_core.layout import default_version
+    from tests.test_deployments import create_process_pools, pull_forward, run_worker_once
+
+    project = tmp_path_factory.mktemp("deployed-table")
+    params = table_params(DEPLOYED, dataset="deploytable")
+    make_project(project, params)
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    generation = next(d for d in config["deployments"] if d["name"] == "batch-generation")
+    generation["parameters"] |= {"dataset_name": DEPLOYED, "rejection": True}
+    (project / "prefect.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    storage.publish_model(table_model_dir, bucket=s3_server.bucket, name="deploytable", version="v1", manifest={},
+                          client=s3_server.client())
+    registry.promote(s3_server.bucket, "deploytable", "v1", client=s3_server.client())
+    create_process_pools(server_env["PREFECT_API_URL"], ["cpu", "gpu"])
+    run(["prefect", "--no-prompt", "deploy", "--all"], project, server_env)
+    with SyncPrefectClient(server_env["PREFECT_API_URL"]) as client:
+        deployment = client.read_deployment_by_name("generate/batch-generation")
+        scheduled = client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [deployment.id]}),
+                                          sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
+        flow_run = scheduled[0]
+        pull_forward(client, flow_run.id)
+        run_worker_once(project, server_env)
+        assert client.read_flow_run(flow_run.id).state.is_completed()
+    version = default_version(flow_run.expected_start_time.astimezone(dt.timezone.utc))
+    manifest = storage.read_manifest(s3_server.bucket, DEPLOYED, version, client=s3_server.client())
+    assert manifest["kind"] == "table" and manifest["model_uri"] == f"s3://{s3_server.bucket}/models/deploytable/v1/"
+    assert manifest["class_counts"] == {"Adélie": 60, "Gentoo": 40, "Chin strap": 20}
+    frame = pd.read_parquet(manifest_uri(s3_server.bucket, manifest))
+    assert list(frame.columns) == [*hostile_table().columns, "_seed", "_d_score"] and len(frame) == 120
+
+
+from tests.test_deployments import server_env  # noqa: E402,F401  (its real `prefect server`, this module's own)
