@@ -17,6 +17,10 @@ import pandas as pd
 from gan_core.tabular.schema import DISCRETE, TableError, TableSchema
 
 WEIGHT_THRESHOLD = 0.005  # a mixture component lighter than this is dropped (CTGAN's value)
+# A number column with at most this many distinct values is encoded as categories (one-hot) and restored
+# as the same numbers: ratings, counts and years come back exactly and their frequencies are learnt directly,
+# where a mixture plus rounding blurs neighbouring values into each other.
+DISCRETE_NUMBERS = 20  # and at most a fifth of the known values: a short continuous column stays continuous
 GMM_FIT_ROWS = 5000  # the mixture is fitted on at most this many values of a column: minutes saved on big tables
 STATE_FORMAT = "ganforge-table-transform/1"
 
@@ -107,7 +111,9 @@ class TableTransformer:
                    "nullable": bool(spec.nullable or series.isna().any())}
             if str(series.dtype) == "category":
                 col["dtype_categories"] = [_scalar(v) for v in series.cat.categories]
-            if spec.kind in DISCRETE:
+            numbers = spec.kind in ("integer", "continuous")
+            distinct, known = series.dropna().nunique(), int(series.notna().sum())
+            if spec.kind in DISCRETE or (numbers and distinct <= min(DISCRETE_NUMBERS, max(2, known // 5))):
                 counts = series.dropna().value_counts(sort=False)
                 col["categories"] = [_scalar(v) for v in counts.index]
                 col["counts"] = [int(n) for n in counts.to_numpy()] + ([int(series.isna().sum())] if col["nullable"] else [])
