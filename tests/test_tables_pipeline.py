@@ -204,8 +204,8 @@ DEPLOYED = "deploy-table-test"
 
 
 @pytest.fixture(scope="module")
-def table_model_dir(tmp_path_factory) -> Path:
-    """models/<dataset>/ of the hostile table, trained through the stage functions (a few seconds)."""
+def trained_table(tmp_path_factory):
+    """(params, layout) of the hostile table prepared and trained through the stage functions (seconds)."""
     from gan_core.stages.prepare import run_prepare
     from gan_core.stages.train import run_train
 
@@ -217,7 +217,37 @@ def table_model_dir(tmp_path_factory) -> Path:
     params = parse_params(raw)
     run_prepare(params, layout)
     run_train(params, layout, progress=False)
+    return params, layout
+
+
+@pytest.fixture(scope="module")
+def table_model_dir(trained_table) -> Path:
+    params, layout = trained_table
     return layout.model(params)
+
+
+def test_generate_publish_download_a_table_and_each_row_regenerates(trained_table, s3_env, tmp_path):
+    from gan_core.stages.generate import run_generate, run_publish
+    from gan_core.tabular.sampling import load_table_model, sample_rows
+
+    params, layout = trained_table
+    summary = run_generate(params, layout.generated(params), layout)
+    assert summary["class_counts"] == {"Adélie": 60, "Gentoo": 40, "Chin strap": 20}
+    uri = run_publish(params, summary, "v1", s3_env.bucket, layout)
+    folder = storage.download_dataset(s3_env.bucket, DEPLOYED, "v1", tmp_path)  # every sha256 verified
+    frame, real = pd.read_parquet(folder), hostile_table()
+    assert frame.equals(pd.read_parquet(uri)) and len(frame) == 120
+    assert list(frame.columns) == [*real.columns, "_seed", "_d_score"]
+    assert frame.dtypes.iloc[:-2].to_dict() == real.dtypes.to_dict()
+    assert frame["seed"].dtype == real["seed"].dtype  # the user's own `seed` column, untouched
+    manifest = json.loads((folder / storage.MANIFEST).read_text())
+    assert manifest["added_columns"] == {"seed": "_seed", "d_score": "_d_score"} and manifest["kind"] == "table"
+    assert [e["key"].rsplit("/", 1)[1] for e in manifest["files"]] == ["README.md", "report.html"]
+    model = load_table_model(layout.model(params))
+    again, logits = sample_rows(model, frame["_seed"].to_numpy()[:5], frame["species"].tolist()[:5])
+    # A row from its seed (and its value of the condition column), whichever rows it was generated with.
+    pd.testing.assert_frame_equal(again, frame.iloc[:5, :-2], check_exact=False, rtol=1e-4)
+    assert np.allclose(1 / (1 + np.exp(-logits.astype(np.float64))), frame["_d_score"].iloc[:5])
 
 
 def test_a_scheduled_generation_publishes_a_table(server_env, table_model_dir, s3_server, tmp_path_factory):
