@@ -8,9 +8,9 @@ counted from the start of train_table_gan: its transformer fit included, as CTGA
 process's CPU time (train_table_gan's clock=time.process_time): on one thread it is the wall time an idle
 machine takes, and on a shared machine it does not count the other jobs (on this project's 2-core machine,
 loaded 4-6x over, CTGAN's 300 epochs took 17 s of CPU and 325-508 s of wall time). ganforge also
-reads the validation split, to select its checkpoint; CTGAN has no use for one. Both run on one thread (torch,
-BLAS, OpenMP: on a busy 2-core machine two threads were several times slower). Each then generates as many rows (max(train, 1000));
-both are scored on the held-out test split by gan_core.tabular.evaluate: SDMetrics' quality score,
+reads the validation split, to select its checkpoint; CTGAN has no use for one. Both run on one thread
+(torch, BLAS, OpenMP: on a busy 2-core machine two threads were several times slower). Each then generates
+max(train, 1000) rows; both are scored on the held-out test split by gan_core.tabular.evaluate: SDMetrics' quality score,
 utility (HistGradientBoosting trained on generated rows, macro F1 / R^2 on the test rows, over real-trained)
 and the distance to the closest training record against the test rows' own.
 
@@ -104,7 +104,8 @@ class CtganBaseline:
         for name in self.with_nulls:  # rdt's missing_value_generation="from_column", as SDV feeds CTGAN
             frame[name + NULL_SUFFIX] = values[name].isna().map({True: "null", False: "value"})
             frame[name] = values[name].fillna(values[name].mean())
-        discrete = [c.name for c in self.schema.columns if c.kind in DISCRETE] + [n + NULL_SUFFIX for n in self.with_nulls]
+        discrete = [c.name for c in self.schema.columns if c.kind in DISCRETE]
+        discrete += [name + NULL_SUFFIX for name in self.with_nulls]
         torch.manual_seed(self.seed)
         self.model = CTGAN(epochs=self.epochs, enable_gpu=False)
         self.model.set_random_state(self.seed)

@@ -71,7 +71,7 @@ def test_gower_distances_by_hand():
 def hostile_frame(n: int, seed: int) -> pd.DataFrame:
     """Every kind under a hostile name, each with missing values but the first and the last two."""
     rng = np.random.default_rng(seed)
-    gap = lambda: rng.random(n) < 0.15  # noqa: E731
+    gap = lambda: rng.random(n) < 0.15
     group = rng.choice(["a", "b", "c"], n, p=[0.5, 0.3, 0.2])
     return pd.DataFrame({
         HOSTILE[0]: group,
@@ -107,7 +107,8 @@ def test_every_kind_with_missing_values_under_hostile_names(tmp_path):
         plot = pd.read_csv(path, keep_default_na=False, dtype={"column": str, "value": str})
         assert list(plot.columns) == ["column", "value", "real", "generated"]
         assert set(plot["column"]) == {name}
-        assert plot["real"].sum() == pytest.approx(1, abs=1e-3) and plot["generated"].sum() == pytest.approx(1, abs=1e-3)
+        assert plot["real"].sum() == pytest.approx(1, abs=1e-3)
+        assert plot["generated"].sum() == pytest.approx(1, abs=1e-3)
         assert (name in (HOSTILE[0], HOSTILE[6], HOSTILE[7])) == ("(missing)" not in set(plot["value"]))
     year = pd.read_csv(files[6], dtype={"value": str})
     assert list(year["value"]) == ["2007", "2008", "2009"]  # few integers: a bar each, in order
