@@ -115,6 +115,15 @@ def test_table_params_parse_and_name_what_is_wrong(tmp_path):
         run_prepare(images, layout)
 
 
+def test_params_yaml_spells_out_the_table_defaults():
+    # params.yaml's values win over TableConfig's: a default retuned in code must be retuned there too.
+    from gan_core.config import load_params
+    from gan_core.tabular.config import TableConfig
+
+    for path in (ROOT / "params.yaml", ROOT / "examples" / "fashion-mnist" / "params.yaml"):
+        assert load_params(path).table == TableConfig(), path
+
+
 def test_the_quality_gate_reads_a_tables_own_metrics():
     gate = parse_params({}).gate
     table = {"kind": "table", "quality": 0.8, "utility": 0.95, "dcr_ratio": 1.0}
