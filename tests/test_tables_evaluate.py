@@ -66,6 +66,7 @@ def test_gower_distances_by_hand():
     got = gower_nearest(queries, reference, ranges=np.array([10.0, 1.0]))
     # row 0: to ref 0 (0.5 + 0.5 + 0) / 3; row 1: equals ref 1; row 2: to ref 0 (1 + 1 + 1) / 3, ref 1 (1 + 1 + 1) / 3
     np.testing.assert_allclose(got, [1 / 3, 0.0, 1.0])
+    np.testing.assert_array_equal(gower_nearest(queries, reference, np.array([10.0, 1.0]), block_cells=1), got)
 
 
 def hostile_frame(n: int, seed: int) -> pd.DataFrame:

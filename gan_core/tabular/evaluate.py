@@ -214,11 +214,13 @@ def utility(ctx: TableEvalContext) -> dict:
 # --- distance to closest record -----------------------------------------------------------------------
 
 def gower_nearest(queries: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray, np.ndarray],
-                  ranges: np.ndarray, block: int = 256) -> np.ndarray:
+                  ranges: np.ndarray, block_cells: int = 2**21) -> np.ndarray:
     """Each query row's distance to its nearest reference row: the mean over columns of |a - b| / range
-    (capped at 1) for numbers and 0 / 1 for categories; missing against missing 0, against a value 1."""
+    (capped at 1) for numbers and 0 / 1 for categories; missing against missing 0, against a value 1.
+    Query rows go in blocks of about `block_cells` distances (16 MiB a float array), never N x M at once."""
     (qn, qc), (rn, rc) = queries, reference
     columns = qn.shape[1] + qc.shape[1]
+    block = max(1, block_cells // max(1, len(rn)))
     out = np.empty(len(qn))
     for start in range(0, len(qn), block):
         rows = slice(start, start + block)
