@@ -1,4 +1,4 @@
-"""Tables side by side with CTGAN: the same rows, the same split, the same wall-clock training budget.
+"""Tables side by side with CTGAN: the same rows, the same split, the same training time (one thread, CPU seconds).
 
 Per table (tables that ship offline inside packages): exact duplicate rows dropped and the rows split three
 ways as `dvc repro` splits them (gan_core.table_data.split_rows, stratified by the target). CTGAN (the `ctgan`
