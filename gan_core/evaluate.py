@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 import sys
@@ -265,19 +266,46 @@ def write_image(array: np.ndarray, path: Path, scale: int = 4) -> None:
 
 
 def write_sample_grids(fake: SampleBatch, class_names: list[str], size: int, plots_dir: Path) -> None:
-    """plots/samples.png (a row per class) and plots/classes/<class name>.png (size x size samples of each class)."""
-    if not class_names:
-        write_image(image_grid(fake.images, size, size), plots_dir / "samples.png")
-        return
-    by_class = [fake.images[torch.as_tensor(np.flatnonzero(fake.labels == k))] for k in range(len(class_names))]
-    write_image(np.concatenate([image_grid(images, 1, size) for images in by_class]), plots_dir / "samples.png")
+    """plots/samples.png (a row per class) and plots/classes/<class name>.png (size x size samples of each class;
+    unlabelled: all.png)."""
     folder = plots_dir / "classes"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    if not class_names:
+        grid = image_grid(fake.images, size, size)
+        write_image(grid, plots_dir / "samples.png")
+        write_image(grid, folder / "all.png")  # never an empty DVC out: git keeps no empty folder
+        return
+    by_class = [fake.images[torch.as_tensor(np.flatnonzero(fake.labels == k))] for k in range(len(class_names))]
+    write_image(np.concatenate([image_grid(images, 1, size) for images in by_class]), plots_dir / "samples.png")
     for file_name, images in zip(grid_file_names(class_names), by_class):
         rows = min(size, len(images) // size)
         if rows:
             write_image(image_grid(images, rows, size), folder / file_name)
+
+
+PIXEL_BINS = 16
+
+
+def write_marginals(ctx: EvalContext, class_names: list[str], plots_dir: Path) -> None:
+    """plots/marginals/ as a table's columns are plotted: shares of pixels per intensity bin and (labelled data)
+    of images per class, held-out real vs generated."""
+    folder = plots_dir / "marginals"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    real, fake = ctx.held_out.images.reshape(-1), quantise(ctx.fake.images).numpy().reshape(-1)
+    edges = np.arange(PIXEL_BINS) * (256 // PIXEL_BINS)
+    tables = {"00-pixel.csv": ("pixel", [f"{e}-{e + 256 // PIXEL_BINS - 1}" for e in edges],
+                               *(np.bincount(x // (256 // PIXEL_BINS), minlength=PIXEL_BINS) for x in (real, fake)))}
+    if class_names:
+        tables["01-label.csv"] = ("label", class_names, *(np.bincount(y, minlength=len(class_names))
+                                                         for y in (ctx.held_out.labels, ctx.fake.labels)))
+    for file_name, (column, values, real_counts, fake_counts) in tables.items():
+        with open(folder / file_name, "w", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(["column", "value", "real", "generated"])
+            writer.writerows([column, value, round(r / real_counts.sum(), 5), round(f / fake_counts.sum(), 5)]
+                             for value, r, f in zip(values, real_counts, fake_counts))
 
 
 def grid_file_names(class_names: list[str]) -> list[str]:
@@ -335,6 +363,7 @@ def evaluate(model: TrainedModel, prepared: Path, params: Params, metrics_path: 
     if skipped:
         metrics["skipped_evaluators"] = ", ".join(skipped)
     write_sample_grids(ctx.fake, model_class_names(model.meta), params.evaluate.grid_rows, plots_dir)
+    write_marginals(ctx, model_class_names(model.meta), plots_dir)
     write_json_atomic(Path(metrics_path), metrics)
     return metrics
 

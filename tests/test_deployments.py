@@ -108,6 +108,19 @@ def pull_forward(client, run_id) -> None:
     client.set_flow_run_state(run_id, Scheduled(scheduled_time=dt.datetime.now(dt.timezone.utc)), force=True)
 
 
+def first_scheduled_run(client, deployment_id, timeout: float = 60):
+    """The deployment's earliest run, once the server's scheduler service has created it (it polls)."""
+    from prefect.client.schemas.filters import DeploymentFilter
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    deadline = time.monotonic() + timeout
+    while not (scheduled := client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [deployment_id]}),
+                                                  sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)):
+        assert time.monotonic() < deadline, "the server scheduled no run of the deployment"
+        time.sleep(1)
+    return scheduled[0]
+
+
 def test_a_scheduled_generation_publishes_once(deployed, server_env, s3_server):
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, DeploymentFilter
@@ -120,13 +133,7 @@ def test_a_scheduled_generation_publishes_once(deployed, server_env, s3_server):
         assert generation.work_pool_name == "cpu" and generation.schedules[0].schedule.cron == "0 2 * * *"
         assert generation.global_concurrency_limit.limit == 1
         assert generation.concurrency_options.collision_strategy == "ENQUEUE"
-        deadline = time.monotonic() + 60
-        while not (scheduled := client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id={"any_": [generation.id]}),
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)):
-            assert time.monotonic() < deadline, "the server scheduled no generation run"
-            time.sleep(1)
-        flow_run = scheduled[0]
+        flow_run = first_scheduled_run(client, generation.id)
         version = default_version(flow_run.expected_start_time.astimezone(dt.timezone.utc))
         assert version.endswith("T020000Z")  # named by its nightly slot, not by when it ran
         pull_forward(client, flow_run.id)

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -134,6 +135,13 @@ def test_evaluate_writes_every_chosen_metric_and_plot(prepared, tmp_path):
         assert np.isfinite(metrics[key]), key
     assert 0.25 < metrics["drs_acceptance"] < 0.75  # generate.rejection.target_acceptance is 0.5
     assert sorted(p.name for p in (tmp_path / "plots" / "classes").iterdir()) == [f"{k}.png" for k in range(10)]
+    pixel, label = (pd.read_csv(tmp_path / "plots" / "marginals" / name) for name in ("00-pixel.csv", "01-label.csv"))
+    assert len(pixel) == 16 and pixel[["real", "generated"]].sum().round(3).tolist() == [1, 1]
+    # The digits' dark background: the first intensity bin holds the most real pixels.
+    assert pixel["real"].idxmax() == 0 and pixel["value"][0] == "0-15"
+    test_labels = load_prepared(prepared).test.labels
+    assert np.allclose(label["real"], np.bincount(test_labels, minlength=10) / len(test_labels), atol=1e-5)
+    assert label["value"].astype(str).tolist() == [str(k) for k in range(10)]
     with pytest.raises(ValueError, match="unknown \\['fid'\\]"):
         evaluate(load_model(tmp_path / "model"), prepared, tiny_params(evaluate__evaluators=["fid"]),
                  tmp_path / "e.json", tmp_path / "plots")
@@ -225,6 +233,9 @@ def test_unlabelled_data_is_flagged_and_measured_by_a_trained_evaluator(tmp_path
     assert json.loads(layout.metrics.read_text()) == metrics
     assert metrics["labelled"] is False and metrics["feature_space"] == "cnn-rotation (self-supervised)"
     assert metrics["skipped_evaluators"] == "label_consistency, utility, cas" and np.isfinite(metrics["fd"])
+    # Every plot folder dvc.yaml declares holds a file (git keeps no empty folder for a second clone).
+    assert [p.name for p in (layout.plots / "classes").iterdir()] == ["all.png"]
+    assert [p.name for p in (layout.plots / "marginals").iterdir()] == ["00-pixel.csv"]
     # The evaluator learnt its self-supervised task (four turns: chance is 0.25), not random weights.
     [entry] = layout.feature_cache.iterdir()
     meta = ckpt.read_meta(entry)

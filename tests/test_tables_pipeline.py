@@ -263,11 +263,9 @@ def test_a_scheduled_generation_publishes_a_table(server_env, table_model_dir, s
     import datetime as dt
 
     from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.filters import DeploymentFilter
-    from prefect.client.schemas.sorting import FlowRunSort
 
     from gan_core.layout import default_version
-    from tests.test_deployments import create_process_pools, pull_forward, run_worker_once
+    from tests.test_deployments import create_process_pools, first_scheduled_run, pull_forward, run_worker_once
 
     project = tmp_path_factory.mktemp("deployed-table")
     params = table_params(DEPLOYED, dataset="deploytable")
@@ -282,10 +280,7 @@ def test_a_scheduled_generation_publishes_a_table(server_env, table_model_dir, s
     create_process_pools(server_env["PREFECT_API_URL"], ["cpu", "gpu"])
     run(["prefect", "--no-prompt", "deploy", "--all"], project, server_env)
     with SyncPrefectClient(server_env["PREFECT_API_URL"]) as client:
-        deployment = client.read_deployment_by_name("generate/batch-generation")
-        scheduled = client.read_flow_runs(deployment_filter=DeploymentFilter(id={"any_": [deployment.id]}),
-                                          sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
-        flow_run = scheduled[0]
+        flow_run = first_scheduled_run(client, client.read_deployment_by_name("generate/batch-generation").id)
         pull_forward(client, flow_run.id)
         run_worker_once(project, server_env)
         assert client.read_flow_run(flow_run.id).state.is_completed()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,14 @@ from sklearn.metrics import roc_auc_score
 from gan_core import lineage
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params
-from gan_core.evaluate import _summary, _write_score_histogram, build_context, evaluate, rejection_table
+from gan_core.evaluate import (_summary, _write_score_histogram, build_context, evaluate, grid_file_names,
+                               rejection_table)
 from gan_core.layout import Layout
 from gan_core.sampling import load_model, logit_to_score, pick_device, shard_seeds
 from gan_core.table_data import load_prepared_table
 from gan_core.table_plots import write_marginals_png
 
-# Plot outputs dvc.yaml declares for either kind: a kind that has nothing for one leaves it an empty folder.
+# Plot folders dvc.yaml declares for both kinds (each kind fills both: git keeps no empty folder).
 PLOT_FOLDERS = ("classes", "marginals")
 
 
@@ -40,6 +42,23 @@ def run_rejection_table(params: Params, targets: list[float], layout: Layout = L
     return rejection_table(ctx, targets)
 
 
+def write_class_marginals(data, synthetic, plots: Path) -> None:
+    """plots/samples.png: every column, test rows vs generated; plots/classes/<value>.png: the same within each
+    value of the condition column (the table's per-class grids), or all.png when unconditional."""
+    kinds = {c.name: c.kind for c in data.schema.columns}
+    write_marginals_png(data.test, synthetic, kinds, plots / "samples.png")
+    folder = plots / "classes"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    if not data.class_names:
+        shutil.copyfile(plots / "samples.png", folder / "all.png")
+        return
+    column = data.schema.condition
+    for name, file_name in zip(data.class_names, grid_file_names(data.class_names)):
+        real, fake = (frame[frame[column].astype(str) == name] for frame in (data.test, synthetic))
+        write_marginals_png(real, fake, kinds, folder / file_name)
+
+
 def evaluate_table_model(model_dir: Path, prepared: Path, params: Params, metrics_path: Path, plots: Path) -> dict:
     """evaluate.num_samples generated rows against the real splits: the model's own discriminator on the test
     split (d_auc, plots/d_scores.csv), then the table evaluators (gan_core.tabular.evaluate); one flat JSON."""
@@ -53,7 +72,7 @@ def evaluate_table_model(model_dir: Path, prepared: Path, params: Params, metric
     real = logit_to_score(score_rows(model.scorer, model.transformer.transform(data.test)))
     fake = logit_to_score(fake_logits)
     _write_score_histogram(plots / "d_scores.csv", real, fake)
-    write_marginals_png(data.test, synthetic, {c.name: c.kind for c in data.schema.columns}, plots / "samples.png")
+    write_class_marginals(data, synthetic, plots)
     metrics = {"kind": "table", "step": model.meta.get("step"), "d_score_real": _summary(real),
                "d_score_fake": _summary(fake),
                "d_auc": float(roc_auc_score(np.r_[np.ones(len(real)), np.zeros(len(fake))], np.r_[real, fake]))}
