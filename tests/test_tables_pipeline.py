@@ -195,6 +195,9 @@ def test_repro_evaluates_the_table(project):
     assert (plots / "samples.png").read_bytes().startswith(b"\x89PNG")
     assert (plots / "d_scores.csv").read_text().startswith("score,real,generated")
     assert (plots / "losses.csv").read_text().startswith("step,")
+    # The table's per-class plots: one PNG of marginals per value of the condition column, named safely.
+    assert sorted(p.name for p in (plots / "classes").iterdir()) == ["Ad_lie.png", "Chin_strap.png", "Gentoo.png"]
+    assert len(list((plots / "marginals").glob("*.csv"))) == len(hostile_table().columns)
 
 
 def test_repro_reruns_exactly_what_changed(project, pipeline_env):
@@ -259,7 +262,7 @@ def test_generate_publish_download_a_table_and_each_row_regenerates(trained_tabl
     assert np.allclose(1 / (1 + np.exp(-logits.astype(np.float64))), frame["_d_score"].iloc[:5])
 
 
-def test_a_scheduled_generation_publishes_a_table(server_env, table_model_dir, s3_server, tmp_path_factory):
+def test_a_scheduled_generation_publishes_a_table(server_env, table_model_dir, s3_server, s3_env, tmp_path_factory):
     import datetime as dt
 
     from prefect.client.orchestration import SyncPrefectClient
