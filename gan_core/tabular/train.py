@@ -133,7 +133,8 @@ def d_step(state: TableState, data: TrainData, cfg: TableConfig) -> dict[str, fl
     state.opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     state.opt_d.step()
-    s_real, s_fake = state.scorer(real), state.scorer(fake)
+    rows = cfg.scorer_rows or data.batch
+    s_real, s_fake = state.scorer(real[:rows]), state.scorer(fake[:rows])
     s_loss = (F.binary_cross_entropy_with_logits(s_real, torch.ones_like(s_real))
               + F.binary_cross_entropy_with_logits(s_fake, torch.zeros_like(s_fake)))
     state.opt_s.zero_grad(set_to_none=True)
