@@ -36,6 +36,7 @@ class TableConfig(BaseModel):
     # 100, 30 % more steps fit a CPU budget and the validation quality rose on both benchmark tables.
     scorer_rows: int | None = Field(100, ge=1)  # None: the whole batch
     select_every: int = Field(25, ge=0)  # steps between checkpoint-selection scores on validation; 0: the last step
+    select_conditional: bool = True  # selection also scores each class's columns against its real rows
     select_rows: int = Field(1000, ge=10)  # generated rows per selection score
     checkpoint_every: int = Field(500, ge=1)  # steps between resumable checkpoints
 

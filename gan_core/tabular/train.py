@@ -189,7 +189,10 @@ class Selector:
 
     def score(self, G_ema: TableGenerator, data: TrainData, cfg: TableConfig) -> dict:
         x = generate_matrix(G_ema, data.conditioner, data.transformer, cfg, self.seeds)
-        return fidelity_score(data.transformer, self.reference, data.transformer.decode(x))
+        conditioner = data.conditioner
+        condition = None if conditioner.condition is None or not cfg.select_conditional else \
+            conditioner.columns[conditioner.condition]
+        return fidelity_score(data.transformer, self.reference, data.transformer.decode(x), condition)
 
 
 def select(state: TableState, selector: Selector, data: TrainData, cfg: TableConfig) -> None:
