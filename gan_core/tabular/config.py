@@ -14,7 +14,9 @@ class TableConfig(BaseModel):
     mapping_dim: int = Field(128, ge=1)
     generator_dims: tuple[int, ...] = (256, 256)  # decoder blocks; each grows the width by its own (residual concat)
     discriminator_dims: tuple[int, ...] = (256, 256)
-    pac: int = Field(10, ge=1)  # PacGAN: the discriminator judges groups of `pac` rows
+    # PacGAN: the discriminator judges groups of `pac` rows. 5, not CTGAN's 10: validation utility rose on every
+    # one of four seeds of both benchmark tables (penguins 0.25 -> 0.60, anes96 0.52 -> 0.63), quality held.
+    pac: int = Field(5, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)  # in the discriminator, as CTGAN
     gumbel_tau: float = Field(0.2, gt=0.0)
     gmm_components: int = Field(10, ge=1)  # most modes per continuous column (Bayesian GMM prunes the rest)
