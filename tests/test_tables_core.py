@@ -199,6 +199,25 @@ def test_conditional_shapes_see_classes_that_lost_their_own_features():
     assert fidelity_score(transformer, real, real_values(transformer, shuffled))["score"] > mixed["score"]
 
 
+@pytest.mark.parametrize("tolerance, chosen", [(0.0, [1, 2, 2, 2, 5, 5]), (0.01, [1, 2, 3, 3, 5, 5])])
+def test_selection_keeps_the_latest_step_within_the_tolerance(tolerance, chosen):
+    from gan_core.tabular.train import build_state, select
+
+    cfg = tiny_cfg(select_tolerance=tolerance)
+    state = build_state(cfg, 0, 4, seed=0, device="cpu")
+    scores = iter([0.50, 0.80, 0.795, 0.70, 0.805, 0.79])
+
+    class Scripted:
+        def score(self, *_):
+            return {"score": next(scores)}
+    kept = []
+    for step in range(1, 7):
+        state.step = step
+        select(state, Scripted(), None, cfg)
+        kept.append(state.best_step)
+    assert kept == chosen and state.top_score == 0.805
+
+
 def test_resume_equals_uninterrupted_training(tmp_path):
     df = mixed_frame(60)
     schema = infer_schema(df, target=HOSTILE[0])

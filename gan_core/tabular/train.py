@@ -41,7 +41,8 @@ class TableState:
     seconds: float = 0.0
     best: dict | None = None  # {"generator", "discriminator"} state dicts of the best selected step
     best_step: int = 0
-    best_score: float = float("-inf")
+    best_score: float = float("-inf")  # the chosen step's score
+    top_score: float = float("-inf")  # the highest score so far (the chosen one is within cfg.select_tolerance)
     selection: list = field(default_factory=list)
     losses: list = field(default_factory=list)
     pending: list = field(default_factory=list)  # per-step stats not yet averaged into `losses`
@@ -198,7 +199,10 @@ class Selector:
 def select(state: TableState, selector: Selector, data: TrainData, cfg: TableConfig) -> None:
     scores = {k: round(v, 5) for k, v in selector.score(state.G_ema, data, cfg).items()}
     state.selection.append({"step": state.step} | scores)
-    if scores["score"] > state.best_score:
+    # The latest step within select_tolerance of the best so far: a score measured on a few hundred validation
+    # rows is noisy, and its maximum alone favoured early steps whose classes were less learnt.
+    state.top_score = max(state.top_score, scores["score"])
+    if scores["score"] >= state.top_score - cfg.select_tolerance:
         state.best_step, state.best_score = state.step, scores["score"]
         state.best = {GENERATOR: _clone(state.G_ema.state_dict()),
                       DISCRIMINATOR: {f"pack.{k}": v for k, v in _clone(state.D.state_dict()).items()}
@@ -243,6 +247,7 @@ def save_model(out_dir: Path, state: TableState, meta: dict) -> None:
                    "opt_groups": {n: o.state_dict()["param_groups"] for n, o in state.optimizers().items()},
                    "selection": {"best_step": state.best_step, "has_best": state.best is not None,
                                  "best_score": state.best_score if state.best is not None else None,
+                                 "top_score": state.top_score if state.best is not None else None,
                                  "history": state.selection},
                    "losses": state.losses, "pending": state.pending}
     ckpt.save_checkpoint(out_dir, best | {STATE: _state_tensors(state)}, meta)
@@ -267,6 +272,7 @@ def load_state(out_dir: Path, state: TableState, meta: dict) -> None:
     state.selection, state.losses, state.pending = list(selection["history"]), list(meta["losses"]), list(meta["pending"])
     if selection["has_best"]:
         state.best_step, state.best_score = selection["best_step"], selection["best_score"]
+        state.top_score = selection.get("top_score", state.best_score)
         state.best = {GENERATOR: ckpt.load_tensors(out_dir, GENERATOR, device),
                       DISCRIMINATOR: ckpt.load_tensors(out_dir, DISCRIMINATOR, device)}
 
