@@ -8,23 +8,30 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # No network here but the package registries: telemetry would only log failures.
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install run test bench clean-s3 serve stop
+.PHONY: install install-test run test bench clean-s3 serve stop
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# Every version pinned in constraints.txt: the resolver has nothing to search or backtrack.
+	$(BIN)/pip install -qq --disable-pip-version-check -c constraints.txt -e .
+	touch $@
+
+# The test extras (pytest, CTGAN and the benchmark tables, ...): `make run` and `make serve` do without them.
+$(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/pip install -qq --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed
 
+install-test: $(BIN)/.installed-test
+
 run: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/run.sh
 
-test: install
+test: install-test
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: install
+bench: install-test
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks
 
 # A local Prefect server, a worker per work pool, the embedded S3 and every deployment, in the background.
