@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from gan_core.card import CardSources, _markdown_table_html, metrics_table, size_category
+from gan_core.card import CardSources, _markdown_table_html, metrics_table, provenance_and_quality, size_category
 
 TABLE_CARD_FILES = ("README.md", "report.html")
 SHOWN_ROWS = 20  # the report's first rows
@@ -43,8 +43,7 @@ def table_card_markdown(sources: CardSources, schema) -> str:
 
 
 def _body(m: dict, uri: str) -> str:
-    dvc, git, params = m.get("dvc", {}), m.get("git", {}), m.get("params", {})
-    added, rejection = m.get("added_columns", {}), m.get("rejection") or {}
+    added = m.get("added_columns", {})
     local = f"downloads/{m['name']}/{m['version']}"
     counts = m.get("class_counts")
     lines = [f"# {m['name']} {m['version']}", "",
@@ -53,16 +52,7 @@ def _body(m: dict, uri: str) -> str:
              f"from it) and `{added.get('d_score')}` (the discriminator's probability of real).", "",
              *([f"Rows per value of `{m.get('condition')}`: {json.dumps(counts, ensure_ascii=False)}.", ""]
                if counts else []),
-             "## How it was made", "",
-             f"- model: `{m.get('model_uri') or 'the local models/ folder'}`, generator sha256 "
-             f"`{m.get('generator_sha256')}`",
-             f"- data: `{dvc.get('source', {}).get('path')}` (DVC md5 `{dvc.get('source', {}).get('md5') or '-'}`), "
-             f"prepared data md5 `{dvc.get('data', {}).get('md5') or '-'}`",
-             f"- code: git `{git.get('revision') or '-'}`{' (uncommitted changes)' if git.get('dirty') else ''}",
-             f"- params: `{json.dumps(params.get('generate', {}), sort_keys=True)}`",
-             f"- rejection sampling: {'on' if rejection.get('enabled') else 'off'}; acceptance rate "
-             f"{m.get('acceptance_rate', 1.0):.3f}", "",
-             "## Quality", "", *metrics_table(m.get("metrics") or {}), "",
+             *provenance_and_quality(m),
              "## How to load it", "", "```python", "import pandas as pd",
              f"frame = pd.read_parquet('{uri}')  # the S3 environment of `source .ganforge/s3.env`",
              f"# or, after `ganforge download {m['name']} --version {m['version']} --to downloads`:",

@@ -144,7 +144,9 @@ def test_rejection_sample_draws_from_the_plain_stream(model):
     # Handed the plain samples, it judges them instead of generating them again: the same samples.
     again, again_candidates = rejection_sample(model, rule, 7, 60, 25, drawn_before=plain)
     assert again_candidates == candidates and np.array_equal(again.seeds, kept.seeds)
-    assert torch.equal(again.images, kept.images) and np.array_equal(again.logits, kept.logits)
+    # Generated in other batches: equal up to float rounding on another CPU (a pixel may round the other way).
+    assert torch.allclose(again.images, kept.images, atol=1 / 127.5 + 1e-6)
+    assert np.allclose(again.logits, kept.logits, atol=1e-4)
     with pytest.raises(ValueError, match="drawn_before"):
         rejection_sample(model, rule, 8, 60, 25, drawn_before=plain)
 
