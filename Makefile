@@ -13,12 +13,15 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	# Every version pinned in constraints.txt: the resolver has nothing to search or backtrack.
-	$(BIN)/pip install -qq --disable-pip-version-check -c constraints.txt -e .
+	# torch by pip, which takes a CPU wheel that pip's configuration finds on disk (uv does not look
+	# there); everything else by uv, which installs in parallel: 35 s in all against pip's 135 s.
+	$(BIN)/pip install -qq --disable-pip-version-check -c constraints.txt torch uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e .
 	touch $@
 
 # The test extras (pytest, CTGAN and the benchmark tables, ...): `make run` and `make serve` do without them.
 $(BIN)/.installed-test: $(BIN)/.installed
-	$(BIN)/pip install -qq --disable-pip-version-check -c constraints.txt -e '.[test]'
+	$(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed
