@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import re
 import shutil
 import sys
@@ -24,7 +26,7 @@ from gan_core.config import EvaluateConfig, Params, RejectionConfig
 from gan_core.data import ImageSet, PreparedData, check_disjoint, load_prepared, model_class_names
 from gan_core.features import FeatureNet, feature_space, load_or_train_feature_net
 from gan_core.lineage import check_model_data as check_model_trained_on
-from gan_core.lineage import data_fingerprint
+from gan_core.lineage import code_version, data_fingerprint
 from gan_core.models import to_unit_range
 from gan_core.sampling import (SampleBatch, TrainedModel, fit_to_model, logit_to_score, quantise, rejection_sample,
                                stream_positions)
@@ -42,6 +44,7 @@ class EvalContext:
     cfg: EvaluateConfig
     rejection: RejectionConfig  # the generate stage's rejection settings, compared by the "rejection" evaluator
     features: FeatureNet
+    baseline_cache: Path | None = None  # real-data baselines that every evaluation of this data shares
 
     @cached_property
     def train_features(self) -> np.ndarray:
@@ -65,6 +68,13 @@ class EvalContext:
     def like_train(self) -> int:
         """Generated samples compared with the test split: as many as training images, so FD bias matches the floor."""
         return min(len(self.train.labels), len(self.fake.seeds))
+
+    @property
+    def compared(self) -> int:
+        """Generated samples that Frechet distance and PRDC use: whole training-sized chunks, at least as many as
+        test images (51,000 of Fashion-MNIST's 60,000: rejection sampling need not draw the rest)."""
+        total, chunk = len(self.fake.seeds), self.like_train
+        return min(total, max(chunk * (total // chunk), len(self.held_out.labels)))
 
 
 BATCH_SIZE = 1000  # samples per generator call while evaluating
@@ -175,7 +185,30 @@ def utility(ctx: EvalContext) -> dict:
     """Held-out accuracy of a logistic regression trained on generated samples only, relative to real-trained."""
     _require_labels(ctx, "utility")
     return m.utility(_pixels(ctx.fake.images), ctx.fake.labels, _pixels(ctx.train.images), ctx.train.labels,
-                     _pixels(ctx.held_out.images), ctx.held_out.labels)
+                     _pixels(ctx.held_out.images), ctx.held_out.labels, cached_accuracy(ctx.baseline_cache))
+
+
+def cached_accuracy(cache_dir: Path | None) -> m.Accuracy:
+    """m.classifier_accuracy, kept in `cache_dir` under a sha256 of its inputs and of the metrics code: the
+    real-trained baseline of `utility` is the same in every evaluation of a dataset, and on Fashion-MNIST
+    (51,000 rows of 1,024 pixels) its fit is half of the evaluator's minutes."""
+    if cache_dir is None:
+        return m.classifier_accuracy
+
+    def accuracy(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
+        digest = hashlib.sha256(code_version("metrics").encode())
+        for array in (x, y, test_x, test_y):
+            digest.update(f"{array.dtype}{array.shape}".encode() + np.ascontiguousarray(array).tobytes())
+        path = Path(cache_dir) / f"accuracy-{digest.hexdigest()[:32]}.json"
+        try:
+            return float(json.loads(path.read_text())["accuracy"])
+        except (OSError, ValueError, KeyError):  # not there yet, or unreadable: fitted again
+            value = m.classifier_accuracy(x, y, test_x, test_y)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, {"accuracy": value})
+            return value
+
+    return accuracy
 
 
 @register("memorisation")
@@ -222,15 +255,15 @@ def too_few_rows_not_applicable():
 
 
 def quality_with_rejection(ctx: EvalContext, target_acceptance: float | None) -> dict:
-    """FD, precision and recall vs the test split of evaluate.num_samples samples drawn with rejection at
-    `target_acceptance` (None: off), measured as the frechet and prdc evaluators measure them."""
+    """FD, precision and recall vs the test split of the samples drawn with rejection at `target_acceptance`
+    (None: off), measured as the frechet and prdc evaluators measure them (`EvalContext.compared` samples)."""
     if target_acceptance is None:  # plain sampling: the context's samples are exactly these
         batch, candidates, features = ctx.fake, len(ctx.fake.seeds), ctx.fake_features[0]
     else:
         settings = ctx.rejection.model_copy(update={"target_acceptance": target_acceptance})
         rule = fit_to_model(ctx.model, settings, ctx.cfg.seed, BATCH_SIZE)
         # The plain samples are the stream's first candidates: those accepted keep their images and features.
-        batch, candidates = rejection_sample(ctx.model, rule, ctx.cfg.seed, len(ctx.fake.seeds), BATCH_SIZE,
+        batch, candidates = rejection_sample(ctx.model, rule, ctx.cfg.seed, ctx.compared, BATCH_SIZE,
                                              drawn_before=ctx.fake)
         reused = stream_positions(batch.seeds)
         reused = reused[reused < len(ctx.fake.seeds)]  # accepted in stream order: the reused ones come first
@@ -319,7 +352,7 @@ def grid_file_names(class_names: list[str]) -> list[str]:
 # --- the stage ----------------------------------------------------------------------------------
 
 def build_context(model: TrainedModel, prepared: Path, params: Params, plots_dir: Path,
-                  feature_cache: Path | None = None) -> EvalContext:
+                  feature_cache: Path | None = None, baseline_cache: Path | None = None) -> EvalContext:
     """The data, the evaluator network and evaluate.num_samples generated samples that evaluators share."""
     cfg = params.evaluate
     data = load_prepared(prepared)
@@ -327,7 +360,8 @@ def build_context(model: TrainedModel, prepared: Path, params: Params, plots_dir
     fake, _ = rejection_sample(model, None, cfg.seed, cfg.num_samples, BATCH_SIZE)
     features = load_or_train_feature_net(data.train, params.features, feature_cache).to(model.device)
     held_out = data.splits()[cfg.split]
-    return EvalContext(model, data.train, held_out, fake, plots_dir, cfg, params.generate.rejection, features)
+    return EvalContext(model, data.train, held_out, fake, plots_dir, cfg, params.generate.rejection, features,
+                       baseline_cache)
 
 
 def check_model_data(model: TrainedModel, prepared: Path, data: PreparedData) -> None:
@@ -339,14 +373,14 @@ def check_model_data(model: TrainedModel, prepared: Path, data: PreparedData) ->
 
 
 def evaluate(model: TrainedModel, prepared: Path, params: Params, metrics_path: Path, plots_dir: Path,
-             feature_cache: Path | None = None) -> dict:
+             feature_cache: Path | None = None, baseline_cache: Path | None = None) -> dict:
     """Run the evaluators chosen in evaluate.evaluators; write their metrics as one flat JSON, and the plots."""
     unknown = [name for name in params.evaluate.evaluators if name not in EVALUATORS]
     if unknown:
         raise ValueError(f"evaluate.evaluators: unknown {unknown} (known: {sorted(EVALUATORS)})")
     plots_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    ctx = build_context(model, prepared, params, plots_dir, feature_cache)
+    ctx = build_context(model, prepared, params, plots_dir, feature_cache, baseline_cache)
     _say_time("context (samples, evaluator network)", started)
     metrics = {"parameters": model.meta["parameters"], "step": model.meta["step"],
                # Unlabelled data: no label evaluators, and features learnt without labels; say so.

@@ -45,6 +45,11 @@ class Layout:
         """The evaluator networks, one per training split (git-ignored, rebuilt offline when missing)."""
         return self.project / ".ganforge" / "cache" / "features"
 
+    @property
+    def baseline_cache(self) -> Path:
+        """Real-data baselines of the evaluators (the real-trained utility classifier's accuracy), by input hash."""
+        return self.project / ".ganforge" / "cache" / "baselines"
+
     def evaluation(self, model_name: str, version: str) -> Path:
         """Metrics and plots of a published model's evaluation: never the checkout's metrics/ and plots/."""
         return self.root / ".ganforge" / "evaluations" / model_name / version

@@ -11,7 +11,8 @@ import torch
 from gan_core import checkpoint as ckpt
 from gan_core import lineage
 from gan_core.data import DataError, ImageSet, PreparedData, check_disjoint, image_hashes, load_prepared
-from gan_core.evaluate import EVALUATORS, EvalContext, evaluate
+from gan_core import metrics as m
+from gan_core.evaluate import EVALUATORS, EvalContext, cached_accuracy, evaluate
 from gan_core.features import cache_key, load_or_train_feature_net
 from gan_core.models import to_unit_range
 from gan_core.lineage import LineageError
@@ -60,6 +61,18 @@ def test_copies_of_the_training_set_score_as_the_training_set(split, net, tmp_pa
     assert EVALUATORS["utility"](ctx)["utility"] == 1.0
     _, predicted = net.embed(to_unit_range(train_set.images))
     assert EVALUATORS["label_consistency"](ctx)["label_consistency"] == (predicted == train_set.labels).mean()
+
+
+def test_metrics_use_whole_training_sized_chunks_so_rejection_draws_no_more(split, net, tmp_path):
+    n = len(split.train.labels)
+    rows = np.random.default_rng(0).integers(0, n, 2 * n + n // 2)
+    fake = ImageSet(split.train.images[rows], split.train.labels[rows])
+    ctx = context(split, net, fake, tmp_path)
+    assert ctx.compared == 2 * n
+    # What the rejection evaluator leaves undrawn, beyond ctx.compared, is what these never look at.
+    fewer = context(split, net, ImageSet(fake.images[:2 * n], fake.labels[:2 * n]), tmp_path)
+    for name in ("frechet", "prdc"):
+        assert EVALUATORS[name](ctx) == EVALUATORS[name](fewer)
 
 
 def test_held_out_images_as_generated(split, net, tmp_path):
@@ -122,6 +135,23 @@ def test_evaluator_network_is_cached_by_data_hash(split, tmp_path):
     assert all(a.equal(b) for a, b in zip(first.state_dict().values(), fresh.state_dict().values()))
     other = ImageSet(train_set.images[:-1], train_set.labels[:-1])
     assert cache_key(other, cfg) != cache_key(train_set, cfg)
+
+
+def test_the_real_utility_baseline_is_fitted_once_per_dataset(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(160, 6))
+    y = (x[:, 0] + 0.5 * rng.normal(size=160) > 0).astype(np.int64)
+    fit, fits = m.classifier_accuracy, []
+    monkeypatch.setattr(m, "classifier_accuracy", lambda *args: fits.append(args) or fit(*args))
+    accuracy = cached_accuracy(tmp_path)
+    first = accuracy(x[:100], y[:100], x[100:], y[100:])
+    assert accuracy(x[:100], y[:100], x[100:], y[100:]) == first == fit(x[:100], y[:100], x[100:], y[100:])
+    assert len(fits) == 1  # the second call read the cache
+    flipped = accuracy(x[:100], 1 - y[:100], x[100:], y[100:])  # other inputs: another entry
+    assert len(fits) == 2 and flipped < 0.5 < first
+    for entry in tmp_path.glob("accuracy-*.json"):
+        entry.write_text("{not json")  # a damaged entry is fitted again, not trusted
+    assert accuracy(x[:100], y[:100], x[100:], y[100:]) == first and len(fits) == 3
 
 
 def test_evaluate_writes_every_chosen_metric_and_plot(prepared, tmp_path):

@@ -32,13 +32,15 @@ def run_evaluate(params: Params, layout: Layout = Layout(), model_dir: Path | No
     if lineage.model_kind(directory) == "table":
         return evaluate_table_model(directory, layout.prepared(params), params, metrics_path, plots)
     model = load_model(directory, pick_device(params.train.device))
-    return evaluate(model, layout.prepared(params), params, metrics_path, plots, layout.feature_cache)
+    return evaluate(model, layout.prepared(params), params, metrics_path, plots, layout.feature_cache,
+                    layout.baseline_cache)
 
 
 def run_rejection_table(params: Params, targets: list[float], layout: Layout = Layout()) -> list[dict]:
     """Plain sampling against rejection sampling at each target acceptance, on the trained model."""
     model = load_model(layout.model(params), pick_device(params.train.device))
-    ctx = build_context(model, layout.prepared(params), params, layout.plots, layout.feature_cache)
+    ctx = build_context(model, layout.prepared(params), params, layout.plots, layout.feature_cache,
+                        layout.baseline_cache)
     return rejection_table(ctx, targets)
 
 
