@@ -87,6 +87,14 @@ def code_version(module: str) -> str:
     return digest.hexdigest()
 
 
+def source_digest(modules: tuple[str, ...]) -> str:
+    """sha256 over the source of exactly these gan_core modules, not what they import."""
+    digest = hashlib.sha256()
+    for name in modules:
+        digest.update(f"{name}|".encode() + _module_path(name).read_bytes())
+    return digest.hexdigest()
+
+
 def training_fingerprint(params: Params, data_fp: dict) -> dict:
     """What a trained model depends on, plus `id`, the sha256 of all of it as canonical JSON."""
     fingerprint = {

@@ -240,7 +240,8 @@ def test_evaluator_cache_key_follows_its_code(split, tmp_path, monkeypatch):
     shutil.copytree(lineage.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(lineage, "PACKAGE", copy)
     assert cache_key(split.train, cfg) == before  # the same code, the same key
-    (copy / "train.py").write_text((copy / "train.py").read_text() + "\n# not imported by features.py\n")
+    for unrelated in ("train.py", "checkpoint.py", "layout.py"):  # not, or not for the weights, used by features.py
+        (copy / unrelated).write_text((copy / unrelated).read_text() + "\n# a change elsewhere\n")
     assert cache_key(split.train, cfg) == before
     (copy / "augment.py").write_text((copy / "augment.py").read_text() + "\n# imported by features.py\n")
     assert cache_key(split.train, cfg) != before
