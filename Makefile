@@ -2,6 +2,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+UV_INSTALL = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt
 export DVC_NO_ANALYTICS := 1
 # Prefect's ephemeral server needs 11-17 s to start on 2 busy cores; its 20 s default is too tight.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
@@ -18,12 +19,12 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	# PYTHONDONTWRITEBYTECODE set (as here) nothing else writes .pyc files, and every process would compile its
 	# imports again (make test 958 s instead of about 650). 64 s in all against pip's 135 s.
 	$(BIN)/pip install -qq --disable-pip-version-check -c constraints.txt torch uv
-	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e .
+	$(UV_INSTALL) -e .
 	touch $@
 
 # The test extras (pytest, CTGAN and the benchmark tables, ...): `make run` and `make serve` do without them.
 $(BIN)/.installed-test: $(BIN)/.installed
-	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e '.[test]'
+	$(UV_INSTALL) -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed

@@ -81,17 +81,18 @@ def module_closure(module: str) -> list[Path]:
 
 def code_version(module: str) -> str:
     """sha256 over the source of `module` and what it imports from gan_core (names and bytes)."""
-    digest = hashlib.sha256()
-    for path in module_closure(module):
-        digest.update(f"{path.name}|".encode() + path.read_bytes())
-    return digest.hexdigest()
+    return _sources_digest(module_closure(module))
 
 
 def source_digest(modules: tuple[str, ...]) -> str:
     """sha256 over the source of exactly these gan_core modules, not what they import."""
+    return _sources_digest(_module_path(name) for name in modules)
+
+
+def _sources_digest(paths) -> str:
     digest = hashlib.sha256()
-    for name in modules:
-        digest.update(f"{name}|".encode() + _module_path(name).read_bytes())
+    for path in paths:
+        digest.update(f"{path.name}|".encode() + path.read_bytes())
     return digest.hexdigest()
 
 
