@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -105,6 +107,34 @@ class Generator(nn.Module):
         return torch.tanh(self.to_image(self.decoder(self.first(x))))
 
 
+class MinibatchStd(nn.Module):
+    """ProGAN's minibatch standard deviation: one more feature map, the spread of each group of
+    `group` consecutive samples, so that D can tell a batch of near-copies from a batch of real images.
+
+    In eval mode (scoring a single row, rejection sampling) a sample is judged as if its group were
+    as spread as real ones: the running mean of the statistic over the real batches D has trained on,
+    as BatchNorm keeps its running statistics, so a score depends on the sample alone.
+    """
+
+    def __init__(self, group: int, momentum: float = 0.01):
+        super().__init__()
+        self.group, self.momentum, self.observing = group, momentum, False
+        self.register_buffer("real_spread", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            group = math.gcd(len(x), self.group)  # a batch that groups do not divide: smaller groups
+            grouped = x.float().view(-1, group, *x.shape[1:])
+            spread = (grouped.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))
+            if self.observing:
+                with torch.no_grad():
+                    self.real_spread.lerp_(spread.mean(), self.momentum)
+            spread = spread.repeat_interleave(group)
+        else:
+            spread = self.real_spread.expand(len(x))
+        return torch.cat([x, spread.to(x.dtype).view(-1, 1, 1, 1).expand(-1, 1, *x.shape[2:])], dim=1)
+
+
 class Discriminator(nn.Module):
     """Feature layers -> hidden layer -> one logit of "real" (1 = real, 0 = generated)."""
 
@@ -115,8 +145,12 @@ class Discriminator(nn.Module):
         layers: list[nn.Module] = [spectral_norm(nn.Conv2d(shape.channels, widths[0], 3, padding=1)), _act()]
         for a, b in zip(widths, widths[1:]):
             layers += [spectral_norm(nn.Conv2d(a, b, 4, stride=2, padding=1)), _act()]
+        self.minibatch_std = MinibatchStd(cfg.minibatch_std) if cfg.minibatch_std else None
+        if self.minibatch_std is not None:
+            layers.append(self.minibatch_std)
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.hidden = nn.Sequential(spectral_norm(nn.Linear(widths[-1] * BASE_RESOLUTION**2, cfg.d_hidden)), _act())
+        in_hidden = (widths[-1] + (self.minibatch_std is not None)) * BASE_RESOLUTION**2
+        self.hidden = nn.Sequential(spectral_norm(nn.Linear(in_hidden, cfg.d_hidden)), _act())
         self.output = spectral_norm(nn.Linear(cfg.d_hidden, 1))
         # Projection discriminator (Miyato & Koyama 2018): the class enters as an inner product.
         self.embed = spectral_norm(nn.Embedding(self.num_classes, cfg.d_hidden)) if self.num_classes else None
@@ -127,6 +161,20 @@ class Discriminator(nn.Module):
         if self.embed is not None:
             logit = logit + (self.embed(labels) * h).sum(dim=1)
         return logit
+
+    @contextmanager
+    def observing_real(self) -> Iterator[None]:
+        """Forward passes within are on real images: the minibatch-std layer updates its real spread.
+
+        A context rather than a method that calls forward, so that under DDP the call still goes
+        through the wrapper's forward (which prepares the gradient all-reduce)."""
+        if self.minibatch_std is not None:
+            self.minibatch_std.observing = True
+        try:
+            yield
+        finally:
+            if self.minibatch_std is not None:
+                self.minibatch_std.observing = False
 
 
 def memory_format_of(weight: torch.Tensor) -> torch.memory_format:

@@ -129,7 +129,8 @@ def d_step(state: GanState, real: torch.Tensor, labels: torch.Tensor | None, cfg
     z = _latents(state, len(real), real.device)
     with torch.no_grad():
         fake = state.G(z, labels)
-    logits_real = state.D(_maybe_augment(real, state, cfg), labels)
+    with state.D.observing_real():
+        logits_real = state.D(_maybe_augment(real, state, cfg), labels)
     logits_fake = state.D(_maybe_augment(fake, state, cfg), labels)
     loss = (F.binary_cross_entropy_with_logits(logits_real, torch.full_like(logits_real, 1 - cfg.label_smoothing))
             + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
