@@ -145,11 +145,10 @@ class Discriminator(nn.Module):
         layers: list[nn.Module] = [spectral_norm(nn.Conv2d(shape.channels, widths[0], 3, padding=1)), _act()]
         for a, b in zip(widths, widths[1:]):
             layers += [spectral_norm(nn.Conv2d(a, b, 4, stride=2, padding=1)), _act()]
-        self.minibatch_std = MinibatchStd(cfg.minibatch_std) if cfg.minibatch_std else None
-        if self.minibatch_std is not None:
-            layers.append(self.minibatch_std)
+        if cfg.minibatch_std:
+            layers.append(MinibatchStd(cfg.minibatch_std))
         self.features = nn.Sequential(*layers, nn.Flatten())
-        in_hidden = (widths[-1] + (self.minibatch_std is not None)) * BASE_RESOLUTION**2
+        in_hidden = (widths[-1] + bool(cfg.minibatch_std)) * BASE_RESOLUTION**2
         self.hidden = nn.Sequential(spectral_norm(nn.Linear(in_hidden, cfg.d_hidden)), _act())
         self.output = spectral_norm(nn.Linear(cfg.d_hidden, 1))
         # Projection discriminator (Miyato & Koyama 2018): the class enters as an inner product.
@@ -161,6 +160,12 @@ class Discriminator(nn.Module):
         if self.embed is not None:
             logit = logit + (self.embed(labels) * h).sum(dim=1)
         return logit
+
+    @property
+    def minibatch_std(self) -> MinibatchStd | None:
+        # Found in the feature layers, not kept as an attribute too: safetensors refuses to save one
+        # buffer under two names.
+        return next((layer for layer in self.features if isinstance(layer, MinibatchStd)), None)
 
     @contextmanager
     def observing_real(self) -> Iterator[None]:

@@ -2,6 +2,7 @@
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -10,6 +11,7 @@ from gan_core import checkpoint as ckpt
 from gan_core.data import prepare_dataset
 from gan_core.lineage import LineageError, data_fingerprint, training_fingerprint
 from gan_core.models import to_unit_range
+from gan_core.sampling import load_model, sample_images
 from gan_core.train import latest_good_checkpoint, train
 from tests.helpers import prepared_digits, tiny_params
 
@@ -166,3 +168,15 @@ def test_selection_measures_against_the_validation_split(prepared):
     batched = selector.score(counting, batch_size=500)
     n = len(selector.z)
     assert calls == [n, 500, 500, n - 1000] and 1000 < n < 1500 and batched == pytest.approx(whole, rel=1e-6)
+
+
+def test_a_minibatch_std_discriminator_exports_its_real_spread(prepared, tmp_path):
+    params = tiny_params(train__epochs=1, train__checkpoint_every=10, model__minibatch_std=4)
+    train(params, prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck", progress=False)
+    model = load_model(tmp_path / "model")
+    # The running spread of the real batches came through safetensors: rows are scored with it.
+    assert model.discriminator.minibatch_std.real_spread > 0.01
+    batched = sample_images(model, class_counts={0: 3, 7: 3}, seed=0)
+    one_by_one = sample_images(model, class_counts={0: 3, 7: 3}, seed=0, batch_size=1)
+    assert batched.d_scores.shape == (6,) and ((0 < batched.d_scores) & (batched.d_scores < 1)).all()
+    np.testing.assert_allclose(batched.d_scores, one_by_one.d_scores, rtol=1e-4)
