@@ -101,15 +101,8 @@ class ModelConfig(Section):
     g_channels: int = Field(128, ge=1)  # width of the first decoder block; halves per block
     d_channels: int = Field(64, ge=1)  # width of the first feature layer; doubles per layer
     d_hidden: int = Field(128, ge=1)
-    minibatch_std: int = Field(0, ge=0)  # group size of D's minibatch standard deviation layer; 0: off
+    minibatch_std: bool = False  # D sees the spread of the batch's samples of each class (see models.MinibatchStd)
     conditional: bool = True
-
-    @field_validator("minibatch_std")
-    @classmethod
-    def _a_group(cls, group: int) -> int:
-        if group == 1:
-            raise ValueError("a group of 1 has no spread: use 0 (off) or at least 2")
-        return group
 
 
 class TrainConfig(Section):

@@ -54,36 +54,39 @@ def test_default_widths_at_32_and_64(resolution, d_widths, g_widths):
     assert [block.deconv.out_channels for block in G.decoder] == g_widths
 
 
-def test_minibatch_std_tells_a_group_of_copies_from_a_diverse_group():
-    layer = MinibatchStd(group=4).train()
-    diverse, copies = torch.randn(8, 3, 4, 4), torch.randn(1, 3, 4, 4).expand(8, 3, 4, 4)
-    spread_diverse, spread_copies = layer(diverse)[:, -1], layer(copies)[:, -1]
-    assert layer(diverse).shape == (8, 4, 4, 4)
-    assert spread_copies.max() < 1e-3 < 0.5 < spread_diverse.min()
-    # Groups are consecutive samples: a group of copies beside a diverse group keeps its own spread.
-    mixed = layer(torch.cat([copies[:4], diverse[:4]]))[:, -1, 0, 0]
-    assert mixed[:4].max() < 1e-3 < 0.5 < mixed[4:].min()
+def test_minibatch_std_sees_copies_within_a_class_that_differs_from_the_others():
+    layer = MinibatchStd(num_classes=3).train()
+    one_copy_per_class = torch.randn(3, 2, 4, 4).repeat(4, 1, 1, 1)  # rows 0, 3, 6, 9 alike: class 0, ...
+    labels = torch.arange(12) % 3
+    out = layer(one_copy_per_class, labels)
+    assert out.shape == (12, 3, 4, 4)
+    # Across the batch the rows differ (a batch-wide spread would be about 1); within each class they do not.
+    assert out[:, -1].max() < 1e-3
+    diverse = layer(torch.randn(12, 2, 4, 4), labels)[:, -1]
+    assert diverse.min() > 0.5
+    # Two classes of copies beside one diverse class: only the diverse class's rows see a spread.
+    mixed = one_copy_per_class.clone()
+    mixed[labels == 2] = torch.randn(4, 2, 4, 4)
+    spread = layer(mixed, labels)[:, -1, 0, 0]
+    assert spread[labels != 2].max() < 1e-3 < 0.5 < spread[labels == 2].min()
 
 
-def test_minibatch_std_learns_the_real_spread_only_from_real_batches():
-    cfg = ModelConfig(latent_dim=8, mapping_dim=16, g_channels=16, d_channels=8, d_hidden=16, minibatch_std=4)
+def test_minibatch_std_learns_each_class_real_spread_only_from_real_batches():
+    cfg = ModelConfig(latent_dim=8, mapping_dim=16, g_channels=16, d_channels=8, d_hidden=16, minibatch_std=True)
     D = Discriminator(cfg, DataShape(8, 1, 10))
-    images, labels = torch.randn(8, 1, 8, 8), torch.arange(8)
+    images, labels = torch.randn(8, 1, 8, 8), torch.tensor([0, 0, 1, 1, 2, 2, 3, 4])
     D(images, labels)  # a generated batch: not the real spread
-    assert D.minibatch_std.real_spread == 0
+    assert (D.minibatch_std.real_spread == 0).all()
     with D.observing_real():
         D(images, labels)
-    learnt = D.minibatch_std.real_spread.item()
-    assert learnt > 0 and [k for k in D.state_dict() if "real_spread" in k] == ["features.4.real_spread"]
-    # Scoring (eval mode) judges each sample as one of a group as spread as real ones: alone or in
+    learnt = D.minibatch_std.real_spread.clone()
+    # Classes 0-2 had two samples each; 3 and 4 one (no spread to learn from); 5-9 none.
+    assert (learnt[:3] > 0).all() and (learnt[3:] == 0).all()
+    assert "minibatch_std.real_spread" in D.state_dict()
+    # Scoring (eval mode) judges each sample as one of a class as spread as real ones: alone or in
     # a batch, its score is the same, and the running spread is left as it was.
     D.eval()
     together = D(images, labels)
     alone = torch.cat([D(images[i:i + 1], labels[i:i + 1]) for i in range(8)])
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
-    assert D.minibatch_std.real_spread.item() == learnt
-
-
-def test_a_group_of_one_is_refused():
-    with pytest.raises(ValueError, match="group of 1"):
-        ModelConfig(minibatch_std=1)
+    assert D.minibatch_std.real_spread.equal(learnt)

@@ -171,11 +171,11 @@ def test_selection_measures_against_the_validation_split(prepared):
 
 
 def test_a_minibatch_std_discriminator_exports_its_real_spread(prepared, tmp_path):
-    params = tiny_params(train__epochs=1, train__checkpoint_every=10, model__minibatch_std=4)
+    params = tiny_params(train__epochs=1, train__checkpoint_every=10, model__minibatch_std=True)
     train(params, prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck", progress=False)
     model = load_model(tmp_path / "model")
     # The running spread of the real batches came through safetensors: rows are scored with it.
-    assert model.discriminator.minibatch_std.real_spread > 0.01
+    assert (model.discriminator.minibatch_std.real_spread > 0.01).all()
     batched = sample_images(model, class_counts={0: 3, 7: 3}, seed=0)
     one_by_one = sample_images(model, class_counts={0: 3, 7: 3}, seed=0, batch_size=1)
     assert batched.d_scores.shape == (6,) and ((0 < batched.d_scores) & (batched.d_scores < 1)).all()
