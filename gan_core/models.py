@@ -111,8 +111,8 @@ class Generator(nn.Module):
 class MinibatchStd(nn.Module):
     """ProGAN's minibatch standard deviation taken within each class: one more feature map, the spread
     of the batch's samples of a sample's class, so that D can tell a generator that repeats itself
-    within a class. Over the whole batch the spread between classes hides that (tried: groups of 4
-    and 8 mixed samples left the digits' near-twins as they were).
+    within a class (over the whole batch, the spread between classes hides it). Under torchrun each
+    rank takes it over its own part of the batch.
 
     In eval mode (scoring one row, rejection sampling) a sample is judged as if its class's samples
     were as spread as real ones: the running mean, per class, of the statistic over the real batches
