@@ -27,8 +27,8 @@ from gan_core.data import ImageSet, PreparedData, check_disjoint, load_prepared,
 from gan_core.features import FeatureNet, feature_space, load_or_train_feature_net
 from gan_core.lineage import check_model_data as check_model_trained_on
 from gan_core.lineage import code_version, data_fingerprint
-from gan_core.models import to_unit_range
-from gan_core.sampling import (SampleBatch, TrainedModel, fit_to_model, logit_to_score, quantise, rejection_sample,
+from gan_core.pixels import quantise, to_unit_range
+from gan_core.sampling import (SampleBatch, TrainedModel, fit_to_model, logit_to_score, rejection_sample,
                                stream_positions)
 
 

@@ -19,10 +19,11 @@ import pyarrow.parquet as pq
 
 from gan_core.config import GenerateConfig
 from gan_core.data import model_class_names
+from gan_core.pixels import quantise
 from gan_core.png import encode_batch
 from gan_core.progress import progress_bar
 from gan_core.sampling import (Quota, RejectionRule, SampleBatch, TrainedModel, class_indices, fit_to_model,
-                               logit_to_score, quantise, sample_shard)
+                               logit_to_score, sample_shard)
 
 # 2: `image` became the Hugging Face `Image` struct {bytes, path} (1 held the PNG bytes themselves)
 # and the schema carries the `huggingface` features metadata (ClassLabel names).

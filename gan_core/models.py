@@ -132,14 +132,15 @@ class MinibatchStd(nn.Module):
     def class_spread(self, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """Per class: the standard deviation of its samples, averaged over features (0 for fewer than 2)."""
         members = F.one_hot(classes, self.num_classes).float()  # rows x classes
-        counts = members.sum(dim=0).clamp(min=1).unsqueeze(1)
+        sizes = members.sum(dim=0)
+        counts = sizes.clamp(min=1).unsqueeze(1)
         flat = x.float().flatten(1)
         means = members.T @ flat / counts
         variance = members.T @ (flat - means[classes]).square() / counts
         spread = (variance + 1e-8).sqrt().mean(dim=1)
         if self.observing:
             with torch.no_grad():  # classes with two or more samples in this real batch
-                seen = members.sum(dim=0) >= 2
+                seen = sizes >= 2
                 self.real_spread[seen] = self.real_spread[seen].lerp(spread[seen].detach(), self.momentum)
         return spread
 
@@ -178,23 +179,20 @@ class Discriminator(nn.Module):
 
         A context rather than a method that calls forward, so that under DDP the call still goes
         through the wrapper's forward (which prepares the gradient all-reduce)."""
-        if self.minibatch_std is not None:
-            self.minibatch_std.observing = True
+        layer = self.minibatch_std
+        if layer is None:
+            yield
+            return
+        layer.observing = True
         try:
             yield
         finally:
-            if self.minibatch_std is not None:
-                self.minibatch_std.observing = False
+            layer.observing = False
 
 
 def memory_format_of(weight: torch.Tensor) -> torch.memory_format:
     channels_last = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def to_unit_range(images) -> torch.Tensor:
-    """uint8 0..255 -> float -1..1, the generator's tanh range."""
-    return torch.as_tensor(images).float().div_(127.5).sub_(1.0)
 
 
 def count_parameters(module: nn.Module) -> int:

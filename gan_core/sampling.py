@@ -12,7 +12,8 @@ import torch
 
 from gan_core import checkpoint as ckpt
 from gan_core.config import ConfigError, ModelConfig, RejectionConfig, class_key
-from gan_core.models import DataShape, Discriminator, Generator, to_unit_range
+from gan_core.models import DataShape, Discriminator, Generator
+from gan_core.pixels import quantise, to_unit_range
 
 SHARD_BITS = 24  # candidates per shard: seeds of shard k are (base << 40) | (k << 24) | j
 # The truncation trick's centre w_avg: the mean mapping output over these latents, per class.
@@ -110,11 +111,6 @@ class SampleBatch:
         return SampleBatch(np.concatenate([b.seeds for b in batches]), torch.cat([b.images for b in batches]),
                            np.concatenate([b.labels for b in batches]), np.concatenate([b.logits for b in batches]),
                            np.concatenate([b.coins for b in batches]))
-
-
-def quantise(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float images -> the uint8 pixels their PNGs hold: clamped, scaled to 0..255, rounded."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def as_published(images: torch.Tensor) -> torch.Tensor:

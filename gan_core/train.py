@@ -22,7 +22,8 @@ from gan_core.config import Params, TrainConfig
 from gan_core.data import DataError, ImageSet, PreparedData, default_class_names, load_prepared
 from gan_core.features import FeatureNet, load_or_train_feature_net
 from gan_core.metrics import frechet_distance
-from gan_core.models import DataShape, Discriminator, Generator, count_parameters, to_unit_range
+from gan_core.models import DataShape, Discriminator, Generator, count_parameters
+from gan_core.pixels import to_unit_range
 from gan_core.progress import progress_bar
 from gan_core.sampling import pick_device, latents_for_seeds, shard_seeds
 

@@ -14,7 +14,7 @@ from gan_core.data import DataError, ImageSet, PreparedData, check_disjoint, ima
 from gan_core import metrics as m
 from gan_core.evaluate import EVALUATORS, EvalContext, cached_accuracy, evaluate
 from gan_core.features import cache_key, load_or_train_feature_net
-from gan_core.models import to_unit_range
+from gan_core.pixels import to_unit_range
 from gan_core.lineage import LineageError
 from gan_core.sampling import SampleBatch, load_model
 from gan_core.layout import Layout

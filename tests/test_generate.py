@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from gan_core.generate import encode_png, generate_dataset, row_schema, shard_sizes
-from gan_core.models import to_unit_range
+from gan_core.pixels import to_unit_range
 from gan_core.sampling import (RejectionRule, fit_rejection_rule, generate_and_score, load_model,
                                rejection_sample, shard_seeds)
 from gan_core.train import train

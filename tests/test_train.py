@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from gan_core import checkpoint as ckpt
 from gan_core.data import prepare_dataset
 from gan_core.lineage import LineageError, data_fingerprint, training_fingerprint
-from gan_core.models import to_unit_range
+from gan_core.pixels import to_unit_range
 from gan_core.sampling import load_model, sample_images
 from gan_core.train import latest_good_checkpoint, train
 from tests.helpers import prepared_digits, tiny_params
