@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
-from botocore.exceptions import ClientError
 
 from gan_core import cli
 from gan_core.s3server import free_port
@@ -43,27 +41,11 @@ def test_no_endpoint_says_to_source_the_env_file(monkeypatch, tmp_path, capsys):
     assert f"(no S3 endpoint set: run `{SETUP}`" in err and err.count("\n") == 1, err
 
 
-def wait_until_writable(client, bucket: str, timeout: float = 30) -> None:
-    """A new bucket is a new weed collection: its first write can fail while a volume is allocated (once in
-    a fresh-clone run: InternalError on PutObject after botocore's 4 retries)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.put_object(Bucket=bucket, Key="probe", Body=bytes(2**16))  # empty bodies reach no volume
-            break
-        except ClientError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    client.delete_object(Bucket=bucket, Key="probe")
-
-
 @pytest.fixture
 def bucket_of_two(s3_env, tmp_path) -> str:
     """A bucket of its own holding two datasets, so that the list of names is known."""
     bucket = f"names-{uuid.uuid4().hex[:8]}"
     s3_env.client.create_bucket(Bucket=bucket)
-    wait_until_writable(s3_env.client, bucket)
     shard = write_shard(tmp_path / "part-00000.parquet", range(3))
     for name in ("digits-synthetic", "faces"):
         publish_dataset([shard], bucket=bucket, name=name, version="v1", manifest={})
