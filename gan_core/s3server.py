@@ -80,6 +80,10 @@ class SeaweedServer:
     bucket: str = "ganforge"
     s3_port: int | None = None
     ports: dict[str, int] = field(default_factory=dict)  # flag name -> port, e.g. "filer.port"
+    # Each bucket is a weed collection with volumes of its own. 0 keeps weed's limit, free disk / volume
+    # size (up to 1 GiB each): where little disk is free, a new bucket's first write fails with
+    # InternalError (weed.log: "No writable volumes and no free volumes left").
+    max_volumes: int = 0
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +127,8 @@ class SeaweedServer:
         args = [str(weed_binary()), "mini", f"-dir={self.data_dir}", f"-ip={HOST}", f"-ip.bind={HOST}",
                 "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false",
                 "-master.telemetry=false"]
+        if self.max_volumes:
+            args.append(f"-volume.max={self.max_volumes}")
         return args + [f"-{flag}={port}" for flag, port in sorted(self.ports.items())]
 
     def client(self):

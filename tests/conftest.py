@@ -24,7 +24,8 @@ def s3_server(tmp_path_factory):
 
     server = SeaweedServer(data_dir=tmp_path_factory.mktemp("seaweedfs"), bucket="ganforge-test",
                            access_key="GFTEST" + secrets.token_hex(6).upper(),
-                           secret_key=secrets.token_hex(20))
+                           secret_key=secrets.token_hex(20),
+                           max_volumes=100)  # tests make buckets of their own; CI's free disk left too few
     with server:
         yield server
 
