@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from torch import nn
 
 from gan_core import checkpoint as ckpt
@@ -148,20 +149,32 @@ def _rotations(images: torch.Tensor, labels: torch.Tensor,
 
 def load_or_train_feature_net(train: ImageSet, cfg: FeaturesConfig, cache_dir: Path | None) -> FeatureNet:
     """The evaluator for this training split: from `cache_dir/<key>/` if there, else trained and cached there."""
+    if not cache_dir:
+        return train_feature_net(train, cfg)[0]
     key = cache_key(train, cfg)
-    folder = Path(cache_dir) / key[:16] if cache_dir else None
-    if folder is not None and (folder / ckpt.META_FILE).is_file():
-        try:
-            meta = ckpt.read_meta(folder)
-            if meta.get("format") == FORMAT and meta.get("key") == key:
-                net = FeatureNet(train.channels, train.num_classes, cfg)
-                net.load_state_dict(ckpt.load_tensors(folder, "features"))
-                return net.eval()
-        except ckpt.CheckpointError:
-            shutil.rmtree(folder, ignore_errors=True)  # a corrupt cache entry is rebuilt below
-    net, info = train_feature_net(train, cfg)
-    if folder is not None:
-        # DDP ranks and parallel experiments may train the same evaluator at once: one copy is kept.
-        ckpt.save_if_absent(folder, {"features": net.state_dict()},
-                            {"format": FORMAT, "key": key, "config": cfg.model_dump(), **info})
+    folder = Path(cache_dir) / key[:16]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Seeds, experiments and DDP ranks started together need the same evaluator: one trains it (minutes on
+    # Fashion-MNIST), the others wait here and load it.
+    with FileLock(folder.with_name(f".{folder.name}.lock")):
+        net = _load_cached(folder, key, train, cfg)
+        if net is None:
+            net, info = train_feature_net(train, cfg)
+            # Also safe where the lock is not (a shared file system that ignores it): one copy is kept.
+            ckpt.save_if_absent(folder, {"features": net.state_dict()},
+                                {"format": FORMAT, "key": key, "config": cfg.model_dump(), **info})
     return net
+
+
+def _load_cached(folder: Path, key: str, train: ImageSet, cfg: FeaturesConfig) -> FeatureNet | None:
+    if not (folder / ckpt.META_FILE).is_file():
+        return None
+    try:
+        meta = ckpt.read_meta(folder)
+        if meta.get("format") == FORMAT and meta.get("key") == key:
+            net = FeatureNet(train.channels, train.num_classes, cfg)
+            net.load_state_dict(ckpt.load_tensors(folder, "features"))
+            return net.eval()
+    except ckpt.CheckpointError:
+        shutil.rmtree(folder, ignore_errors=True)  # a corrupt cache entry is rebuilt
+    return None

@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -22,7 +24,7 @@ from gan_core.stages.evaluate import run_evaluate
 from gan_core.stages.prepare import run_prepare
 from gan_core.stages.train import run_train
 from gan_core.train import train
-from tests.helpers import prepared_digits, tiny_params
+from tests.helpers import ROOT, prepared_digits, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +205,43 @@ def test_corrupt_cache_entry_is_rebuilt_and_a_second_writer_keeps_the_first(spli
     meta = ckpt.read_meta(entry)
     assert ckpt.save_if_absent(entry, {"features": first.state_dict()}, {"format": "other"}) is False
     assert ckpt.read_meta(entry) == meta
-    assert sorted(p.name for p in tmp_path.iterdir()) == [entry.name]  # no private copies left behind
+    left = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")  # the (empty) lock file stays
+    assert left == [entry.name]  # no private copies left behind
+
+
+TRAIN_ALONGSIDE = """
+import os, sys, time
+from pathlib import Path
+from gan_core import features
+from gan_core.data import load_prepared
+from tests.helpers import tiny_params
+
+prepared, cache, seen = map(Path, sys.argv[1:])
+train = features.train_feature_net
+
+def train_slowly(*args):
+    (seen / f"trained-{os.getpid()}").touch()
+    time.sleep(2)  # the other process asks for the same evaluator meanwhile
+    return train(*args)
+
+features.train_feature_net = train_slowly
+(seen / f"arrived-{os.getpid()}").touch()
+while len(list(seen.glob("arrived-*"))) < 2:  # both ask at the same moment
+    time.sleep(0.01)
+features.load_or_train_feature_net(load_prepared(prepared).train, tiny_params().features, cache)
+"""
+
+
+def test_processes_started_together_train_the_evaluator_once(prepared, split, tmp_path):
+    cache, seen = tmp_path / "cache", tmp_path / "seen"
+    seen.mkdir()
+    command = [sys.executable, "-c", TRAIN_ALONGSIDE, str(prepared), str(cache), str(seen)]
+    processes = [subprocess.Popen(command, cwd=ROOT) for _ in range(2)]
+    assert [p.wait(timeout=300) for p in processes] == [0, 0]
+    assert len(list(seen.glob("trained-*"))) == 1  # the other waited and loaded its copy
+    entry = cache / cache_key(split.train, tiny_params().features)[:16]
+    assert ckpt.read_meta(entry)["trained"] is True
+    assert sorted(p.name for p in cache.glob("[!.]*")) == [entry.name]
 
 
 def test_evaluation_refuses_data_the_model_was_not_trained_on(tmp_path):
@@ -272,7 +310,7 @@ def test_unlabelled_data_is_flagged_and_measured_by_a_trained_evaluator(tmp_path
     assert [p.name for p in (layout.plots / "classes").iterdir()] == ["all.png"]
     assert [p.name for p in (layout.plots / "marginals").iterdir()] == ["00-pixel.csv"]
     # The evaluator learnt its self-supervised task (four turns: chance is 0.25), not random weights.
-    [entry] = layout.feature_cache.iterdir()
+    [entry] = layout.feature_cache.glob("[!.]*")  # beside its lock file
     meta = ckpt.read_meta(entry)
     assert meta["trained"] is True and meta["feature_space"] == metrics["feature_space"]
     assert meta["train_accuracy"] > 0.5
