@@ -22,11 +22,11 @@ from benchmarks.harness import info, rates, report
 from benchmarks.training import sync_for
 from gan_core import storage
 from gan_core.config import GenerateConfig, ModelConfig, Params
-from gan_core.generate import generate_dataset, row_schema
-from gan_core.models import DataShape, Discriminator, Generator
+from gan_core.images.generate import generate_dataset, row_schema
+from gan_core.images.models import DataShape, Discriminator, Generator
+from gan_core.images.sampling import TrainedModel
+from gan_core.images.train import pick_device, set_threads
 from gan_core.s3server import SeaweedServer
-from gan_core.sampling import TrainedModel
-from gan_core.train import pick_device, set_threads
 
 DIGITS = DataShape(8, 1, 10)
 TINY_MODEL = ModelConfig(latent_dim=8, mapping_dim=16, g_channels=16, d_channels=8, d_hidden=16)
@@ -36,7 +36,7 @@ PUBLISH_FILES, PUBLISH_FILE_MB = 4, 32
 def untrained_model(cfg: ModelConfig, shape: DataShape = DIGITS, device: str | torch.device = "cpu") -> TrainedModel:
     """Speed and memory do not depend on what the weights learned."""
     torch.manual_seed(0)
-    layout = {"device": device, "memory_format": torch.channels_last}  # as gan_core.sampling.load_model
+    layout = {"device": device, "memory_format": torch.channels_last}  # as gan_core.images.sampling.load_model
     return TrainedModel(Generator(cfg, shape).to(**layout).eval(), Discriminator(cfg, shape).to(**layout).eval(),
                         shape, {})
 

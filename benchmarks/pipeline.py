@@ -22,17 +22,18 @@ import yaml
 from benchmarks.harness import info, rates, report
 from benchmarks.training import ganforge_step, sync_for
 from gan_core.config import Params, parse_params
-from gan_core.data import load_prepared
-from gan_core.lineage import data_fingerprint, training_fingerprint
-from gan_core.s3server import SeaweedServer
-from gan_core.models import DataShape
+from gan_core.fingerprint import data_fingerprint, training_fingerprint
+from gan_core.images.data import load_prepared
+from gan_core.images.models import DataShape
+from gan_core.images.train import build_state, export_model, pick_device, set_threads
 from gan_core.layout import Layout
+from gan_core.s3server import SeaweedServer
 from gan_core.stages.evaluate import run_evaluate
 from gan_core.stages.generate import run_generate, run_publish
 from gan_core.stages.prepare import run_prepare
 from gan_core.stages.train import run_train
-from gan_core.train import build_state, export_model, pick_device, set_threads
-from tests.helpers import git_commit, make_project, run as run_cmd, tiny_project_params
+from tests.helpers import git_commit, make_project, tiny_project_params
+from tests.helpers import run as run_cmd
 
 STAGES = ("prepare", "train", "evaluate", "generate")
 

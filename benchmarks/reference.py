@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from gan_core.augment import diff_augment
 from gan_core.config import Params
-from gan_core.models import DataShape, Discriminator, Generator
+from gan_core.images.augment import diff_augment
+from gan_core.images.models import DataShape, Discriminator, Generator
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:

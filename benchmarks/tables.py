@@ -1,7 +1,7 @@
 """Tables side by side with CTGAN: the same rows, the same split, the same training time (one thread, CPU seconds).
 
 Per table (tables that ship offline inside packages): exact duplicate rows dropped and the rows split three
-ways as `dvc repro` splits them (gan_core.table_data.split_rows, stratified by the target). CTGAN (the `ctgan`
+ways as `dvc repro` splits them (gan_core.tables.data.split_rows, stratified by the target). CTGAN (the `ctgan`
 package at its defaults: 300 epochs, batch 500, pac 10) trains on the training split and is timed; ganforge's
 row GAN (TableConfig defaults) trains on the same rows with that time as its budget (table.max_seconds,
 counted from the start of train_table_gan: its transformer fit included, as CTGAN's is). The time is this
@@ -10,7 +10,7 @@ machine takes, and on a shared machine it does not count the other jobs (on this
 loaded 4-6x over, CTGAN's 300 epochs took 17 s of CPU and 325-508 s of wall time). ganforge also
 reads the validation split, to select its checkpoint; CTGAN has no use for one. Both run on one thread
 (torch, BLAS, OpenMP: on a busy 2-core machine two threads were several times slower). Each then generates
-max(train, 1000) rows; both are scored on the held-out test split by gan_core.tabular.evaluate: SDMetrics' quality score,
+max(train, 1000) rows; both are scored on the held-out test split by gan_core.tables.evaluate: SDMetrics' quality score,
 utility (HistGradientBoosting trained on generated rows, macro F1 / R^2 on the test rows, over real-trained)
 and the distance to the closest training record against the test rows' own.
 
@@ -36,12 +36,12 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from benchmarks.harness import info, report
-from gan_core.table_data import split_rows, stratum_codes
-from gan_core.tabular.config import TableConfig
-from gan_core.tabular.evaluate import evaluate_table
-from gan_core.tabular.sampling import load_table_model, sample_rows
-from gan_core.tabular.schema import DISCRETE, TableSchema, infer_schema
-from gan_core.tabular.train import train_table_gan
+from gan_core.config import TableConfig
+from gan_core.tables.data import split_rows, stratum_codes
+from gan_core.tables.evaluate import evaluate_table
+from gan_core.tables.sampling import load_table_model, sample_rows
+from gan_core.tables.schema import DISCRETE, TableSchema, infer_schema
+from gan_core.tables.train import train_table_gan
 
 VALIDATION_FRACTION, TEST_FRACTION = 0.15, 0.25  # a larger test split than the default: less noisy figures
 CTGAN_EPOCHS = 300  # CTGAN's default

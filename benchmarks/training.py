@@ -10,9 +10,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.harness import Rate, info, rates, report
 from benchmarks.reference import ReferenceGan
 from gan_core.config import Params
-from gan_core.data import ImageSet, load_bundled_digits
-from gan_core.models import DataShape
-from gan_core.train import batch_index, build_state, pick_device, resident_dataset, set_threads, train_step
+from gan_core.images.data import ImageSet, load_bundled_digits
+from gan_core.images.models import DataShape
+from gan_core.images.train import batch_index, build_state, pick_device, resident_dataset, set_threads, train_step
 
 MATMUL_SIZE = 2048  # large enough to reach the BLAS peak on a CPU, small enough for one-second rounds
 

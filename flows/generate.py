@@ -11,12 +11,17 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.report import report
 from flows.runs import remove_run_folder, run_layout, scheduled_version
 from flows.tasks import S3_RETRIES, fetch_model, prune, publish_once, published
-from gan_core.config import Params, load_params
-from gan_core.config import override_params
+from gan_core.config import Params, load_params, override_params
 from gan_core.layout import bucket_from_env
-from gan_core.lineage import ModelSource, generation_inputs, local_model
-from gan_core.stages.generate import (card_uri, plan_generation, run_publish, run_shard, sample_overrides,
-                                      summarize_shards)
+from gan_core.provenance import ModelSource, generation_inputs, local_model
+from gan_core.stages.generate import (
+    card_uri,
+    plan_generation,
+    run_publish,
+    run_shard,
+    sample_overrides,
+    summarize_shards,
+)
 from gan_core.storage import validate_name
 
 # A local Dask cluster: worker processes with one thread each, and one torch thread each

@@ -10,8 +10,8 @@ from prefect.tasks import exponential_backoff
 from flows.report import flatten
 from gan_core import registry, storage
 from gan_core.config import ConfigError
-from gan_core.handoff import fetch_published_model
-from gan_core.lineage import ModelSource
+from gan_core.provenance import ModelSource
+from gan_core.registry import fetch_published_model
 
 
 def _transient(task, task_run, state) -> bool:

@@ -1,6 +1,6 @@
 """Train stage: prepared data -> models/<dataset>/ (safetensors + meta.json), plots/losses.csv, plots/selection.csv.
 
-Training only: the `train/training` deployment (flows/training.py) adds evaluation, publication and the gate.
+Training only: the `train-and-publish/training` deployment (flows/training.py) adds evaluation, publication and the gate.
 """
 
 from prefect import flow, get_run_logger

@@ -1,4 +1,4 @@
-"""The training deployment (`train/training`): prepare, train, evaluate, publish the model, quality gate.
+"""The training deployment (`train-and-publish/training`): prepare, train, evaluate, publish the model, quality gate.
 
 The DVC stage is flows/train.py: it only trains, so that dvc.yaml's train stage depends on training code
 alone (evaluation and publishing code changing never retrains the model).
@@ -14,9 +14,9 @@ from flows.runs import remove_run_folder, run_layout, scheduled_version, use_che
 from flows.tasks import S3_RETRIES, prune, publish_once, published
 from gan_core import registry
 from gan_core.config import Params, load_params
-from gan_core.handoff import run_publish_model
 from gan_core.layout import Layout, bucket_from_env
-from gan_core.lineage import training_inputs
+from gan_core.provenance import training_inputs
+from gan_core.registry import run_publish_model
 from gan_core.stages.train import run_train
 from gan_core.storage import MODELS_PREFIX
 
@@ -45,7 +45,7 @@ def gate(params: Params, bucket: str, version: str, metrics: dict) -> None:
     get_run_logger().info("model %s %s passed the gate: now production", name, version)
 
 
-@flow(name="train")
+@flow(name="train-and-publish")
 def training_flow(params_path: str = "params.yaml", resume: bool = False, prepare_data: bool = False,
                publish: bool = False, bucket: str | None = None, version: str | None = None,
                keep_last: int | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""ganforge library: config, data, models, training, evaluation, sampling, generation, storage."""
+"""ganforge library: two kinds of data (images/, tables/) through one pipeline (stages/), publication and registry on S3."""
 
 # The loader is re-exported lazily: `import gan_core` stays free of torch and boto3.
 _LAZY = {"load_dataframe": "gan_core.loader", "SyntheticImageDataset": "gan_core.loader"}

@@ -123,7 +123,7 @@ def cmd_download(args) -> object:
 @command
 def cmd_show(args) -> object:
     from gan_core import storage
-    from gan_core.card import CARD_FILES
+    from gan_core.images.card import CARD_FILES
     from gan_core.layout import bucket_from_env, card_cache_dir
     folder = storage.download_card(args.bucket or bucket_from_env(), args.name, args.version,
                                    Path(args.to) if args.to else card_cache_dir())
@@ -149,8 +149,8 @@ def cmd_models(args) -> object:
 def _publish_model(args, bucket: str, name: str) -> dict:
     from gan_core import registry
     from gan_core.checkpoint import read_metrics
-    from gan_core.handoff import run_publish_model
     from gan_core.layout import Layout
+    from gan_core.registry import run_publish_model
     from gan_core.stages.generate import publication_version
     params, layout = load_params(args.params), Layout()
     if name != params.prepare.dataset:

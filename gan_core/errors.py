@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names the file."""
+
 S3_SETUP_HINT = ("run `source .ganforge/s3.env` (written by `make run` or `ganforge s3 start`), or set "
                  "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +92,11 @@ def card_cache_dir() -> Path:
 
 def default_version(now: dt.datetime | None = None) -> str:
     return (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def grid_file_names(class_names: list[str]) -> list[str]:
+    """A safe, distinct file name per class: its name with anything but letters, digits, '-' and '_' replaced."""
+    safe = [re.sub(r"[^\w-]+", "_", name, flags=re.ASCII).strip("_") for name in class_names]
+    if len(set(safe)) < len(safe) or not all(safe):  # names that differ only in unsafe characters
+        safe = [f"{k}-{name}".rstrip("-") for k, name in enumerate(safe)]
+    return [f"{name}.png" for name in safe]

@@ -1,4 +1,5 @@
-"""The model registry on S3: which published version is `production`, the quality gate that moves it, retention.
+"""The model registry on S3: model hand-off (publish, resolve, fetch), which published version is `production`,
+the quality gate that moves it, retention.
 
 Layout: s3://BUCKET/models/NAME/VERSION/ (gan_core.storage), plus
   models/NAME/_aliases/production.json           {"version", "uri", "previous": [...], "set_at", "action"}
@@ -16,7 +17,9 @@ import math
 from dataclasses import dataclass
 
 from gan_core import storage
-from gan_core.config import GateConfig
+from gan_core.config import GateConfig, Params
+from gan_core.layout import Layout, model_cache_dir
+from gan_core.provenance import ModelSource, provenance, training_inputs
 
 PRODUCTION = "production"
 ALIASES = "_aliases"  # '_': never a version name (storage.NAME_RE), so listing versions skips it
@@ -105,7 +108,7 @@ def production_version(bucket: str, name: str, prefix: str = storage.MODELS_PREF
     if alias is None:
         raise storage.VersionNotFoundError(
             f"model '{name}' has no production version (no s3://{bucket}/{_alias_key(name, prefix=prefix)}): "
-            f"run training with publish (the train/training deployment), or `ganforge models promote VERSION "
+            f"run training with publish (the train-and-publish/training deployment), or `ganforge models promote VERSION "
             f"--name {name}`")
     return alias["version"]
 
@@ -201,3 +204,35 @@ def apply_model_retention(bucket: str, name: str, keep: int, dataset_prefix: str
     alias = read_alias(bucket, name, prefix, client)
     protected = referenced_models(bucket, name, dataset_prefix, prefix, client) | ({alias["version"]} if alias else set())
     return storage.apply_retention(bucket, name, keep, prefix, client, protect=protected)
+
+
+# --- hand-off: the local model to S3, and a published one back ------------------------------
+
+def run_publish_model(params: Params, version: str, bucket: str, metrics: dict, layout: Layout = Layout(),
+                      prefix: str = storage.MODELS_PREFIX) -> str:
+    """Publish models/<dataset>/ as s3://BUCKET/models/<dataset>/VERSION/ with its evaluation metrics."""
+    manifest = {**provenance(params, layout), "metrics": metrics, "inputs": training_inputs(params)}
+    return storage.publish_model(layout.model(params), bucket=bucket, name=params.prepare.dataset,
+                                 version=version, manifest=manifest, prefix=prefix)
+
+
+def parse_checkpoint(checkpoint: str, bucket: str, name: str) -> tuple[str, str, str, str]:
+    """(bucket, prefix, name, version) of "production", "latest", a version, or s3://BUCKET/PREFIX/NAME/VERSION/."""
+    if not checkpoint.startswith("s3://"):
+        return bucket, storage.MODELS_PREFIX, name, checkpoint
+    parts = checkpoint.removeprefix("s3://").strip("/").split("/")
+    if len(parts) < 4:
+        raise ValueError(f"checkpoint {checkpoint!r}: expected s3://BUCKET/PREFIX/NAME/VERSION")
+    return parts[0], "/".join(parts[1:-2]), parts[-2], parts[-1]
+
+
+def fetch_published_model(checkpoint: str, bucket: str, name: str) -> ModelSource:
+    """Resolve and download (or reuse from the cache) a published model; every file verified."""
+    bucket, prefix, name, version = parse_checkpoint(checkpoint, bucket, name)
+    if version == PRODUCTION:
+        version = production_version(bucket, name, prefix)
+    directory = storage.fetch_model(bucket, name, version, model_cache_dir(), prefix=prefix)
+    manifest = json.loads((directory / storage.MANIFEST).read_text())
+    return ModelSource(directory, storage.version_uri(bucket, prefix, name, directory.name),
+                       manifest.get("metrics") or {}, directory.name,
+                       {key: manifest.get(key) for key in ("git", "dvc", "params")})

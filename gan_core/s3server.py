@@ -19,11 +19,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from gan_core.procs import alive as _alive
-from gan_core.procs import answers as _answers
-from gan_core.procs import cmdline as _cmdline
-from gan_core.procs import free_port
-from gan_core.procs import read_pid as _read_pid
+from gan_core.procs import alive, answers, cmdline, free_port, read_pid
 
 HOST = "127.0.0.1"
 DEFAULT_S3_PORT = 8333
@@ -260,15 +256,15 @@ def _write_private(path: Path, text: str) -> None:
 
 def _is_our_weed(pid: int, data_dir: Path) -> bool:
     """True when pid is a `weed mini` serving data_dir (guards against a reused pid)."""
-    args = _cmdline(pid)
+    args = cmdline(pid)
     return (bool(args) and Path(args[0]).name == "weed" and "mini" in args
             and f"-dir={Path(data_dir).resolve()}" in args)
 
 
 def status_embedded(state_dir: Path = Path(".ganforge")) -> dict:
     data_dir, env_file, pid_file = _paths(state_dir)
-    pid = _read_pid(pid_file)
-    running = pid is not None and _alive(pid) and _is_our_weed(pid, data_dir)
+    pid = read_pid(pid_file)
+    running = pid is not None and alive(pid) and _is_our_weed(pid, data_dir)
     env = read_env_file(env_file)
     return {"running": running, "pid": pid if running else None,
             "endpoint": env.get("AWS_ENDPOINT_URL"), "bucket": env.get("GANFORGE_BUCKET"),
@@ -307,7 +303,7 @@ def _default_port(old_env: dict[str, str]) -> int:
 
 def _wait_answers(endpoint: str | None, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while endpoint and not _answers(endpoint):
+    while endpoint and not answers(endpoint):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)
@@ -317,13 +313,13 @@ def _wait_answers(endpoint: str | None, timeout: float) -> bool:
 def stop_embedded(state_dir: Path = Path(".ganforge"), timeout: float = 30) -> dict:
     """Stop the server recorded in state_dir/s3.pid; other processes are never signalled."""
     data_dir, _, pid_file = _paths(state_dir)
-    pid = _read_pid(pid_file)
-    if pid is not None and _alive(pid) and _is_our_weed(pid, data_dir):
+    pid = read_pid(pid_file)
+    if pid is not None and alive(pid) and _is_our_weed(pid, data_dir):
         server = _DETACHED.pop(pid, None)
         if server is not None:
             server.stop(timeout)
         else:
-            ports = _ports_of(_cmdline(pid))
+            ports = _ports_of(cmdline(pid))
             _terminate(pid, timeout)
             _remove_stale_sockets(ports)
     pid_file.unlink(missing_ok=True)
@@ -338,7 +334,7 @@ def _terminate(pid: int, timeout: float) -> None:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not alive(pid):
                 return
             time.sleep(0.1)
     raise S3ServerError(f"weed (pid {pid}) did not exit after SIGKILL")

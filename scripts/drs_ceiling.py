@@ -19,10 +19,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from gan_core.config import load_params
-from gan_core.evaluate import BATCH_SIZE, chunked_fd, build_context, quality_with_rejection
-from gan_core.sampling import load_model, rejection_sample
+from gan_core.images.evaluate import BATCH_SIZE, build_context, chunked_fd, quality_with_rejection
+from gan_core.images.sampling import load_model, rejection_sample
+from gan_core.images.train import pick_device
 from gan_core.layout import Layout
-from gan_core.train import pick_device
 
 
 def keep_by_ratio(log_ratio: np.ndarray, coins: np.ndarray, acceptance: float) -> np.ndarray:

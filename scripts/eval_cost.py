@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from gan_core.config import Params
-from gan_core.data import ImageSet
-from gan_core.evaluate import EVALUATORS, EvalContext
-from gan_core.features import FeatureNet
-from gan_core.sampling import SampleBatch
+from gan_core.images.data import ImageSet
+from gan_core.images.evaluate import EVALUATORS, EvalContext
+from gan_core.images.features import FeatureNet
+from gan_core.images.sampling import SampleBatch
 
 SIDE, CLASSES = 32, 10
 SKIPPED = ("discriminator", "rejection")

@@ -77,6 +77,6 @@ cat <<MSG
 
 Prefect UI and API: ${PREFECT_API_URL%/api}   (logs and pids in $STATE/; stop everything with: make stop)
   source $STATE/prefect.env; source $STATE/s3.env
-  prefect deployment run train/training                   # train on the gpu pool, publish the model, promote it if it passes the gate
+  prefect deployment run train-and-publish/training                   # train on the gpu pool, publish the model, promote it if it passes the gate
   prefect deployment run generate/batch-generation        # generate now from the production model
 MSG

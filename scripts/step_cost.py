@@ -14,8 +14,8 @@ import time
 import torch
 
 from gan_core.config import Params
-from gan_core.models import DataShape, count_parameters
-from gan_core.train import build_state, train_step
+from gan_core.images.models import DataShape, count_parameters
+from gan_core.images.train import build_state, train_step
 
 WARMUP, STEPS = 3, 20
 

@@ -13,7 +13,6 @@ import pytest
 
 from tests.helpers import use_aws_env
 
-
 # --- S3 ---
 # One real SeaweedFS for the whole session (it starts in about 1 s, stops in about 2 s);
 # tests keep apart by using their own dataset names.
@@ -81,7 +80,7 @@ def pipeline_env(s3_server, prefect_api_url, tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """models/<dataset>/ as training exports it, after one epoch of the tiny config (a few seconds)."""
-    from gan_core.train import train
+    from gan_core.images.train import train
     from tests.helpers import prepared_digits, tiny_params
 
     root = tmp_path_factory.mktemp("tiny-model")

@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 
 from gan_core.config import Params
-from gan_core.data import prepare_dataset
+from gan_core.images.data import prepare_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".gitignore", "data/raw/.gitkeep",

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 from gan_core import storage
-from gan_core.card import CARD_FILES, CELL, metrics_table, nearest_training
+from gan_core.card import metrics_table
 from gan_core.cli import main
-from gan_core.data import load_prepared, prepare_dataset
+from gan_core.images.card import CARD_FILES, CELL, nearest_training
+from gan_core.images.data import load_prepared, prepare_dataset
 from gan_core.layout import Layout
 from gan_core.stages.evaluate import run_evaluate
 from gan_core.stages.generate import run_generate, run_publish

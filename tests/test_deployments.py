@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from gan_core import registry, storage
-from gan_core.s3server import free_port
 from gan_core.layout import default_version
+from gan_core.s3server import free_port
 from tests.helpers import ROOT, make_project, run, tiny_project_params
 
 BIN = Path(sys.executable).parent
@@ -79,7 +79,7 @@ def deployed(server_env, tiny_model_dir, s3_server, tmp_path_factory) -> Path:
     registry.promote(s3_server.bucket, "deploytest", "v1", client=s3_server.client())  # what the nightly run uses
     create_process_pools(server_env["PREFECT_API_URL"], ["cpu", "gpu"])
     out = run(["prefect", "--no-prompt", "deploy", "--all"], project, server_env).stdout
-    for name in ("train/training", "evaluate/evaluation", "generate/batch-generation"):
+    for name in ("train-and-publish/training", "evaluate/evaluation", "generate/batch-generation"):
         assert name in out
     return project
 
@@ -127,7 +127,7 @@ def test_a_scheduled_generation_publishes_once(deployed, server_env, s3_server):
     from prefect.client.schemas.sorting import FlowRunSort
 
     with SyncPrefectClient(server_env["PREFECT_API_URL"]) as client:
-        training = client.read_deployment_by_name("train/training")
+        training = client.read_deployment_by_name("train-and-publish/training")
         assert training.global_concurrency_limit.limit == 1 and training.work_pool_name == "gpu"
         generation = client.read_deployment_by_name("generate/batch-generation")
         assert generation.work_pool_name == "cpu" and generation.schedules[0].schedule.cron == "0 2 * * *"

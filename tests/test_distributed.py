@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from gan_core.train import train
+from gan_core.images.train import train
 from tests.helpers import prepared_digits, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +42,14 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 
 def _initial_generator(params) -> dict[str, torch.Tensor]:
-    from gan_core.models import DataShape
-    from gan_core.train import build_state
+    from gan_core.images.models import DataShape
+    from gan_core.images.train import build_state
 
     return build_state(params, DataShape(8, 1, 10), torch.device("cpu")).G.state_dict()
 
 
 def test_mode_seeking_needs_whole_pairs_on_every_rank(monkeypatch):
-    from gan_core import distributed
+    from gan_core.images import distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match=r"train.batch_size \(66\) must give each of 2 processes an even number"):

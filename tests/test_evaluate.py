@@ -11,19 +11,20 @@ import pytest
 import torch
 
 from gan_core import checkpoint as ckpt
-from gan_core import lineage
-from gan_core.data import DataError, ImageSet, PreparedData, check_disjoint, image_hashes, load_prepared
-from gan_core import metrics as m
-from gan_core.evaluate import EVALUATORS, EvalContext, cached_accuracy, evaluate
-from gan_core.features import cache_key, load_or_train_feature_net
-from gan_core.pixels import to_unit_range
-from gan_core.lineage import LineageError
-from gan_core.sampling import SampleBatch, load_model
+from gan_core import fingerprint
+from gan_core.errors import DataError
+from gan_core.fingerprint import LineageError
+from gan_core.images import metrics as m
+from gan_core.images.data import ImageSet, PreparedData, check_disjoint, image_hashes, load_prepared
+from gan_core.images.evaluate import EVALUATORS, EvalContext, cached_accuracy, evaluate
+from gan_core.images.features import cache_key, load_or_train_feature_net
+from gan_core.images.pixels import to_unit_range
+from gan_core.images.sampling import SampleBatch, load_model
+from gan_core.images.train import train
 from gan_core.layout import Layout
 from gan_core.stages.evaluate import run_evaluate
 from gan_core.stages.prepare import run_prepare
 from gan_core.stages.train import run_train
-from gan_core.train import train
 from tests.helpers import ROOT, prepared_digits, tiny_params
 
 
@@ -212,8 +213,8 @@ def test_corrupt_cache_entry_is_rebuilt_and_a_second_writer_keeps_the_first(spli
 TRAIN_ALONGSIDE = """
 import os, sys, time
 from pathlib import Path
-from gan_core import features
-from gan_core.data import load_prepared
+from gan_core.images import features
+from gan_core.images.data import load_prepared
 from tests.helpers import tiny_params
 
 prepared, cache, seen = map(Path, sys.argv[1:])
@@ -279,13 +280,13 @@ def test_evaluator_cache_key_follows_its_code(split, tmp_path, monkeypatch):
     cfg = tiny_params().features
     before = cache_key(split.train, cfg)
     copy = tmp_path / "gan_core"
-    shutil.copytree(lineage.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(lineage, "PACKAGE", copy)
+    shutil.copytree(fingerprint.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "PACKAGE", copy)
     assert cache_key(split.train, cfg) == before  # the same code, the same key
-    for unrelated in ("train.py", "checkpoint.py", "layout.py"):  # not, or not for the weights, used by features.py
+    for unrelated in ("images/train.py", "checkpoint.py", "layout.py"):  # not, or not for the weights, used by features.py
         (copy / unrelated).write_text((copy / unrelated).read_text() + "\n# a change elsewhere\n")
     assert cache_key(split.train, cfg) == before
-    (copy / "augment.py").write_text((copy / "augment.py").read_text() + "\n# imported by features.py\n")
+    (copy / "images/augment.py").write_text((copy / "images/augment.py").read_text() + "\n# imported by features.py\n")
     assert cache_key(split.train, cfg) != before
 
 

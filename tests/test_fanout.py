@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from gan_core import storage
-from gan_core.generate import generate_dataset
-from gan_core.sampling import load_model
+from gan_core.images.generate import generate_dataset
+from gan_core.images.sampling import load_model
 from tests.helpers import tiny_params
 
 PARAMS = tiny_params(prepare__dataset="fanout", generate__name="fanout-test",

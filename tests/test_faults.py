@@ -33,16 +33,23 @@ from botocore.exceptions import ClientError
 from gan_core import checkpoint as ckpt
 from gan_core import cli, storage
 from gan_core.config import ConfigError, load_params
+from gan_core.images.models import DataShape
+from gan_core.images.sampling import load_model
+from gan_core.images.train import build_state, latest_good_checkpoint, load_training_state, train
 from gan_core.layout import Layout
-from gan_core.models import DataShape
 from gan_core.s3server import SeaweedServer
-from gan_core.sampling import load_model
-from gan_core.storage import (MANIFEST, StorageError, VersionBusyError, VersionExistsError, download_dataset,
-                              list_versions, publish_dataset, read_manifest)
-from gan_core.train import build_state, latest_good_checkpoint, load_training_state, train
+from gan_core.storage import (
+    MANIFEST,
+    StorageError,
+    VersionBusyError,
+    VersionExistsError,
+    download_dataset,
+    list_versions,
+    publish_dataset,
+    read_manifest,
+)
 from tests.faultproxy import FaultProxy
-from tests.helpers import (ROOT, committed_project, prepared_digits, run, tiny_params, tiny_project_params,
-                           use_aws_env)
+from tests.helpers import ROOT, committed_project, prepared_digits, run, tiny_params, tiny_project_params, use_aws_env
 
 
 def sha256(path: Path) -> str:
@@ -361,7 +368,7 @@ import os, signal, sys
 from pathlib import Path
 import torch
 from gan_core import checkpoint
-from gan_core.train import train
+from gan_core.images.train import train
 from tests.helpers import tiny_params
 
 mode, where = sys.argv[1], Path(sys.argv[2])

@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from gan_core.generate import encode_png, generate_dataset, row_schema, shard_sizes
-from gan_core.pixels import to_unit_range
-from gan_core.sampling import (RejectionRule, fit_rejection_rule, generate_and_score, load_model,
-                               rejection_sample, shard_seeds)
-from gan_core.train import train
+from gan_core.images.generate import encode_png, generate_dataset, row_schema
+from gan_core.images.pixels import to_unit_range
+from gan_core.images.sampling import generate_and_score, load_model, rejection_sample
+from gan_core.images.train import train
+from gan_core.rejection import RejectionRule, fit_rejection_rule
+from gan_core.shards import shard_seeds, shard_sizes
 from tests.helpers import prepared_digits, tiny_params
 
 
@@ -162,7 +163,7 @@ def test_rejection_sample_draws_from_the_plain_stream(model):
     (2.0 - 1e-6, 12.62236337744529549),
 ])
 def test_rejection_logit_matches_the_paper_to_float_precision(logit, expected):
-    from gan_core.sampling import RejectionRule
+    from gan_core.rejection import RejectionRule
 
     rule = RejectionRule(max_logit=(2.0,), gamma=(0.5,), eps=1e-6)
     assert rule.shifted(np.array([logit]))[0] == pytest.approx(expected, rel=1e-14)

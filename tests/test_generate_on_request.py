@@ -15,8 +15,9 @@ from PIL import Image
 
 from gan_core import cli, storage
 from gan_core.config import ConfigError
-from gan_core.generate import generate_dataset, shard_quotas
-from gan_core.sampling import generate_and_score, load_model, sample_images
+from gan_core.images.generate import generate_dataset
+from gan_core.images.sampling import generate_and_score, load_model, sample_images
+from gan_core.shards import shard_quotas
 from tests.helpers import tiny_params
 
 COUNTS = {3: 50, 7: 20}

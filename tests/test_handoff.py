@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gan_core import storage
-from gan_core.sampling import load_model
-from gan_core.handoff import fetch_published_model, parse_checkpoint
+from gan_core.images.sampling import load_model
+from gan_core.registry import fetch_published_model, parse_checkpoint
 
 
 def test_a_published_model_loads_elsewhere_and_its_cache_is_verified(tiny_model_dir, s3_env, tmp_path, monkeypatch):

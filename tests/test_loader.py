@@ -16,11 +16,12 @@ from PIL import Image, ImageDraw
 
 from gan_core import SyntheticImageDataset, load_dataframe, storage
 from gan_core.config import ConfigError, parse_params
-from gan_core.data import DataError, ImageSet, load_prepared, name_classes
-from gan_core.generate import SCHEMA_VERSION, generate_dataset
-from gan_core.sampling import load_model
+from gan_core.errors import DataError
+from gan_core.images.data import ImageSet, load_prepared, name_classes
+from gan_core.images.generate import SCHEMA_VERSION, generate_dataset
+from gan_core.images.sampling import load_model
 from gan_core.layout import Layout
-from gan_core.lineage import ModelSource
+from gan_core.provenance import ModelSource
 from gan_core.stages.evaluate import run_evaluate
 from gan_core.stages.generate import run_generate, run_publish
 from gan_core.stages.prepare import run_prepare

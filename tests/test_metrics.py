@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gan_core import metrics as m
+from gan_core.images import metrics as m
 
 
 @pytest.fixture

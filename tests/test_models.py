@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gan_core.config import ModelConfig
-from gan_core.models import DataShape, Discriminator, Generator, MinibatchStd, count_parameters
+from gan_core.images.models import DataShape, Discriminator, Generator, MinibatchStd, count_parameters
 
 
 @pytest.mark.parametrize("resolution, blocks", [(8, 1), (16, 2), (32, 3), (64, 4)])

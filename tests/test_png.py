@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gan_core.png import encode_batch
+from gan_core.images.png import encode_batch
 
 
 @pytest.mark.parametrize("shape, mode", [((5, 8, 8, 1), "L"), ((3, 16, 16, 3), "RGB")])

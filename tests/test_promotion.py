@@ -32,9 +32,10 @@ def nightly_generation(bucket: str, version: str) -> dict:
 
 def test_a_model_that_fails_the_gate_never_reaches_nightly_generation(s3_env, prefect_api_url, tmp_path,
                                                                         monkeypatch):
-    from flows.training import training_flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.training import training_flow
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))

@@ -14,12 +14,13 @@ import yaml
 from PIL import Image
 
 from gan_core.config import load_params
-from gan_core.data import DataError, image_hashes, load_image_folder, load_prepared, prepare_dataset
+from gan_core.errors import DataError
+from gan_core.images.data import image_hashes, load_image_folder, load_prepared, prepare_dataset
+from gan_core.images.transform import fit_square
 from gan_core.layout import Layout
 from gan_core.stages.generate import run_generate, run_publish
 from gan_core.stages.prepare import run_prepare
 from gan_core.stages.train import run_train
-from gan_core.transform import fit_square
 from tests.helpers import ROOT, mnist_like, tiny_params, write_digit_images, write_idx
 
 

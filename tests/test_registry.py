@@ -12,7 +12,7 @@ import yaml
 
 from gan_core import cli, registry, storage
 from gan_core.config import GateConfig
-from gan_core.handoff import fetch_published_model
+from gan_core.registry import fetch_published_model
 from tests.helpers import tiny_params
 
 GOOD = {"fd_ratio": 1.3, "utility": 0.97, "label_consistency": 0.98, "memorisation": 0.001}

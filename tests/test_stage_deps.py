@@ -79,6 +79,6 @@ def test_generation_code_does_not_retrain():
     # The point of the closures: a change to generation or publishing reruns generate only.
     entries = stage_entries()
     train_closure = import_closure(entries["train"][0])
-    for module in ("gan_core/generate.py", "gan_core/png.py", "gan_core/evaluate.py"):
+    for module in ("gan_core/images/generate.py", "gan_core/images/png.py", "gan_core/images/evaluate.py"):
         assert module not in train_closure, f"the train stage imports {module}"
-    assert "gan_core/train.py" not in import_closure(entries["generate"][0])
+    assert "gan_core/images/train.py" not in import_closure(entries["generate"][0])

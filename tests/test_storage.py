@@ -16,9 +16,19 @@ import pytest
 
 from gan_core import storage
 from gan_core.s3server import free_port, read_env_file, start_embedded, status_embedded, stop_embedded
-from gan_core.storage import (IntegrityError, StorageError, VersionExistsError, VersionNotFoundError,
-                              download_dataset, list_datasets, list_versions, publish_dataset,
-                              read_manifest, resolve_version, validate_name)
+from gan_core.storage import (
+    IntegrityError,
+    StorageError,
+    VersionExistsError,
+    VersionNotFoundError,
+    download_dataset,
+    list_datasets,
+    list_versions,
+    publish_dataset,
+    read_manifest,
+    resolve_version,
+    validate_name,
+)
 
 
 def write_shard(path: Path, seeds: range) -> Path:

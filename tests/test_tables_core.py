@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gan_core.tabular.config import TableConfig
-from gan_core.tabular.fidelity import fidelity_score, real_values
-from gan_core.tabular.model import Conditioner, TableGenerator
-from gan_core.tabular.sampling import generate_matrix, load_table_model, sample_rows
-from gan_core.tabular.schema import TableError, TableSchema, infer_schema, read_table
-from gan_core.tabular.train import train_table_gan
-from gan_core.tabular.transform import TableTransformer
+from gan_core.config import TableConfig
+from gan_core.tables.fidelity import fidelity_score, real_values
+from gan_core.tables.model import Conditioner, TableGenerator
+from gan_core.tables.sampling import generate_matrix, load_table_model, sample_rows
+from gan_core.tables.schema import TableError, TableSchema, infer_schema, read_table
+from gan_core.tables.train import train_table_gan
+from gan_core.tables.transform import TableTransformer
 
 HOSTILE = ["seed", "d_score", "bill length (mm)", "it's \"quoted\"", "ünïcödé 名前", "a/b\\c", "0", " "]
 
@@ -204,7 +204,7 @@ def test_conditional_shapes_see_classes_that_lost_their_own_features():
 
 @pytest.mark.parametrize("tolerance, chosen", [(0.0, [1, 2, 2, 2, 5, 5]), (0.01, [1, 2, 3, 3, 5, 5])])
 def test_selection_keeps_the_latest_step_within_the_tolerance(tolerance, chosen):
-    from gan_core.tabular.train import build_state, select
+    from gan_core.tables.train import build_state, select
 
     cfg = tiny_cfg(select_tolerance=tolerance)
     state = build_state(cfg, 0, 4, seed=0, device="cpu")

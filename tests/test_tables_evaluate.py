@@ -1,4 +1,4 @@
-"""The table evaluators (gan_core.tabular.evaluate) on a real table and on hostile ones, and the benchmark's
+"""The table evaluators (gan_core.tables.evaluate) on a real table and on hostile ones, and the benchmark's
 CTGAN baseline wrapper."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gan_core.tabular.evaluate import evaluate_table, gower_nearest, marginal_file_names
-from gan_core.tabular.schema import TableError, infer_schema
+from gan_core.tables.evaluate import evaluate_table, gower_nearest, marginal_file_names
+from gan_core.tables.schema import TableError, infer_schema
 
 HOSTILE = ["seed", "d_score", "bill length (mm)", "it's \"quoted\"", "ünïcödé 名前", "a/b\\c", "0", " "]
 

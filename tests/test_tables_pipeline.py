@@ -13,11 +13,11 @@ import yaml
 
 from gan_core import registry, storage
 from gan_core.config import ConfigError, parse_params
-from gan_core.data import DataError
+from gan_core.errors import DataError
+from gan_core.fingerprint import data_fingerprint
 from gan_core.layout import Layout
-from gan_core.lineage import data_fingerprint
-from gan_core.table_data import load_prepared_table, prepare_table, prepared_kind
-from gan_core.table_generate import added_columns
+from gan_core.tables.data import load_prepared_table, prepare_table, prepared_kind
+from gan_core.tables.generate import added_columns
 from tests.helpers import ROOT, git_commit, make_project, run, tiny_project_params
 
 SPECIES = ["Adélie", "Gentoo", "Chin strap"]
@@ -117,8 +117,7 @@ def test_table_params_parse_and_name_what_is_wrong(tmp_path):
 
 def test_params_yaml_spells_out_the_table_defaults():
     # params.yaml's values win over TableConfig's: a default retuned in code must be retuned there too.
-    from gan_core.config import load_params
-    from gan_core.tabular.config import TableConfig
+    from gan_core.config import TableConfig, load_params
 
     for path in (ROOT / "params.yaml", ROOT / "examples" / "fashion-mnist" / "params.yaml"):
         assert load_params(path).table == TableConfig(), path
@@ -240,7 +239,7 @@ def table_model_dir(trained_table) -> Path:
 
 def test_generate_publish_download_a_table_and_each_row_regenerates(trained_table, s3_env, tmp_path):
     from gan_core.stages.generate import run_generate, run_publish
-    from gan_core.tabular.sampling import load_table_model, sample_rows
+    from gan_core.tables.sampling import load_table_model, sample_rows
 
     params, layout = trained_table
     summary = run_generate(params, layout.generated(params), layout)

@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from gan_core import checkpoint as ckpt
-from gan_core.data import prepare_dataset
-from gan_core.lineage import LineageError, data_fingerprint, training_fingerprint
-from gan_core.pixels import to_unit_range
-from gan_core.sampling import load_model, sample_images
-from gan_core.train import latest_good_checkpoint, train
+from gan_core.fingerprint import LineageError, data_fingerprint, training_fingerprint
+from gan_core.images.data import prepare_dataset
+from gan_core.images.pixels import to_unit_range
+from gan_core.images.sampling import load_model, sample_images
+from gan_core.images.train import latest_good_checkpoint, train
 from tests.helpers import prepared_digits, tiny_params
 
 
@@ -83,8 +83,8 @@ def test_pickle_payload_is_refused_without_fallback(prepared, tmp_path):
 
 
 def test_learning_rates_fall_linearly_to_zero_over_the_decay_share(prepared, tmp_path):
-    from gan_core.models import DataShape
-    from gan_core.train import build_state, set_learning_rates
+    from gan_core.images.models import DataShape
+    from gan_core.images.train import build_state, set_learning_rates
 
     params = tiny_params(train__lr_g=4e-4, train__lr_d=2e-4, train__lr_decay=0.5)
     state = build_state(params, DataShape(8, 1, 10), torch.device("cpu"))
@@ -146,9 +146,9 @@ def test_fingerprint_names_what_changes_the_model(prepared):
 
 
 def test_selection_measures_against_the_validation_split(prepared):
-    from gan_core.data import load_prepared
-    from gan_core.models import DataShape
-    from gan_core.train import build_selector
+    from gan_core.images.data import load_prepared
+    from gan_core.images.models import DataShape
+    from gan_core.images.train import build_selector
 
     data = load_prepared(prepared)
     selector = build_selector(tiny_params(), data, DataShape(8, 1, 10), torch.device("cpu"), None)
@@ -156,7 +156,7 @@ def test_selection_measures_against_the_validation_split(prepared):
     assert selector.reference.shape[0] == len(data.validation.labels) == 270
     assert (selector.reference == net_features).all()
     # Scored in batches (memory bounded), and the batches change nothing but the peak memory.
-    from gan_core.models import Generator
+    from gan_core.images.models import Generator
     generator = Generator(tiny_params().model, DataShape(8, 1, 10)).eval()
     calls = []
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from gan_core import cli
-from gan_core.data import DataError, image_hashes, load_prepared
+from gan_core.errors import DataError
+from gan_core.images.data import image_hashes, load_prepared
 from gan_core.layout import Layout
 from gan_core.stages.evaluate import run_evaluate
 from gan_core.stages.generate import run_generate, run_publish

@@ -8,15 +8,17 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from gan_core import lineage
+from gan_core import fingerprint, provenance
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params
-from gan_core.evaluate import (_summary, _write_score_histogram, build_context, evaluate, grid_file_names,
-                               rejection_table)
-from gan_core.layout import Layout
-from gan_core.sampling import load_model, logit_to_score, pick_device, shard_seeds
-from gan_core.table_data import load_prepared_table
-from gan_core.table_plots import write_marginals_png
+from gan_core.images.evaluate import build_context, evaluate, rejection_table
+from gan_core.images.sampling import load_model, pick_device
+from gan_core.layout import Layout, grid_file_names
+from gan_core.rejection import logit_to_score
+from gan_core.scores import score_summary, write_score_histogram
+from gan_core.shards import shard_seeds
+from gan_core.tables.data import load_prepared_table
+from gan_core.tables.plots import write_marginals_png
 
 # Plot folders dvc.yaml declares for both kinds (each kind fills both: git keeps no empty folder).
 PLOT_FOLDERS = ("classes", "marginals")
@@ -29,7 +31,7 @@ def run_evaluate(params: Params, layout: Layout = Layout(), model_dir: Path | No
     metrics_path, plots = (out_dir / "eval.json", out_dir / "plots") if out_dir else (layout.metrics, layout.plots)
     for folder in PLOT_FOLDERS:
         (plots / folder).mkdir(parents=True, exist_ok=True)
-    if lineage.model_kind(directory) == "table":
+    if provenance.model_kind(directory) == "table":
         return evaluate_table_model(directory, layout.prepared(params), params, metrics_path, plots)
     model = load_model(directory, pick_device(params.train.device))
     return evaluate(model, layout.prepared(params), params, metrics_path, plots, layout.feature_cache,
@@ -63,20 +65,20 @@ def write_class_marginals(data, synthetic, plots: Path) -> None:
 
 def evaluate_table_model(model_dir: Path, prepared: Path, params: Params, metrics_path: Path, plots: Path) -> dict:
     """evaluate.num_samples generated rows against the real splits: the model's own discriminator on the test
-    split (d_auc, plots/d_scores.csv), then the table evaluators (gan_core.tabular.evaluate); one flat JSON."""
-    from gan_core.tabular.evaluate import evaluate_table
-    from gan_core.tabular.sampling import load_table_model, sample_rows, score_rows
+    split (d_auc, plots/d_scores.csv), then the table evaluators (gan_core.tables.evaluate); one flat JSON."""
+    from gan_core.tables.evaluate import evaluate_table
+    from gan_core.tables.sampling import load_table_model, sample_rows, score_rows
 
     model, data = load_table_model(model_dir), load_prepared_table(prepared)
-    lineage.check_model_data(f"the model (step {model.meta.get('step')})", {"fingerprint": model.meta.get("lineage")},
-                             prepared, lineage.data_fingerprint(prepared))
+    fingerprint.check_model_data(f"the model (step {model.meta.get('step')})", {"fingerprint": model.meta.get("lineage")},
+                             prepared, fingerprint.data_fingerprint(prepared))
     synthetic, fake_logits = sample_rows(model, shard_seeds(params.evaluate.seed, 0, 0, params.evaluate.num_samples))
     real = logit_to_score(score_rows(model.scorer, model.transformer.transform(data.test)))
     fake = logit_to_score(fake_logits)
-    _write_score_histogram(plots / "d_scores.csv", real, fake)
+    write_score_histogram(plots / "d_scores.csv", real, fake)
     write_class_marginals(data, synthetic, plots)
-    metrics = {"kind": "table", "step": model.meta.get("step"), "d_score_real": _summary(real),
-               "d_score_fake": _summary(fake),
+    metrics = {"kind": "table", "step": model.meta.get("step"), "d_score_real": score_summary(real),
+               "d_score_fake": score_summary(fake),
                "d_auc": float(roc_auc_score(np.r_[np.ones(len(real)), np.zeros(len(fake))], np.r_[real, fake]))}
     metrics |= evaluate_table(data.train, data.test, synthetic, data.schema, plots_dir=plots,
                               seed=params.evaluate.seed)

@@ -7,17 +7,25 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gan_core import storage
-from gan_core.card import CardSources, write_card
+from gan_core.card import CardSources
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params
-from gan_core.generate import ShardResult, generate_dataset, generate_shard, plan_shards, rejection_rule, summarize
+from gan_core.images.card import write_card
+from gan_core.images.generate import generate_dataset, generate_shard, plan_shards, rejection_rule, summarize
+from gan_core.images.sampling import load_model, pick_device
 from gan_core.layout import Layout, default_version
-from gan_core.lineage import ModelSource, build_manifest, local_model, model_kind
-from gan_core.sampling import RejectionRule, load_model, pick_device
-from gan_core.table_card import write_table_card
-from gan_core.table_generate import (generate_table_dataset, generate_table_shard, plan_table_shards, summarize_table,
-                                     table_rejection_rule)
-from gan_core.tabular.sampling import load_table_model
+from gan_core.provenance import ModelSource, build_manifest, local_model, model_kind
+from gan_core.rejection import RejectionRule
+from gan_core.shards import ShardResult
+from gan_core.tables.card import write_table_card
+from gan_core.tables.generate import (
+    generate_table_dataset,
+    generate_table_shard,
+    plan_table_shards,
+    summarize_table,
+    table_rejection_rule,
+)
+from gan_core.tables.sampling import load_table_model
 
 
 def sample_overrides(num_samples: int | None, class_counts: dict | None) -> dict[str, object]:

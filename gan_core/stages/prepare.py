@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from gan_core.config import Params
-from gan_core.data import BUNDLED_DIGITS, DataError, prepare_dataset
+from gan_core.errors import DataError
+from gan_core.images.data import BUNDLED_DIGITS, prepare_dataset
 from gan_core.layout import Layout
-from gan_core.table_data import is_table_source, prepare_table
+from gan_core.tables.data import is_table_source, prepare_table
 
 
 def run_prepare(params: Params, layout: Layout = Layout()) -> dict:

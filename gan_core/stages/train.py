@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from gan_core import lineage
 from gan_core.checkpoint import read_meta, write_json_atomic
 from gan_core.config import Params
+from gan_core.fingerprint import data_fingerprint, table_training_fingerprint
+from gan_core.images.sampling import pick_device
+from gan_core.images.train import set_threads, train
 from gan_core.layout import Layout
-from gan_core.table_data import arrow_schema_text, load_prepared_table, prepared_kind
-from gan_core.sampling import pick_device
-from gan_core.train import set_threads, train
+from gan_core.tables.data import arrow_schema_text, load_prepared_table, prepared_kind
 
 
 def run_train(params: Params, layout: Layout = Layout(), resume: bool = False, progress: bool = True) -> dict:
@@ -25,14 +25,14 @@ def run_train(params: Params, layout: Layout = Layout(), resume: bool = False, p
 def train_table(params: Params, layout: Layout = Layout(), resume: bool = False, progress: bool = True) -> dict:
     """The row GAN on the training split, selected on validation; models/<dataset>/ also says what it came from.
 
-    Its resume state lives in the model folder itself (gan_core.tabular.train), so `--resume` goes on from there.
+    Its resume state lives in the model folder itself (gan_core.tables.train), so `--resume` goes on from there.
     """
-    from gan_core.tabular.train import train_table_gan
+    from gan_core.tables.train import train_table_gan
 
     set_threads(params.train.threads)  # as for images: 1 thread gives the same model on any machine of one kind
     prepared, out_dir = layout.prepared(params), layout.model(params)
     data = load_prepared_table(prepared)
-    fingerprint = lineage.table_training_fingerprint(params, lineage.data_fingerprint(prepared))
+    fingerprint = table_training_fingerprint(params, data_fingerprint(prepared))
     history = train_table_gan(data.train, data.validation, data.schema, params.table, out_dir,
                               seed=params.train.seed, resume=resume, progress=progress,
                               device=str(pick_device(params.train.device)))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gan_core.data import DataError
+from gan_core.errors import DataError
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 SPLITS = ("train", "validation", "test")
@@ -46,7 +46,7 @@ class PreparedTable:
     train: pd.DataFrame
     validation: pd.DataFrame
     test: pd.DataFrame
-    schema: object  # gan_core.tabular.schema.TableSchema
+    schema: object  # gan_core.tables.schema.TableSchema
     class_names: list[str]  # the condition column's values as text; empty when unconditional
 
     def splits(self) -> dict[str, pd.DataFrame]:
@@ -75,7 +75,7 @@ def stratum_codes(frame: pd.DataFrame, column: str | None) -> np.ndarray:
 def split_rows(codes: np.ndarray, validation_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
     """Per row 0 (train), 1 (validation) or 2 (test), seeded and stratified by `codes`.
 
-    As gan_core.data.split_parts for images, except that a value too rare to reach every split is
+    As gan_core.images.data.split_parts for images, except that a value too rare to reach every split is
     allowed (tables often have rare categories): only each split as a whole must be non-empty.
     """
     rng = np.random.default_rng(seed)
@@ -103,7 +103,7 @@ def prepare_table(source: str, out_path: Path, validation_fraction: float, test_
                   columns: dict[str, str] | None = None, target: str | None = None,
                   condition: str | None = None, test_source: str | None = None) -> dict:
     """Read, infer the schema (params' overrides first), drop exact duplicate rows, split three ways, save."""
-    from gan_core.tabular.schema import infer_schema, read_table
+    from gan_core.tables.schema import infer_schema, read_table
 
     frame = read_table(Path(source))
     schema = infer_schema(frame, overrides=columns or {}, target=target, condition=condition)
@@ -153,7 +153,7 @@ def save_prepared_table(path: Path, splits: dict[str, pd.DataFrame], schema, cla
 
 
 def load_prepared_table(path: Path) -> PreparedTable:
-    from gan_core.tabular.schema import TableSchema
+    from gan_core.tables.schema import TableSchema
 
     if prepared_kind(path) != "table":
         raise DataError(f"{path}: holds images, not a table; run the prepare stage again")

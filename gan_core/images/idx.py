@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gan_core.data import DataError
+from gan_core.errors import DataError
 
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801  # unsigned bytes, 3 or 1 dimensions
 IDX_NAME = re.compile(r".*(-ubyte|\.idx)(\.gz)?")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from gan_core.card import CardSources, _markdown_table_html, metrics_table, provenance_and_quality, size_category
+from gan_core.card import CardSources, markdown_table_html, metrics_table, provenance_and_quality, size_category
 
 TABLE_CARD_FILES = ("README.md", "report.html")
 SHOWN_ROWS = 20  # the report's first rows
@@ -67,7 +67,7 @@ def table_report_html(sources: CardSources, head) -> str:
     body = [f"<h1>{title}</h1>",
             f"<p>{m['sample_count']} rows, acceptance rate {m.get('acceptance_rate', 1.0):.3f}, model "
             f"<code>{html.escape(str(m.get('model_uri') or 'local'))}</code></p>",
-            "<h2>Metrics</h2>", _markdown_table_html(metrics_table(m.get("metrics") or {})),
+            "<h2>Metrics</h2>", markdown_table_html(metrics_table(m.get("metrics") or {})),
             f"<h2>The first {SHOWN_ROWS} rows</h2>", rows]
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"

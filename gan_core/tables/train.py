@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from gan_core import checkpoint as ckpt
-from gan_core.tabular.config import TableConfig
-from gan_core.tabular.fidelity import fidelity_score, real_values
-from gan_core.tabular.model import Conditioner, TableDiscriminator, TableGenerator, activate
-from gan_core.tabular.sampling import DISCRIMINATOR, GENERATOR, MODEL_FORMAT, generate_matrix
-from gan_core.tabular.schema import TableError, TableSchema
-from gan_core.tabular.transform import TableTransformer
+from gan_core.config import TableConfig
+from gan_core.tables.fidelity import fidelity_score, real_values
+from gan_core.tables.model import Conditioner, TableDiscriminator, TableGenerator, activate
+from gan_core.tables.sampling import DISCRIMINATOR, GENERATOR, MODEL_FORMAT, generate_matrix
+from gan_core.tables.schema import TableError, TableSchema
+from gan_core.tables.transform import TableTransformer
 
 STATE = "state"  # the resume tensors' file, beside generator/discriminator
 LOSS_EVERY = 10  # steps per averaged entry of the loss history

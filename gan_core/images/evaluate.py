@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 import shutil
 import sys
 import time
@@ -20,16 +19,19 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from gan_core import metrics as m
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import EvaluateConfig, Params, RejectionConfig
-from gan_core.data import ImageSet, PreparedData, check_disjoint, load_prepared, model_class_names
-from gan_core.features import FeatureNet, feature_space, load_or_train_feature_net
-from gan_core.lineage import check_model_data as check_model_trained_on
-from gan_core.lineage import code_version, data_fingerprint
-from gan_core.pixels import quantise, to_unit_range
-from gan_core.sampling import (SampleBatch, TrainedModel, fit_to_model, logit_to_score, rejection_sample,
-                               stream_positions)
+from gan_core.fingerprint import check_model_data as check_model_trained_on
+from gan_core.fingerprint import code_version, data_fingerprint
+from gan_core.images import metrics as m
+from gan_core.images.data import ImageSet, PreparedData, check_disjoint, load_prepared, model_class_names
+from gan_core.images.features import FeatureNet, feature_space, load_or_train_feature_net
+from gan_core.images.pixels import quantise, to_unit_range
+from gan_core.images.sampling import SampleBatch, TrainedModel, fit_to_model, rejection_sample
+from gan_core.layout import grid_file_names
+from gan_core.rejection import logit_to_score
+from gan_core.scores import score_summary, write_score_histogram
+from gan_core.shards import stream_positions
 
 
 @dataclass
@@ -89,11 +91,6 @@ def register(name: str) -> Callable[[Evaluator], Evaluator]:
     return add
 
 
-def _summary(scores: np.ndarray) -> dict:
-    q10, q50, q90 = np.quantile(scores, [0.1, 0.5, 0.9])
-    return {"mean": float(scores.mean()), "p10": float(q10), "p50": float(q50), "p90": float(q90)}
-
-
 @torch.inference_mode()
 def discriminator_logits(model: TrainedModel, data: ImageSet, batch_size: int = 1000) -> np.ndarray:
     out = []
@@ -114,17 +111,8 @@ def discriminator_scores(ctx: EvalContext) -> dict:
     fake = logit_to_score(ctx.fake.logits)
     truth = np.r_[np.ones(len(real)), np.zeros(len(fake))]
     auc = roc_auc_score(truth, np.r_[real, fake])
-    _write_score_histogram(ctx.plots_dir / "d_scores.csv", real, fake)
-    return {"d_score_real": _summary(real), "d_score_fake": _summary(fake), "d_auc": float(auc)}
-
-
-def _write_score_histogram(path: Path, real: np.ndarray, fake: np.ndarray, bins: int = 20) -> None:
-    edges = np.linspace(0, 1, bins + 1)
-    real_counts, _ = np.histogram(real, edges)
-    fake_counts, _ = np.histogram(fake, edges)
-    rows = ["score,real,generated"] + [f"{(a + b) / 2:.3f},{r / len(real):.5f},{f / len(fake):.5f}"
-                                        for a, b, r, f in zip(edges, edges[1:], real_counts, fake_counts)]
-    path.write_text("\n".join(rows) + "\n")
+    write_score_histogram(ctx.plots_dir / "d_scores.csv", real, fake)
+    return {"d_score_real": score_summary(real), "d_score_fake": score_summary(fake), "d_auc": float(auc)}
 
 
 @register("frechet")
@@ -196,7 +184,7 @@ def cached_accuracy(cache_dir: Path | None) -> m.Accuracy:
         return m.classifier_accuracy
 
     def accuracy(x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
-        digest = hashlib.sha256(code_version("metrics").encode())
+        digest = hashlib.sha256(code_version("images.metrics").encode())
         for array in (x, y, test_x, test_y):
             digest.update(f"{array.dtype}{array.shape}".encode() + np.ascontiguousarray(array).tobytes())
         path = Path(cache_dir) / f"accuracy-{digest.hexdigest()[:32]}.json"
@@ -339,14 +327,6 @@ def write_marginals(ctx: EvalContext, class_names: list[str], plots_dir: Path) -
             writer.writerow(["column", "value", "real", "generated"])
             writer.writerows([column, value, round(r / real_counts.sum(), 5), round(f / fake_counts.sum(), 5)]
                              for value, r, f in zip(values, real_counts, fake_counts))
-
-
-def grid_file_names(class_names: list[str]) -> list[str]:
-    """A safe, distinct file name per class: its name with anything but letters, digits, '-' and '_' replaced."""
-    safe = [re.sub(r"[^\w-]+", "_", name, flags=re.ASCII).strip("_") for name in class_names]
-    if len(set(safe)) < len(safe) or not all(safe):  # names that differ only in unsafe characters
-        safe = [f"{k}-{name}".rstrip("-") for k, name in enumerate(safe)]
-    return [f"{name}.png" for name in safe]
 
 
 # --- the stage ----------------------------------------------------------------------------------

@@ -10,14 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gan_core.transform import fill_images, pick_resolution, square_array, squared_side
+from gan_core.errors import DataError
+from gan_core.images.transform import fill_images, pick_resolution, square_array, squared_side
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 BUNDLED_DIGITS = "bundled:digits"
-
-
-class DataError(ValueError):
-    """Input data that cannot be used; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +140,7 @@ def load_npz(path: Path, resolution: int | str = "auto", transform: str = "pad")
 
 
 def load_idx(path: Path, resolution: int | str = "auto", transform: str = "pad") -> ImageSet:
-    from gan_core.idx import read_idx_pair
+    from gan_core.images.idx import read_idx_pair
 
     images, labels = read_idx_pair(path)
     if len(images) == 0:
@@ -152,7 +149,7 @@ def load_idx(path: Path, resolution: int | str = "auto", transform: str = "pad")
 
 
 def load_source(source: str, resolution: int | str = "auto", transform: str = "pad") -> ImageSet:
-    from gan_core.idx import images_file_in, is_idx_images
+    from gan_core.images.idx import images_file_in, is_idx_images
 
     if source == BUNDLED_DIGITS:
         return load_bundled_digits()
@@ -336,7 +333,7 @@ def load_official_test(test_source: str, data: ImageSet, source: str, transform:
 
 
 def _class_folder_names(source: str) -> list[str] | None:
-    from gan_core.idx import images_file_in
+    from gan_core.images.idx import images_file_in
 
     path = Path(source)
     if not path.is_dir() or images_file_in(path) is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from gan_core.tabular.schema import DISCRETE, TableError, TableSchema
+from gan_core.tables.schema import DISCRETE, TableError, TableSchema
 
 WEIGHT_THRESHOLD = 0.005  # a mixture component lighter than this is dropped (CTGAN's value)
 # A number column with at most this many distinct values is encoded as categories (one-hot) and restored

@@ -2,7 +2,7 @@
 
 A shard holds the user's columns with the dtypes they were prepared with, plus the row's seed and
 d_score under names free in the user's table (`seed`, else `_seed`, `__seed`, ...). Shards are planned,
-written and summarised as for images (gan_core.generate), so the flows fan them out the same way.
+written and summarised as for images (gan_core.images.generate), so the flows fan them out the same way.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gan_core.config import ConfigError, GenerateConfig
-from gan_core.generate import ShardResult, shard_name, shard_quotas
-from gan_core.sampling import Quota, RejectionRule, class_seeds, fit_rejection_rule, logit_to_score, shard_seeds
-from gan_core.tabular.sampling import TableModel, sample_rows
+from gan_core.rejection import RejectionRule, fit_rejection_rule, logit_to_score
+from gan_core.shards import Quota, ShardResult, class_seeds, shard_name, shard_quotas, shard_seeds
+from gan_core.tables.sampling import TableModel, sample_rows
 
 # 1: the user's columns and dtypes, then the added `seed` (int64) and `d_score` (float64) columns.
 TABLE_SCHEMA_VERSION = 1
@@ -182,7 +182,7 @@ def generate_table_shard(model: TableModel, index: int, quota: Quota, cfg: Gener
 
 def summarize_table(results: list[ShardResult], rule: RejectionRule | None, cfg: GenerateConfig,
                     model: TableModel) -> dict:
-    """What the manifest records about a table's shards (as gan_core.generate.summarize, keyed by value)."""
+    """What the manifest records about a table's shards (as gan_core.images.generate.summarize, keyed by value)."""
     rows, candidates = sum(r.rows for r in results), sum(r.candidates for r in results)
     rejection = {"enabled": rule is not None} | cfg.rejection.model_dump(exclude={"enabled"})
     if rule is not None:

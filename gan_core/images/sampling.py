@@ -12,15 +12,13 @@ import torch
 
 from gan_core import checkpoint as ckpt
 from gan_core.config import ConfigError, ModelConfig, RejectionConfig, class_key
-from gan_core.models import DataShape, Discriminator, Generator
-from gan_core.pixels import quantise, to_unit_range
+from gan_core.images.models import DataShape, Discriminator, Generator
+from gan_core.images.pixels import quantise, to_unit_range
+from gan_core.rejection import RejectionRule, fit_rejection_rule, logit_to_score
+from gan_core.shards import Quota, candidates_through, class_seeds, shard_seeds
 
-SHARD_BITS = 24  # candidates per shard: seeds of shard k are (base << 40) | (k << 24) | j
 # The truncation trick's centre w_avg: the mean mapping output over these latents, per class.
 W_AVG_SEED, W_AVG_SAMPLES = 20_261_201, 4096
-
-Quota = list[tuple[int | None, int]]  # (class, rows) of one shard; class None: every class in turn
-
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -75,12 +73,6 @@ def load_model(directory: Path | str, device: str | torch.device = "cpu") -> Tra
     return TrainedModel(generator.to(**layout).eval(), discriminator.to(**layout).eval(), shape, meta)
 
 
-def shard_seeds(base_seed: int, shard: int, start: int, count: int) -> np.ndarray:
-    if not 0 <= base_seed < 2**23 or not 0 <= shard < 2**16 or start + count > 2**SHARD_BITS:
-        raise ValueError(f"seed space exhausted: seed={base_seed}, shard={shard}, candidates={start + count}")
-    return (base_seed << 40) | (shard << SHARD_BITS) | np.arange(start, start + count, dtype=np.int64)
-
-
 def latents_for_seeds(seeds: np.ndarray, latent_dim: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """z, label and rejection coin of each sample from its seed alone, so any sample regenerates by itself."""
     z = torch.empty(len(seeds), latent_dim)
@@ -119,16 +111,6 @@ def as_published(images: torch.Tensor) -> torch.Tensor:
     return to_unit_range(quantise(images))
 
 
-def candidates_through(seed: int) -> int:
-    """Candidates of a shard's stream up to and including `seed`: its position in the stream, plus one."""
-    return int(seed & ((1 << SHARD_BITS) - 1)) + 1
-
-
-def stream_positions(seeds: np.ndarray) -> np.ndarray:
-    """Each seed's position in its shard's stream (0 for the first candidate)."""
-    return np.asarray(seeds, dtype=np.int64) & ((1 << SHARD_BITS) - 1)
-
-
 @torch.inference_mode()
 def generate_and_score(model: TrainedModel, seeds: np.ndarray, truncation: float = 1.0) -> "SampleBatch":
     """Images as published (8-bit, mapped back to [-1, 1], on the CPU), labels, the discriminator's logit
@@ -145,15 +127,6 @@ def generate_and_score(model: TrainedModel, seeds: np.ndarray, truncation: float
     images = as_published(model.generator.synthesize(w))
     logits = model.discriminator(images, cond)
     return SampleBatch(seeds, images.float().cpu(), labels.numpy(), logits.float().cpu().numpy(), coins)
-
-
-def class_seeds(base_seed: int, shard: int, label: int | None, num_classes: int, start: int, count: int) -> np.ndarray:
-    """Candidates start.. of a shard's stream for class `label`: its seeds whose implied label
-    (seed % num_classes) is `label`, so each sample still regenerates from its seed alone. None: every seed."""
-    if label is None:
-        return shard_seeds(base_seed, shard, start, count)
-    offset = (label - int(shard_seeds(base_seed, shard, 0, 1)[0])) % num_classes
-    return shard_seeds(base_seed, shard, offset + start * num_classes, count * num_classes)[::num_classes]
 
 
 def sample_shard(model: TrainedModel, shard: int, quota: Quota, base_seed: int, batch_size: int,
@@ -226,64 +199,6 @@ def sample_images(model: TrainedModel | Path | str, num_samples: int | None = No
 
 # --- discriminator rejection sampling (Azadi et al., ICLR 2019) ---------------------------------
 
-@dataclass(frozen=True)
-class RejectionRule:
-    """Accept x with probability sigmoid(F(x)), F = d - M - log(1 - exp(d - M - eps)) - gamma.
-
-    One (M, gamma) per class, indexed by label, or a single pair for every sample. Per class, a
-    projection discriminator's class term cannot shift one class's share of what is kept.
-    """
-
-    max_logit: tuple[float, ...]
-    gamma: tuple[float, ...]
-    eps: float = 1e-6
-
-    @staticmethod
-    def _per_sample(values: tuple[float, ...], labels: np.ndarray | None, count: int) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float64)
-        return values[labels] if len(values) > 1 else np.full(count, values[0])
-
-    def shifted(self, logits: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-        # Logits above the burn-in maximum are clipped to it: M stays fixed after burn-in so that
-        # every sample's decision depends on its seed only (the paper updates M as it goes).
-        top = self._per_sample(self.max_logit, labels, len(logits))
-        d = np.minimum(logits.astype(np.float64), top) - top
-        # log(-expm1(.)), not log1p(-exp(.)): near d = 0, 1 - exp(d - eps) is ~eps and exp's rounding
-        # alone cost 1e-12 of F's value there, where the rule keeps its best samples.
-        return d - np.log(-np.expm1(d - self.eps)) - self._per_sample(self.gamma, labels, len(logits))
-
-    def accept_probability(self, logits: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-self.shifted(logits, labels)))
-
-
-def _fit_one(logits: np.ndarray, target_acceptance: float) -> tuple[float, float]:
-    """M from the logits, and the gamma whose expected acceptance over them is the target."""
-    top = float(np.max(logits))
-    base = RejectionRule((top,), (0.0,)).shifted(logits)
-    low, high = float(base.min()) - 50.0, float(base.max()) + 50.0
-    for _ in range(100):  # bisection: acceptance falls as gamma grows
-        gamma = (low + high) / 2
-        rate = float(np.mean(1.0 / (1.0 + np.exp(-(base - gamma)))))
-        low, high = (gamma, high) if rate > target_acceptance else (low, gamma)
-    return top, (low + high) / 2
-
-
-def fit_rejection_rule(burn_in_logits: np.ndarray, target_acceptance: float,
-                       labels: np.ndarray | None = None) -> RejectionRule:
-    """Estimate M from burn-in logits and choose gamma so the expected acceptance is the target.
-
-    With `labels` (the burn-in samples' classes) M and gamma are fitted per class, so every class
-    keeps the target share and the class mix of the output stays that of the generator's input.
-    """
-    if labels is None:
-        groups = [burn_in_logits]
-    else:
-        groups = [burn_in_logits[labels == k] for k in range(int(labels.max()) + 1)]
-        if any(len(group) == 0 for group in groups):
-            raise ValueError("generate.rejection.burn_in: too few samples to see every class")
-    fitted = [_fit_one(group, target_acceptance) for group in groups]
-    return RejectionRule(tuple(top for top, _ in fitted), tuple(gamma for _, gamma in fitted))
-
 
 def accept(batch: SampleBatch, rule: RejectionRule | None) -> SampleBatch:
     """The samples of `batch` that rejection sampling keeps: each seed's coin below its acceptance probability."""
@@ -329,7 +244,4 @@ def fit_to_model(model: TrainedModel, cfg: RejectionConfig, base_seed: int, batc
     per_class = cfg.per_class and model.shape.num_classes > 0
     return fit_rejection_rule(logits, cfg.target_acceptance, labels if per_class else None)
 
-
-def logit_to_score(logits: torch.Tensor | np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 

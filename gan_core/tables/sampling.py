@@ -10,10 +10,10 @@ import pandas as pd
 import torch
 
 from gan_core import checkpoint as ckpt
-from gan_core.tabular.config import TableConfig
-from gan_core.tabular.model import Conditioner, TableDiscriminator, TableGenerator, activate
-from gan_core.tabular.schema import TableError, TableSchema
-from gan_core.tabular.transform import TableTransformer
+from gan_core.config import TableConfig
+from gan_core.tables.model import Conditioner, TableDiscriminator, TableGenerator, activate
+from gan_core.tables.schema import TableError, TableSchema
+from gan_core.tables.transform import TableTransformer
 
 MODEL_FORMAT = "ganforge-table-model/1"
 GENERATOR, DISCRIMINATOR = "generator", "discriminator"

@@ -18,17 +18,17 @@ from filelock import FileLock
 from torch import nn
 
 from gan_core import checkpoint as ckpt
-from gan_core.augment import translate
 from gan_core.config import FeaturesConfig
-from gan_core.data import ImageSet
-from gan_core.lineage import source_digest
-from gan_core.pixels import to_unit_range
+from gan_core.fingerprint import source_digest
+from gan_core.images.augment import translate
+from gan_core.images.data import ImageSet
+from gan_core.images.pixels import to_unit_range
 from gan_core.progress import progress_bar
 
 FORMAT = "ganforge-features/2"  # bump when the network or its training changes: old caches no longer match
 # The code that decides the trained weights: the network and its loop, the shifts, the pixel scaling. Not the
 # whole import closure: a change to, say, checkpoint paths or table code retrained Fashion-MNIST's evaluator (5 min).
-TRAINING_CODE = ("features", "augment", "pixels")
+TRAINING_CODE = ("images.features", "images.augment", "images.pixels")
 
 
 ROTATIONS = 4  # unlabelled data: the net's targets are the four quarter turns of each image

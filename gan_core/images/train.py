@@ -16,16 +16,19 @@ import torch
 import torch.nn.functional as F
 
 from gan_core import checkpoint as ckpt
-from gan_core import distributed, lineage
-from gan_core.augment import diff_augment
 from gan_core.config import Params, TrainConfig
-from gan_core.data import DataError, ImageSet, PreparedData, default_class_names, load_prepared
-from gan_core.features import FeatureNet, load_or_train_feature_net
-from gan_core.metrics import frechet_distance
-from gan_core.models import DataShape, Discriminator, Generator, count_parameters
-from gan_core.pixels import to_unit_range
+from gan_core.errors import DataError
+from gan_core.fingerprint import check_resumable, data_fingerprint, training_fingerprint
+from gan_core.images import distributed
+from gan_core.images.augment import diff_augment
+from gan_core.images.data import ImageSet, PreparedData, default_class_names, load_prepared
+from gan_core.images.features import FeatureNet, load_or_train_feature_net
+from gan_core.images.metrics import frechet_distance
+from gan_core.images.models import DataShape, Discriminator, Generator, count_parameters
+from gan_core.images.pixels import to_unit_range
+from gan_core.images.sampling import latents_for_seeds, pick_device
 from gan_core.progress import progress_bar
-from gan_core.sampling import pick_device, latents_for_seeds, shard_seeds
+from gan_core.shards import shard_seeds
 
 LOG_EVERY = 20  # steps per row of the loss log
 LOG_COLUMNS = ["step", "d_loss", "g_loss", "d_real", "d_fake"]
@@ -357,7 +360,7 @@ def start_from_checkpoint(state: GanState, checkpoint_dir: Path | None, fingerpr
     found = latest_good_checkpoint(checkpoint_dir)
     if found is None:
         return []
-    lineage.check_resumable(found, ckpt.read_meta(found), fingerprint)
+    check_resumable(found, ckpt.read_meta(found), fingerprint)
     return load_training_state(found, state)
 
 
@@ -394,7 +397,7 @@ class Run:
     total: int
     checkpoint_dir: Path | None
     selector: Selector | None
-    fingerprint: dict  # lineage.training_fingerprint: saved with each checkpoint and the exported model
+    fingerprint: dict  # training_fingerprint: saved with each checkpoint and the exported model
 
 
 def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path | None = None,
@@ -410,7 +413,7 @@ def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path
     device = pick_device(cfg.device)
     prepared_data = load_prepared(prepared)
     data = prepared_data.train
-    fingerprint = lineage.training_fingerprint(params, lineage.data_fingerprint(prepared))
+    fingerprint = training_fingerprint(params, data_fingerprint(prepared))
     shape = DataShape(data.resolution, data.channels, data.num_classes if params.model.conditional else 0)
     if cfg.batch_size > len(data.labels):
         raise DataError(f"train.batch_size ({cfg.batch_size}) exceeds the {len(data.labels)} training images")

@@ -17,8 +17,8 @@ from sklearn.metrics import f1_score, r2_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from threadpoolctl import threadpool_limits
 
-from gan_core.tabular.schema import TableError, TableSchema
-from gan_core.tabular.transform import numeric_values
+from gan_core.tables.schema import TableError, TableSchema
+from gan_core.tables.transform import numeric_values
 
 NUMERIC = ("continuous", "integer", "datetime")
 SDTYPES = {"continuous": "numerical", "integer": "numerical", "categorical": "categorical", "boolean": "boolean",

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_core.tabular.config import TableConfig
-from gan_core.tabular.transform import Span, TableTransformer
+from gan_core.config import TableConfig
+from gan_core.tables.transform import Span, TableTransformer
 
 
 class DecoderBlock(nn.Module):

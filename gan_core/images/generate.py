@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import shutil
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -18,12 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gan_core.config import GenerateConfig
-from gan_core.data import model_class_names
-from gan_core.pixels import quantise
-from gan_core.png import encode_batch
+from gan_core.images.data import model_class_names
+from gan_core.images.pixels import quantise
+from gan_core.images.png import encode_batch
+from gan_core.images.sampling import SampleBatch, TrainedModel, class_indices, fit_to_model, sample_shard
 from gan_core.progress import progress_bar
-from gan_core.sampling import (Quota, RejectionRule, SampleBatch, TrainedModel, class_indices, fit_to_model,
-                               logit_to_score, sample_shard)
+from gan_core.rejection import RejectionRule, logit_to_score
+from gan_core.shards import Quota, ShardResult, shard_name, shard_quotas
 
 # 2: `image` became the Hugging Face `Image` struct {bytes, path} (1 held the PNG bytes themselves)
 # and the schema carries the `huggingface` features metadata (ClassLabel names).
@@ -58,40 +57,9 @@ def encode_png(images) -> list[bytes]:
     return encode_batch(quantise(images).permute(0, 2, 3, 1).numpy())
 
 
-def shard_name(index: int) -> str:
-    return f"part-{index:05d}.parquet"
-
-
-def shard_sizes(num_samples: int, shard_size: int) -> list[int]:
-    count = math.ceil(num_samples / shard_size)
-    return [min(shard_size, num_samples - i * shard_size) for i in range(count)]
-
-
-def shard_quotas(num_samples: int, shard_size: int, class_counts: dict[int, int] | None) -> list[Quota]:
-    """Each shard's (class, rows): every class in turn, or each requested class spread evenly over the shards."""
-    sizes = shard_sizes(num_samples, shard_size)
-    if class_counts is None:
-        return [[(None, rows)] for rows in sizes]
-    classes = np.repeat(list(class_counts), list(class_counts.values()))
-    # Class k's j-th sample sits (j + 0.5) / n_k of the way through the dataset; shards cut that order.
-    order = np.argsort(np.concatenate([(np.arange(n) + 0.5) / n for n in class_counts.values()]), kind="stable")
-    bounds = np.cumsum([0, *sizes])
-    return [[(int(k), int(n)) for k, n in zip(*np.unique(classes[order[a:b]], return_counts=True))]
-            for a, b in zip(bounds, bounds[1:])]
-
-
 def plan_shards(model: TrainedModel, cfg: GenerateConfig) -> list[Quota]:
     counts = None if cfg.class_counts is None else class_indices(model, cfg.class_counts)
     return shard_quotas(cfg.num_samples, cfg.shard_size, counts)
-
-
-@dataclass(frozen=True)
-class ShardResult:
-    index: int
-    path: Path
-    rows: int
-    candidates: int
-    class_counts: dict[str, int]  # rows per class index (as a string, as in JSON); empty when unconditional
 
 
 def _to_table(batch: SampleBatch, schema: pa.Schema) -> pa.Table:

@@ -12,7 +12,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from gan_core.tabular.transform import TableTransformer, numeric_values
+from gan_core.tables.transform import TableTransformer, numeric_values
 
 BINS = 10
 MAX_PAIRS = 300  # column pairs scored at most (evenly spread over all pairs): the score stays cheap on wide tables

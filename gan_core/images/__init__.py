@@ -1,0 +1,1 @@
+"""Images as one kind of data: the seed article's GAN, its training, evaluation, sampling and card."""
