@@ -95,38 +95,38 @@ def cmd_generate(args) -> object:
 
 @command
 def cmd_list(args) -> object:
-    from gan_core import storage
     from gan_core.layout import bucket_from_env
+    from gan_core.publication.read import list_datasets, list_versions, no_versions_error
     bucket = args.bucket or bucket_from_env()
     if args.name is not None:  # an empty name is refused, not read as "all"
-        versions = storage.list_versions(bucket, args.name)
+        versions = list_versions(bucket, args.name)
         if not versions:  # a misspelt name: say which names exist rather than print []
-            raise storage.no_versions_error(bucket, args.name)
+            raise no_versions_error(bucket, args.name)
         short = ("version", "created_at", "sample_count", "acceptance_rate")
         return versions if args.long else [{k: m.get(k) for k in short} for m in versions]
-    names = storage.list_datasets(bucket)
+    names = list_datasets(bucket)
     if not args.long:
         return names
     # Every dataset's manifests less their shard lists: provenance, params and metrics at a glance.
-    return {name: [{k: v for k, v in m.items() if k != "shards"} for m in storage.list_versions(bucket, name)]
+    return {name: [{k: v for k, v in m.items() if k != "shards"} for m in list_versions(bucket, name)]
             for name in names}
 
 
 @command
 def cmd_download(args) -> object:
-    from gan_core import storage
     from gan_core.layout import bucket_from_env
-    path = storage.download_dataset(args.bucket or bucket_from_env(), args.name, args.version, Path(args.to))
+    from gan_core.publication.read import download_dataset
+    path = download_dataset(args.bucket or bucket_from_env(), args.name, args.version, Path(args.to))
     return str(path)
 
 
 @command
 def cmd_show(args) -> object:
-    from gan_core import storage
     from gan_core.images.card import CARD_FILES
     from gan_core.layout import bucket_from_env, card_cache_dir
-    folder = storage.download_card(args.bucket or bucket_from_env(), args.name, args.version,
-                                   Path(args.to) if args.to else card_cache_dir())
+    from gan_core.publication.read import download_card
+    folder = download_card(args.bucket or bucket_from_env(), args.name, args.version,
+                           Path(args.to) if args.to else card_cache_dir())
     # A table's card has no preview.png.
     return ({name: str(folder / name) for name in CARD_FILES if (folder / name).exists()}
             | {"open": (folder / "report.html").resolve().as_uri()})

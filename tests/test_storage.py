@@ -13,22 +13,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from botocore.exceptions import ClientError
 
-from gan_core import storage
-from gan_core.s3server import free_port, read_env_file, start_embedded, status_embedded, stop_embedded
-from gan_core.storage import (
+from gan_core.publication.publish import publish_dataset, publish_files
+from gan_core.publication.read import download_dataset, list_datasets, list_versions, read_manifest, resolve_version
+from gan_core.publication.s3 import (
     IntegrityError,
     StorageError,
     VersionExistsError,
     VersionNotFoundError,
-    download_dataset,
-    list_datasets,
-    list_versions,
-    publish_dataset,
-    read_manifest,
-    resolve_version,
+    s3_client,
     validate_name,
 )
+from gan_core.s3server import free_port, read_env_file, start_embedded, status_embedded, stop_embedded
 
 
 def write_shard(path: Path, seeds: range) -> Path:
@@ -91,7 +88,7 @@ def test_client_takes_endpoint_from_environment(s3_env, monkeypatch):
     assert s3_env.client.meta.config.s3["addressing_style"] == "path"
     assert s3_env.client.meta.config.retries == {"mode": "standard", "total_max_attempts": 5}
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")
-    assert storage.s3_client().meta.endpoint_url == "http://127.0.0.1:1"
+    assert s3_client().meta.endpoint_url == "http://127.0.0.1:1"
 
 
 def test_publish_list_download_round_trip(s3_env, shards, name, tmp_path):
@@ -175,7 +172,7 @@ def test_failed_multipart_upload_is_aborted(s3_env, shards, name, monkeypatch, t
     monkeypatch.setenv("GANFORGE_S3_MULTIPART_MB", "5")  # parts of 5 MiB, S3's smallest
     big = tmp_path / "part-00002.parquet"
     big.write_bytes(os.urandom(12 * 2**20))  # three parts; describe() is not called for publish_files
-    client = storage.s3_client()
+    client = s3_client()
 
     def fail_second_part(params, **_):
         if params.get("PartNumber") == 2:
@@ -183,7 +180,7 @@ def test_failed_multipart_upload_is_aborted(s3_env, shards, name, monkeypatch, t
 
     client.meta.events.register("provide-client-params.s3.UploadPart", fail_second_part)
     with pytest.raises(StorageError, match="injected failure in part 2"):
-        storage.publish_files([shards[0], big], bucket=s3_env.bucket, prefix="models", name=name,
+        publish_files([shards[0], big], bucket=s3_env.bucket, prefix="models", name=name,
                               version="v1", manifest={}, client=client)
     pending = s3_env.client.list_multipart_uploads(Bucket=s3_env.bucket, Prefix=f"models/{name}/")
     assert pending.get("Uploads", []) == []
@@ -200,7 +197,7 @@ def test_existing_version_is_refused(s3_env, shards, name, tmp_path):
 
     class MissesTheWinner(FlakyClient):  # the loser of a race checks before the winner commits
         def head_object(self, **kwargs):
-            raise storage.ClientError({"Error": {"Code": "404"}}, "HeadObject")
+            raise ClientError({"Error": {"Code": "404"}}, "HeadObject")
 
     late = MissesTheWinner(s3_env.client)
     with pytest.raises(VersionExistsError, match="already exists"):  # seen again once it holds the claim
