@@ -30,6 +30,7 @@ from gan_core.publication.s3 import (
     put_if,
     read_object,
     read_object_tagged,
+    require_conditional_writes,
     s3_client,
     validate_name,
     version_prefix,
@@ -108,14 +109,10 @@ class _AliasChanged(Exception):
     """Another promotion replaced the alias between our read and our write."""
 
 
-def _read_tagged(bucket: str, name: str, prefix: str, client) -> tuple[dict | None, str | None]:
-    raw, etag = read_object_tagged(bucket, _alias_key(name, prefix=prefix), client)
-    return (json.loads(raw) if raw is not None else None), etag
-
-
 def read_alias(bucket: str, name: str, prefix: str = MODELS_PREFIX, client=None) -> dict | None:
     """The production alias of model NAME, or None when no version was ever promoted."""
-    return _read_tagged(bucket, name, prefix, client or s3_client())[0]
+    raw = read_object(bucket, _alias_key(name, prefix=prefix), client or s3_client())
+    return json.loads(raw) if raw is not None else None
 
 
 def production_version(bucket: str, name: str, prefix: str = MODELS_PREFIX, client=None) -> str:
@@ -129,8 +126,8 @@ def production_version(bucket: str, name: str, prefix: str = MODELS_PREFIX, clie
 
 
 def _set_production(bucket: str, name: str, version: str, previous: list[str], action: str, prefix: str,
-                    client, etag: str | None) -> dict:
-    """Replace the alias read with ETAG (None: there was none); _AliasChanged if another write came first."""
+                    client, etag: str | None, before: bytes | None) -> dict:
+    """Replace the alias BEFORE, read with ETAG (None: there was none); _AliasChanged if another write came first."""
     read_manifest(bucket, name, version, prefix, client)  # only a complete version: raises otherwise
     now = dt.datetime.now(dt.timezone.utc)
     body = {"name": name, "version": version, "uri": version_uri(bucket, prefix, name, version),
@@ -141,19 +138,36 @@ def _set_production(bucket: str, name: str, version: str, previous: list[str], a
     # A retried request whose first attempt succeeded also fails its condition: that write is ours.
     if not put_if(bucket, key, text, client, **condition) and read_object(bucket, key, client) != text:
         raise _AliasChanged()
+    if read_object(bucket, f"{version_prefix(prefix, name, version)}/{MANIFEST}", client) is None:
+        _undo_swap(bucket, key, text, before, client)  # retention deleted it between our check and our write
+        raise VersionNotFoundError(f"model '{name}' version {version} was deleted while being made production; "
+                                   "production is unchanged")
     # After the alias, which holds the truth: a crash in between loses an audit entry, never invents one.
     history = _alias_key(name, prefix=prefix).removesuffix(".json") + "-history"
     client.put_object(Bucket=bucket, Key=f"{history}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{version}.json", Body=text)
     return body
 
 
+def _undo_swap(bucket: str, key: str, ours: bytes, before: bytes | None, client) -> None:
+    """Put back the alias as it was (BEFORE; None: there was none), unless another promotion replaced ours since."""
+    now, etag = read_object_tagged(bucket, key, client)
+    if now != ours:
+        return
+    if before is None:
+        client.delete_object(Bucket=bucket, Key=key)
+    else:
+        put_if(bucket, key, before, client, IfMatch=etag)
+
+
 def _swap(bucket: str, name: str, prefix: str, client, change) -> dict:
     """Read the alias, change(current alias) -> (version, previous, action), write it back unless another
     promotion came in between; then read again and retry."""
+    require_conditional_writes(client, bucket)  # the swap is an If-Match write: last-writer-wins without it
     for _ in range(5):
-        current, etag = _read_tagged(bucket, name, prefix, client)
+        raw, etag = read_object_tagged(bucket, _alias_key(name, prefix=prefix), client)
+        current = json.loads(raw) if raw is not None else None
         try:
-            return _set_production(bucket, name, *change(current), prefix, client, etag)
+            return _set_production(bucket, name, *change(current), prefix, client, etag, raw)
         except _AliasChanged:
             continue
     raise StorageError(f"the production alias of model '{name}' kept changing under this promotion: retry")
@@ -214,12 +228,19 @@ def referenced_models(bucket: str, name: str, dataset_prefix: str = "datasets",
 
 def apply_model_retention(bucket: str, name: str, keep: int, dataset_prefix: str = "datasets",
                           prefix: str = MODELS_PREFIX, client=None) -> list[str]:
-    """Keep the newest KEEP versions of model NAME, production and every version a kept dataset names."""
+    """Keep the newest KEEP versions of model NAME, its pinned ones, production and its rollback history, and
+    every version a kept dataset names; the alias is read again right before each deletion."""
     client = client or s3_client()
+    protected = referenced_models(bucket, name, dataset_prefix, prefix, client) | in_production(bucket, name, prefix,
+                                                                                                client)
+    return apply_retention(bucket, name, keep, prefix, client, protect=protected,
+                           still_protected=lambda version: version in in_production(bucket, name, prefix, client))
+
+
+def in_production(bucket: str, name: str, prefix: str = MODELS_PREFIX, client=None) -> set[str]:
+    """The production version of model NAME and its rollback history (the alias's `previous`)."""
     alias = read_alias(bucket, name, prefix, client)
-    protected = referenced_models(bucket, name, dataset_prefix, prefix, client)
-    protected |= {alias["version"]} if alias else set()
-    return apply_retention(bucket, name, keep, prefix, client, protect=protected)
+    return {alias["version"], *alias.get("previous", [])} if alias else set()
 
 
 # --- hand-off: the local model to S3, and a published one back ------------------------------

@@ -73,10 +73,11 @@ def test_promote_rollback_and_list_move_one_alias(tiny_model_dir, s3_env, tmp_pa
     with pytest.raises(VersionNotFoundError, match="no earlier production version"):
         registry.rollback(bucket, name)
     # A promotion that read the alias before another one wrote it is refused, not lost: promote() reads again.
-    _, stale = read_object_tagged(bucket, f"models/{name}/_aliases/production.json")
+    before, stale = read_object_tagged(bucket, f"models/{name}/_aliases/production.json")
     registry.promote(bucket, name, "20250103T020000Z")
     with pytest.raises(registry._AliasChanged):
-        registry._set_production(bucket, name, "20250102T020000Z", [], "promote", "models", s3_env.client, stale)
+        registry._set_production(bucket, name, "20250102T020000Z", [], "promote", "models", s3_env.client, stale,
+                                 before)
     assert registry.rollback(bucket, name)["version"] == "20250101T020000Z"
     history = s3_env.client.list_objects_v2(Bucket=bucket, Prefix=f"models/{name}/_aliases/production-history/")
     actions = [json.loads(read_object(bucket, o["Key"]))["action"] for o in history["Contents"]]

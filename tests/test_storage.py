@@ -163,7 +163,9 @@ def test_no_manifest_until_every_shard_is_uploaded(s3_env, shards, name):
     recorder = FlakyClient(s3_env.client)  # a retry succeeds, and the manifest still comes last
     publish_dataset(shards, bucket=s3_env.bucket, name=name, version="v1", manifest={}, client=recorder)
     folder = f"datasets/{name}/v1/"
-    assert recorder.keys_at_manifest == [folder + "_publishing.json"] + [folder + p.name for p in shards]
+    at_manifest = [k[len(folder):] for k in recorder.keys_at_manifest]
+    assert [k for k in at_manifest if not k.startswith("_")] == [p.name for p in shards]  # every shard in place
+    assert {"_commit.json", "_publishing.json"} <= set(at_manifest)  # the commit record, the claim
     assert [m["version"] for m in list_versions(s3_env.bucket, name)] == ["v1"]
     assert keys_under(s3_env, folder) == [folder + "_manifest.json"] + [folder + p.name for p in shards]
 

@@ -6,13 +6,13 @@ import functools
 import json
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from botocore.exceptions import ClientError
-
 from gan_core.publication.claim import Claim, claimed
+from gan_core.publication.commit import commit, staged_key, staging_prefix, sweep
+from gan_core.publication.read import parse_utc
 from gan_core.publication.s3 import (
     EXTRA_FOLDER,
     MANIFEST,
@@ -20,11 +20,9 @@ from gan_core.publication.s3 import (
     StorageError,
     VersionBusyError,
     VersionExistsError,
-    delete_keys,
-    existing_bytes,
     exists,
     file_digest,
-    http_status,
+    require_conditional_writes,
     run_all,
     s3_client,
     sizes_under,
@@ -44,10 +42,12 @@ def publish_files(paths: list[Path], *, bucket: str, prefix: str, name: str, ver
     """Upload files into PREFIX/NAME/VERSION/, then write _manifest.json last; return its s3:// URI.
 
     The manifest is the commit marker: it is written with If-None-Match, only after every
-    file is uploaded, and lists each file's key, size, sha256 plus describe(path). While the
+    file is in place, and lists each file's key, size, sha256 plus describe(path). While the
     files upload, the version is claimed, so that a concurrent publication of other files
-    fails before it writes anything. extra_paths (a card) upload after the others, into
-    EXTRA_FOLDER/, listed under the manifest's `files`.
+    fails before it writes anything. Files upload into this run's own staging folder and reach
+    their keys only through the version's commit record (gan_core.publication.commit), so that a
+    run whose lease was taken over can never change what another run's manifest lists.
+    extra_paths (a card) go into EXTRA_FOLDER/, listed under the manifest's `files`.
     """
     client = client or s3_client()
     folder = version_prefix(prefix, name, version)
@@ -56,23 +56,29 @@ def publish_files(paths: list[Path], *, bucket: str, prefix: str, name: str, ver
         raise StorageError("extra files need the main files listed under another manifest key than 'files'")
     body = {**manifest, "name": name, "version": version}
     body.setdefault("created_at", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    _check_created_at(body["created_at"])
     _refuse_secrets(json.dumps(body, sort_keys=True))  # also fails early on non-JSON values
     manifest_key = f"{folder}/{MANIFEST}"
     _refuse_existing(client, bucket, manifest_key)
+    require_conditional_writes(client, bucket)
     body[entries_field] = entries = run_all(lambda path: _entry(folder, path, describe), paths)
     extras = [_entry(f"{folder}/{EXTRA_FOLDER}", path, None) for path in extra_paths]
     if extras:
         body["files"] = extras
+    text = json.dumps(body, indent=2, sort_keys=True).encode()
     with claimed(client, bucket, folder, entries + extras) as claim:
-        _clear_leftovers(claim, keep={e["key"] for e in entries + extras})
-        _upload_all(claim, [list(zip(paths, entries)), list(zip(extra_paths, extras))])
-        if not claim.is_ours():  # our lease ran out and another run took the version over
-            raise VersionBusyError(f"{uri(bucket, folder)}/: this run's claim expired and was taken over")
+        # A claim is released only after its manifest is written: look again now that we hold it.
+        listed = sizes_under(client, bucket, folder + "/")
+        _refuse_existing(client, bucket, manifest_key, present=manifest_key in listed)
         try:
-            _put_manifest(client, bucket, manifest_key, json.dumps(body, indent=2, sort_keys=True).encode())
-        except VersionExistsError:
-            _delete_unlisted(client, bucket, manifest_key, {entries_field: entries, "files": extras})
-            raise
+            _stage_all(claim, [list(zip(paths, entries)), list(zip(extra_paths, extras))])
+            if not claim.is_ours():  # our lease ran out and another run took the version over
+                raise VersionBusyError(f"{uri(bucket, folder)}/: this run's claim expired and was taken over")
+            published = commit(client, bucket, folder, claim.token, entries + extras, text)
+        finally:
+            _sweep_quietly(client, bucket, staging_prefix(folder, claim.token))
+    if published != text:
+        raise VersionExistsError(f"{uri(bucket, manifest_key)} was written by another publisher first")
     return uri(bucket, folder) + "/"
 
 
@@ -107,6 +113,13 @@ def _refuse_existing(client, bucket: str, manifest_key: str, present: bool | Non
     if present if present is not None else exists(client, bucket, manifest_key):
         raise VersionExistsError(f"{uri(bucket, manifest_key.rsplit('/', 1)[0])}/ already exists: "
                                  "choose another version")
+
+
+def _check_created_at(value) -> None:
+    # `latest` and retention order by it (read.version_order): a time to come would outrank every later version.
+    when = parse_utc(value)
+    if when is None or when > datetime.now(timezone.utc) + timedelta(minutes=5):
+        raise StorageError(f"manifest created_at {value!r} must be an ISO 8601 time, not in the future")
 
 
 def _check_files(paths: list[Path]) -> list[Path]:
@@ -144,75 +157,29 @@ def _entry(folder: str, path: Path, describe) -> dict:
     return {"key": f"{folder}/{path.name}", "bytes": size, "sha256": sha256, **(describe(path) if describe else {})}
 
 
-# --- uploading under the claim ----------------------------------------------------------------
+# --- uploading into this run's staging folder --------------------------------------------------
 
-def _clear_leftovers(claim: Claim, keep: set[str]) -> None:
-    """Remove what crashed or failed runs left in the claimed, uncommitted folder; nothing reads it."""
-    client, bucket, prefix = claim.client, claim.bucket, claim.folder + "/"
-    found = sizes_under(client, bucket, prefix)
-    # A claim is released only after its manifest is written: look again now that we hold it.
-    _refuse_existing(client, bucket, prefix + MANIFEST, present=prefix + MANIFEST in found)
-    for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
-        for upload in page.get("Uploads", []):
-            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-    stale = [k for k in found if k not in keep and k != claim.key]
-    delete_keys(client, bucket, stale)
-
-
-def _upload_all(claim: Claim, groups: list[list[tuple[Path, dict]]]) -> None:
-    """Upload each group of (path, manifest entry) after the one before it."""
+def _stage_all(claim: Claim, groups: list[list[tuple[Path, dict]]]) -> None:
+    """Upload each group of (path, manifest entry) after the one before it, into the claim's staging folder."""
     client, bucket, folder = claim.client, claim.bucket, claim.folder
-    uploaded: list[str] = []
+    staged = {entry["key"]: staged_key(folder, claim.token, entry["key"]) for group in groups for _, entry in group}
 
     def upload(item: tuple[Path, dict]) -> None:
         path, entry = item
-        client.upload_file(str(path), bucket, entry["key"], Config=transfer_config())
-        uploaded.append(entry["key"])
+        client.upload_file(str(path), bucket, staged[entry["key"]], Config=transfer_config())
 
     try:
         for group in groups:
             run_all(upload, group)
-        _verify_sizes(client, bucket, folder, [entry for group in groups for _, entry in group])
+        # Each request was checksummed in transit; this catches an object lost or replaced since.
+        sizes = sizes_under(client, bucket, staging_prefix(folder, claim.token))
+        for key, expected in ((staged[e["key"]], e["bytes"]) for group in groups for _, e in group):
+            if sizes.get(key) != expected:
+                raise StorageError(f"{uri(bucket, key)} holds {sizes.get(key)} bytes after upload, expected {expected}")
     except Exception as e:
-        _delete_orphans(claim, uploaded)
         raise StorageError(f"publishing {uri(bucket, folder)}/ failed, no manifest written: {e}") from e
 
 
-def _verify_sizes(client, bucket: str, folder: str, entries: list[dict]) -> None:
-    # Each request was checksummed in transit; this catches an object another run replaced or removed.
-    sizes = sizes_under(client, bucket, folder + "/")
-    for entry in entries:
-        if sizes.get(entry["key"]) != entry["bytes"]:
-            raise StorageError(f"{uri(bucket, entry['key'])} holds {sizes.get(entry['key'])} bytes after "
-                               f"upload, expected {entry['bytes']}")
-
-
 @_best_effort
-def _delete_orphans(claim: Claim, keys: list[str]) -> None:
-    # Only while the claim is still ours and uncommitted: a run that took it over writes these keys too.
-    client, bucket = claim.client, claim.bucket
-    if keys and claim.is_ours() and existing_bytes(client, bucket, f"{claim.folder}/{MANIFEST}") is None:
-        delete_keys(client, bucket, keys)
-
-
-# --- the commit marker ------------------------------------------------------------------------
-
-@_best_effort
-def _delete_unlisted(client, bucket: str, manifest_key: str, ours: dict[str, list[dict]]) -> None:
-    # We lost the race for this version: our files that the winner does not list would be
-    # read by folder readers (pandas) as if they belonged to it.
-    winner = json.loads(existing_bytes(client, bucket, manifest_key) or b"{}")
-    listed = {e.get("key") for field in ours for e in winner.get(field, []) if isinstance(e, dict)}
-    delete_keys(client, bucket, [e["key"] for entries in ours.values() for e in entries if e["key"] not in listed])
-
-
-def _put_manifest(client, bucket: str, key: str, body: bytes) -> None:
-    try:
-        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json",
-                          IfNoneMatch="*")
-    except ClientError as e:
-        if http_status(e) not in (409, 412):  # 409: another conditional write of it is in flight
-            raise
-        # A retried request whose first attempt succeeded also gets 412: that one is ours.
-        if existing_bytes(client, bucket, key) != body:
-            raise VersionExistsError(f"{uri(bucket, key)} was written by another publisher first") from e
+def _sweep_quietly(client, bucket: str, prefix: str) -> None:
+    sweep(client, bucket, prefix)

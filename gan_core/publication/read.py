@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
 from botocore.exceptions import ClientError
@@ -35,6 +36,9 @@ from gan_core.publication.s3 import (
     version_prefix,
 )
 
+SLOT_RE = re.compile(r"\d{8}T\d{6}Z")  # a scheduled run's version: its UTC slot
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
 
 def read_manifest(bucket: str, name: str, version: str, prefix: str = "datasets", client=None) -> dict:
     return json.loads(read_manifest_bytes(client or s3_client(), bucket, prefix, name, version))
@@ -54,11 +58,7 @@ def read_manifest_bytes(client, bucket: str, prefix: str, name: str, version: st
 # --- listing and resolving --------------------------------------------------------------------
 
 def list_versions(bucket: str, name: str, prefix: str = "datasets", client=None) -> list[dict]:
-    """Manifests of the complete versions of NAME, oldest first by version name.
-
-    Versions are named by their scheduled slot (20250101T020000Z): a backfilled old slot published
-    last is still older than a newer slot, so the name, not the upload time, orders them.
-    """
+    """Manifests of the complete versions of NAME, oldest first (version_order)."""
     validate_name("name", name)  # before any client: a bad name is refused without credentials too
     client = client or s3_client()
     candidates = [v for v in subfolders(client, bucket, f"{prefix}/{name}/")
@@ -72,7 +72,39 @@ def list_versions(bucket: str, name: str, prefix: str = "datasets", client=None)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         manifests = [m for m in pool.map(manifest_or_none, candidates) if m is not None]
-    return sorted(manifests, key=lambda m: m["version"])
+    return sorted(manifests, key=version_order)
+
+
+def version_order(manifest: dict) -> tuple[datetime, str]:
+    """When a version is for: the time its name gives when it is a UTC slot (20250101T020000Z, what
+    scheduled runs publish), unless that lies after its publication; otherwise when it was published.
+
+    A backfilled old slot published last still sorts before newer slots, while a free-form name (`v1`)
+    or a slot in the future sorts where it was published: no name can become `latest` for good, nor
+    make retention delete the versions published after it. Ties go by name.
+    """
+    published = parse_utc(manifest.get("created_at")) or EPOCH  # a manifest without one: oldest
+    slot = slot_time(str(manifest.get("version")))
+    return (min(slot, published) if slot else published), str(manifest.get("version"))
+
+
+def slot_time(version: str) -> datetime | None:
+    """The UTC time a slot-named version (20250101T020000Z) stands for, or None for another name."""
+    if not SLOT_RE.fullmatch(version):
+        return None
+    try:
+        return datetime.strptime(version, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:  # 20251399T000000Z: shaped like a slot, but no time
+        return None
+
+
+def parse_utc(text) -> datetime | None:
+    """An ISO 8601 time as an aware UTC datetime (naive ones taken as UTC), or None."""
+    try:
+        when = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 def list_datasets(bucket: str, prefix: str = "datasets", client=None) -> list[str]:

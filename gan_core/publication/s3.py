@@ -6,6 +6,8 @@ import functools
 import hashlib
 import os
 import re
+import secrets
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -182,6 +184,37 @@ def put_if(bucket: str, key: str, body: bytes, client=None, **condition: str) ->
             raise
         return False
     return True
+
+
+# Stores checked to honour If-None-Match and If-Match, by (endpoint, bucket): probed once per process.
+_HONOURING: set[tuple[str, str]] = set()
+_PROBE_LOCK = threading.Lock()
+PROBE_PREFIX = "_ganforge/conditional-write-probe"
+
+
+def require_conditional_writes(client, bucket: str) -> None:
+    """Refuse a store that ignores conditional writes, probed at first use per endpoint and bucket.
+
+    Publication (a manifest, a claim, a commit record: If-None-Match) and the production alias
+    (compare-and-swap: If-Match) rely on them; on a store that drops them both silently become
+    last-writer-wins, so ganforge stops with one line instead.
+    """
+    where = (client.meta.endpoint_url, bucket)
+    with _PROBE_LOCK:
+        if where in _HONOURING:
+            return
+        key = f"{PROBE_PREFIX}/{secrets.token_hex(8)}"
+        try:
+            created = put_if(bucket, key, b"1", client, IfNoneMatch="*")
+            overwrote = put_if(bucket, key, b"2", client, IfNoneMatch="*")
+            swapped = put_if(bucket, key, b"3", client, IfMatch='"0123456789abcdef0123456789abcdef"')
+        finally:
+            client.delete_object(Bucket=bucket, Key=key)
+        if not created or overwrote or swapped:
+            raise StorageError(f"{uri(bucket, '')} at {where[0]} ignores conditional writes (If-None-Match, "
+                               "If-Match), which ganforge needs so that a version is never overwritten: use a store "
+                               "that honours them (AWS S3, SeaweedFS, MinIO)")
+        _HONOURING.add(where)
 
 
 def sizes_under(client, bucket: str, prefix: str) -> dict[str, int]:
