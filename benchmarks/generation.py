@@ -48,7 +48,7 @@ def generate_and_publish(model: TrainedModel, cfg: GenerateConfig, work: Path, b
         out = work / "generated"
         summary = generate_dataset(model, cfg, out)
         publish_dataset([Path(p) for p in summary["shard_files"]], bucket=bucket, name="bench-generate",
-                                version=f"v{next(versions)}", manifest={"sample_count": summary["sample_count"]})
+                        version=f"v{next(versions)}", manifest={"sample_count": summary["sample_count"]})
         return float(summary["sample_count"])
     return run
 
@@ -108,7 +108,7 @@ def publish_vs_awscli(work: Path, server: SeaweedServer, rounds: int) -> str:
 
     def ours() -> float:
         publish_dataset(files, bucket=server.bucket, name="bench-publish", version=f"v{next(versions)}",
-                                manifest={})
+                        manifest={})
         return size
 
     def awscli() -> float:

@@ -66,7 +66,7 @@ def _same_inputs(manifest: dict, inputs: dict, uri: str) -> str:
     if differ:
         shown = "; ".join(differ[:5]) + (f"; and {len(differ) - 5} more" if len(differ) > 5 else "")
         raise VersionExistsError(f"version {manifest.get('version')} exists with other inputs ({shown}) "
-                                         f"at {uri}: choose another version")
+                                 f"at {uri}: choose another version")
     return uri
 
 

@@ -193,7 +193,7 @@ def rollback(bucket: str, name: str, prefix: str = MODELS_PREFIX, client=None) -
         while previous:
             version = previous.pop()
             if read_object(bucket, f"{version_prefix(prefix, name, version)}/{MANIFEST}",
-                                   client) is not None:
+                           client) is not None:
                 return version, previous, "rollback"
             # deleted since: roll further back
         raise VersionNotFoundError(f"model '{name}' has no earlier production version to roll back to")
@@ -250,7 +250,7 @@ def run_publish_model(params: Params, version: str, bucket: str, metrics: dict, 
     """Publish models/<dataset>/ as s3://BUCKET/models/<dataset>/VERSION/ with its evaluation metrics."""
     manifest = {**provenance(params, layout), "metrics": metrics, "inputs": training_inputs(params)}
     return publish_model(layout.model(params), bucket=bucket, name=params.prepare.dataset,
-                                 version=version, manifest=manifest, prefix=prefix)
+                         version=version, manifest=manifest, prefix=prefix)
 
 
 def parse_checkpoint(checkpoint: str, bucket: str, name: str) -> tuple[str, str, str, str]:

@@ -105,7 +105,7 @@ def test_a_missing_card_file_stops_publishing_before_anything_is_written(project
     shards = [Path(p) for p in summary["shard_files"]]
     with pytest.raises(StorageError, match="cannot publish missing files"):
         publish_dataset(shards, bucket=s3_env.bucket, name="card-missing", version="v1", manifest={},
-                                extra_files=[tmp_path / "README.md"])
+                        extra_files=[tmp_path / "README.md"])
     assert s3_env.client.list_objects_v2(Bucket=s3_env.bucket, Prefix="datasets/card-missing/")["KeyCount"] == 0
 
 

@@ -77,7 +77,7 @@ def deployed(server_env, tiny_model_dir, s3_server, tmp_path_factory) -> Path:
     generation["parameters"] |= {"dataset_name": DATASET, "num_samples": 120}
     (project / "prefect.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     publish_model(tiny_model_dir, bucket=s3_server.bucket, name="deploytest", version="v1", manifest={},
-                          client=s3_server.client())
+                  client=s3_server.client())
     registry.promote(s3_server.bucket, "deploytest", "v1", client=s3_server.client())  # what the nightly run uses
     create_process_pools(server_env["PREFECT_API_URL"], ["cpu", "gpu"])
     out = run(["prefect", "--no-prompt", "deploy", "--all"], project, server_env).stdout

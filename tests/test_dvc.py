@@ -118,6 +118,6 @@ def test_experiments_run_show_and_diff(project, pipeline_env, s3_env, tmp_path):
     # Each published under experiments/<exp>/datasets/, its manifest saying it came from uncommitted params.
     for name, lr in EXPERIMENTS.items():
         manifests = list_versions(s3_env.bucket, NAME, prefix=f"experiments/{name}/datasets",
-                                          client=s3_env.client)
+                                  client=s3_env.client)
         assert [m["params"]["train"]["lr_g"] for m in manifests] == [lr]
         assert manifests[0]["git"]["dirty"] is True and manifests[0]["git"]["changed"] == ["params.yaml"]

@@ -16,7 +16,7 @@ def test_a_published_model_loads_elsewhere_and_its_cache_is_verified(tiny_model_
     monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))
     for version in ("20240101T020000Z", "20240102T020000Z"):
         uri = publish_model(tiny_model_dir, bucket=s3_env.bucket, name="handoff", version=version,
-                                    manifest={"metrics": {"d_auc": 0.75}})
+                            manifest={"metrics": {"d_auc": 0.75}})
     assert uri == f"s3://{s3_env.bucket}/models/handoff/20240102T020000Z/"
     model = fetch_published_model("latest", s3_env.bucket, "handoff")
     assert model.uri == uri and model.metrics == {"d_auc": 0.75}
@@ -45,7 +45,7 @@ def test_retention_keeps_the_newest_k_and_deletes_the_rest_completely(s3_env, tm
     names = [f"2024010{day}T020000Z" for day in range(1, 5)]
     for day, version in enumerate(names, start=1):
         publish_files([shard], bucket=s3_env.bucket, prefix="datasets", name="retained", version=version,
-                              manifest={"created_at": f"2024-01-0{day}T02:00:00+00:00"})
+                      manifest={"created_at": f"2024-01-0{day}T02:00:00+00:00"})
     # A folder without a manifest may be a publication in flight: retention leaves it alone.
     s3_env.client.put_object(Bucket=s3_env.bucket, Key="datasets/retained/20231231T020000Z/part-00000.parquet",
                              Body=b"x")

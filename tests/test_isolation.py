@@ -123,7 +123,7 @@ def test_a_race_lost_to_other_inputs_fails(s3_env, prefect_api_url, tmp_path):
     @flow
     def publish(label: str, inputs: dict) -> str:  # the publication itself, as a run that lost the race sees it
         return publish_once(lambda: publish_files([files[label]], bucket=s3_env.bucket, prefix="datasets",
-                                                          name=name, version="v1", manifest={"inputs": inputs}),
+                                                  name=name, version="v1", manifest={"inputs": inputs}),
                             s3_env.bucket, "datasets", name, "v1", inputs)
 
     uri = publish("a", {"model_sha256": "aa", "generate": {"seed": 0}})

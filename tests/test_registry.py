@@ -50,7 +50,7 @@ def test_gate_thresholds_are_validated():
 def publish_models(model_dir: Path, bucket: str, name: str, versions: list[str]) -> None:
     for i, version in enumerate(versions):
         publish_model(model_dir, bucket=bucket, name=name, version=version,
-                              manifest={"metrics": {"fd_ratio": 1.0 + i}})
+                      manifest={"metrics": {"fd_ratio": 1.0 + i}})
 
 
 def test_promote_rollback_and_list_move_one_alias(tiny_model_dir, s3_env, tmp_path, monkeypatch):
@@ -92,7 +92,7 @@ def test_latest_and_retention_follow_the_slot_not_the_upload_time(s3_env, tmp_pa
     for version, created in (("20250102T020000Z", "2025-01-02T02:00:00+00:00"),
                              ("20250101T020000Z", "2025-02-01T09:00:00+00:00")):
         publish_files([shard], bucket=s3_env.bucket, prefix="datasets", name="backfilled", version=version,
-                              manifest={"created_at": created})
+                      manifest={"created_at": created})
     assert resolve_version(s3_env.bucket, "backfilled") == "20250102T020000Z"
     assert apply_retention(s3_env.bucket, "backfilled", keep=1) == ["20250101T020000Z"]
 
@@ -105,9 +105,9 @@ def test_model_retention_keeps_production_and_the_models_of_kept_datasets(tiny_m
     shard = tmp_path / "part-00000.parquet"
     shard.write_bytes(b"x")
     publish_files([shard], bucket=bucket, prefix="datasets", name="made-by-v2", version="v1",
-                          manifest={"model_uri": f"s3://{bucket}/models/{name}/{versions[1]}/"})
+                  manifest={"model_uri": f"s3://{bucket}/models/{name}/{versions[1]}/"})
     publish_files([shard], bucket=bucket, prefix="datasets", name="made-by-v3", version="v1",
-                          manifest={"model": {"uri": f"s3://{bucket}/models/{name}/{versions[2]}/"}})
+                  manifest={"model": {"uri": f"s3://{bucket}/models/{name}/{versions[2]}/"}})
     assert registry.apply_model_retention(bucket, name, keep=1) == [versions[3]]
     assert [m["version"] for m in list_versions(bucket, name, "models")] == versions[:3] + versions[4:]
 

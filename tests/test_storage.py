@@ -183,7 +183,7 @@ def test_failed_multipart_upload_is_aborted(s3_env, shards, name, monkeypatch, t
     client.meta.events.register("provide-client-params.s3.UploadPart", fail_second_part)
     with pytest.raises(StorageError, match="injected failure in part 2"):
         publish_files([shards[0], big], bucket=s3_env.bucket, prefix="models", name=name,
-                              version="v1", manifest={}, client=client)
+                      version="v1", manifest={}, client=client)
     pending = s3_env.client.list_multipart_uploads(Bucket=s3_env.bucket, Prefix=f"models/{name}/")
     assert pending.get("Uploads", []) == []
     assert keys_under(s3_env, f"models/{name}/") == []

@@ -280,7 +280,7 @@ def test_a_scheduled_generation_publishes_a_table(server_env, table_model_dir, s
     generation["parameters"] |= {"dataset_name": DEPLOYED, "rejection": True}
     (project / "prefect.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     publish_model(table_model_dir, bucket=s3_server.bucket, name="deploytable", version="v1", manifest={},
-                          client=s3_server.client())
+                  client=s3_server.client())
     registry.promote(s3_server.bucket, "deploytable", "v1", client=s3_server.client())
     create_process_pools(server_env["PREFECT_API_URL"], ["cpu", "gpu"])
     run(["prefect", "--no-prompt", "deploy", "--all"], project, server_env)

@@ -51,6 +51,8 @@ def commit(client, bucket: str, folder: str, token: str, entries: list[dict], ma
     if put_if(bucket, key, ours, client, IfNoneMatch="*"):
         return roll_forward(client, bucket, folder, json.loads(ours))
     record = existing_bytes(client, bucket, key)  # the winner's (or ours: a retried request's 412)
+    if record is None or json.loads(record)["token"] != token:
+        sweep(client, bucket, staging_prefix(folder, token))  # we lost: our staged files will never be used
     if record is None:  # the winner finished and removed its record in between
         published = existing_bytes(client, bucket, f"{folder}/{MANIFEST}")
         if published is None:

@@ -74,9 +74,12 @@ def publish_files(paths: list[Path], *, bucket: str, prefix: str, name: str, ver
             _stage_all(claim, [list(zip(paths, entries)), list(zip(extra_paths, extras))])
             if not claim.is_ours():  # our lease ran out and another run took the version over
                 raise VersionBusyError(f"{uri(bucket, folder)}/: this run's claim expired and was taken over")
-            published = commit(client, bucket, folder, claim.token, entries + extras, text)
-        finally:
+        except BaseException:
             _sweep_quietly(client, bucket, staging_prefix(folder, claim.token))
+            raise
+        # Once committed, our staged files are what the record names: they stay until it is rolled forward
+        # (by this call, or by a retry that finds the record after a failure here).
+        published = commit(client, bucket, folder, claim.token, entries + extras, text)
     if published != text:
         raise VersionExistsError(f"{uri(bucket, manifest_key)} was written by another publisher first")
     return uri(bucket, folder) + "/"

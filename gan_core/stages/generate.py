@@ -98,7 +98,7 @@ def run_publish(params: Params, summary: dict, version: str, bucket: str, layout
     write = write_table_card if summary.get("kind") == "table" else write_card
     card = write(shards[0].parent / EXTRA_FOLDER, sources)
     uri = publish_dataset(shards, bucket=bucket, name=params.generate.name, version=version,
-                                  manifest=manifest, prefix=prefix, extra_files=card)
+                          manifest=manifest, prefix=prefix, extra_files=card)
     # Beside the shards, wherever this run wrote them (the DVC out, or a run folder of its own).
     write_json_atomic(shards[0].parent / "_published.json", {"uri": uri, "version": version})
     return uri
