@@ -6,7 +6,9 @@ Layout: s3://BUCKET/models/NAME/VERSION/ (gan_core.publication), plus
   models/NAME/_aliases/production-history/*.json  one object per change, never rewritten (an audit log)
 The alias is replaced by one PUT of a small JSON (atomic for readers), conditional on the ETag it was read
 with (two promotions at once: the later one reads again), and only ever names a complete version. Its
-`previous` list is a stack of earlier production versions that `rollback` pops.
+`previous` list is a stack of earlier production versions that `rollback` pops. Retention never deletes the
+production version, its `previous` list or a pinned version; promote and retention each check again after
+writing (gan_core.publication.retention), so neither can leave the alias naming a deleted version.
 """
 
 from __future__ import annotations

@@ -295,3 +295,30 @@ def test_embedded_server_start_status_stop(tmp_path):
     finally:
         stop_embedded(state)
     assert not status_embedded(state)["running"]
+
+
+def test_a_publication_that_fails_after_its_commit_is_finished_by_the_retry(s3_env, shards, name):
+    client, failed = storage_client_failing_first_copy()
+    manifest = {"created_at": "2026-01-01T00:00:00+00:00"}  # a retried task's: the same inputs, the same manifest
+    with pytest.raises(ConnectionError, match="injected failure copying"):
+        publish_dataset(shards, bucket=s3_env.bucket, name=name, version="v1", manifest=manifest, client=client)
+    folder = f"datasets/{name}/v1/"
+    assert failed and list_versions(s3_env.bucket, name) == []  # committed, not yet in place: not a version
+    assert folder + "_commit.json" in keys_under(s3_env, folder)
+
+    assert publish_dataset(shards, bucket=s3_env.bucket, name=name, version="v1", manifest=manifest).endswith("/v1/")
+    entries = read_manifest(s3_env.bucket, name, "v1")["shards"]
+    assert [e["sha256"] for e in entries] == [sha256(p) for p in shards]
+    assert keys_under(s3_env, folder) == [folder + "_manifest.json"] + [folder + p.name for p in shards]
+
+
+def storage_client_failing_first_copy():
+    client, failed = s3_client(), []
+
+    def fail_once(params, **_) -> None:
+        if not failed:
+            failed.append(params["Key"])
+            raise ConnectionError(f"injected failure copying {params['Key']}")
+
+    client.meta.events.register("provide-client-params.s3.CopyObject", fail_once)
+    return client, failed

@@ -67,19 +67,7 @@ def publish_files(paths: list[Path], *, bucket: str, prefix: str, name: str, ver
         body["files"] = extras
     text = json.dumps(body, indent=2, sort_keys=True).encode()
     with claimed(client, bucket, folder, entries + extras) as claim:
-        # A claim is released only after its manifest is written: look again now that we hold it.
-        listed = sizes_under(client, bucket, folder + "/")
-        _refuse_existing(client, bucket, manifest_key, present=manifest_key in listed)
-        try:
-            _stage_all(claim, [list(zip(paths, entries)), list(zip(extra_paths, extras))])
-            if not claim.is_ours():  # our lease ran out and another run took the version over
-                raise VersionBusyError(f"{uri(bucket, folder)}/: this run's claim expired and was taken over")
-        except BaseException:
-            _sweep_quietly(client, bucket, staging_prefix(folder, claim.token))
-            raise
-        # Once committed, our staged files are what the record names: they stay until it is rolled forward
-        # (by this call, or by a retry that finds the record after a failure here).
-        published = commit(client, bucket, folder, claim.token, entries + extras, text)
+        published = _stage_and_commit(claim, [list(zip(paths, entries)), list(zip(extra_paths, extras))], text)
     if published != text:
         raise VersionExistsError(f"{uri(bucket, manifest_key)} was written by another publisher first")
     return uri(bucket, folder) + "/"
@@ -160,7 +148,25 @@ def _entry(folder: str, path: Path, describe) -> dict:
     return {"key": f"{folder}/{path.name}", "bytes": size, "sha256": sha256, **(describe(path) if describe else {})}
 
 
-# --- uploading into this run's staging folder --------------------------------------------------
+# --- uploading into this run's staging folder, then the commit -------------------------------
+
+def _stage_and_commit(claim: Claim, groups: list[list[tuple[Path, dict]]], manifest: bytes) -> bytes:
+    """Stage the files under CLAIM, commit them with MANIFEST; return the manifest the version now has."""
+    client, bucket, folder = claim.client, claim.bucket, claim.folder
+    # A claim is released only after its manifest is written: look again now that we hold it.
+    manifest_key = f"{folder}/{MANIFEST}"
+    _refuse_existing(client, bucket, manifest_key, present=manifest_key in sizes_under(client, bucket, folder + "/"))
+    try:
+        _stage_all(claim, groups)
+        if not claim.is_ours():  # our lease ran out and another run took the version over
+            raise VersionBusyError(f"{uri(bucket, folder)}/: this run's claim expired and was taken over")
+    except BaseException:
+        _sweep_quietly(client, bucket, staging_prefix(folder, claim.token))
+        raise
+    # Once committed, our staged files are what the record names: they stay until it is rolled forward
+    # (by this call, or by a retry that finds the record after a failure here).
+    return commit(client, bucket, folder, claim.token, [e for group in groups for _, e in group], manifest)
+
 
 def _stage_all(claim: Claim, groups: list[list[tuple[Path, dict]]]) -> None:
     """Upload each group of (path, manifest entry) after the one before it, into the claim's staging folder."""
