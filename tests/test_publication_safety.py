@@ -30,7 +30,7 @@ from botocore.config import Config
 from gan_core import cli, registry
 from gan_core.publication import retention
 from gan_core.publication.publish import publish_dataset, publish_model
-from gan_core.publication.read import list_versions, read_manifest, resolve_version, slot_time
+from gan_core.publication.read import download_dataset, list_versions, read_manifest, resolve_version, slot_time
 from gan_core.publication.retention import apply_retention
 from gan_core.publication.s3 import (
     StorageError,
@@ -178,6 +178,23 @@ def test_a_pinned_dataset_outlives_retention_and_delete_until_unpinned(s3_env, t
     assert cli.main(["datasets", "delete", name, versions[0]]) == 0
     assert [m["version"] for m in list_versions(s3_env.bucket, name)] == [versions[3]]
     assert keys_under(s3_env, f"datasets/{name}/{versions[0]}/") == []
+
+
+def test_a_pin_placed_while_retention_runs_keeps_the_version(s3_env, tmp_path):
+    name, files = f"pinned-{secrets.token_hex(4)}", [shard(tmp_path / "part-00000.parquet", range(3))]
+    versions = [f"2025010{day}T020000Z" for day in range(1, 4)]
+    for version in versions:
+        publish_dataset(files, bucket=s3_env.bucket, name=name, version=version, manifest={})
+    retaining, manifest_key = s3_client(), f"datasets/{name}/{versions[0]}/_manifest.json"
+
+    def pin_first(params, **_) -> None:  # a user pins it after retention listed the pins, before it deletes
+        if params["Key"] == manifest_key:
+            retention.pin(s3_env.bucket, name, versions[0], client=s3_env.client)
+
+    retaining.meta.events.register("provide-client-params.s3.DeleteObject", pin_first)
+    assert apply_retention(s3_env.bucket, name, keep=1, client=retaining) == [versions[1]]
+    assert [m["version"] for m in list_versions(s3_env.bucket, name)] == [versions[0], versions[2]]
+    assert download_dataset(s3_env.bucket, name, versions[0], tmp_path / "down").is_dir()  # complete, verified
 
 
 def test_model_retention_keeps_production_and_its_rollback_history(tiny_model_dir, s3_env):
