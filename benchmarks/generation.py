@@ -20,12 +20,12 @@ import torch
 
 from benchmarks.harness import info, rates, report
 from benchmarks.training import sync_for
-from gan_core import storage
 from gan_core.config import GenerateConfig, ModelConfig, Params
 from gan_core.images.generate import generate_dataset, row_schema
 from gan_core.images.models import DataShape, Discriminator, Generator
 from gan_core.images.sampling import TrainedModel
 from gan_core.images.train import pick_device, set_threads
+from gan_core.publication.publish import publish_dataset
 from gan_core.s3server import SeaweedServer
 
 DIGITS = DataShape(8, 1, 10)
@@ -47,8 +47,8 @@ def generate_and_publish(model: TrainedModel, cfg: GenerateConfig, work: Path, b
     def run() -> float:
         out = work / "generated"
         summary = generate_dataset(model, cfg, out)
-        storage.publish_dataset([Path(p) for p in summary["shard_files"]], bucket=bucket, name="bench-generate",
-                                version=f"v{next(versions)}", manifest={"sample_count": summary["sample_count"]})
+        publish_dataset([Path(p) for p in summary["shard_files"]], bucket=bucket, name="bench-generate",
+                        version=f"v{next(versions)}", manifest={"sample_count": summary["sample_count"]})
         return float(summary["sample_count"])
     return run
 
@@ -107,8 +107,8 @@ def publish_vs_awscli(work: Path, server: SeaweedServer, rounds: int) -> str:
     aws = Path(sys.executable).with_name("aws")
 
     def ours() -> float:
-        storage.publish_dataset(files, bucket=server.bucket, name="bench-publish", version=f"v{next(versions)}",
-                                manifest={})
+        publish_dataset(files, bucket=server.bucket, name="bench-publish", version=f"v{next(versions)}",
+                        manifest={})
         return size
 
     def awscli() -> float:

@@ -14,6 +14,7 @@ from flows.tasks import S3_RETRIES, fetch_model, prune, publish_once, published
 from gan_core.config import Params, load_params, override_params
 from gan_core.layout import bucket_from_env
 from gan_core.provenance import ModelSource, generation_inputs, local_model
+from gan_core.publication.s3 import validate_name
 from gan_core.stages.generate import (
     card_uri,
     plan_generation,
@@ -22,7 +23,6 @@ from gan_core.stages.generate import (
     sample_overrides,
     summarize_shards,
 )
-from gan_core.storage import validate_name
 
 # A local Dask cluster: worker processes with one thread each, and one torch thread each
 # (distributed's nanny sets these too; here they are explicit, as two torch threads per

@@ -8,9 +8,19 @@ from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from flows.report import flatten
-from gan_core import registry, storage
+from gan_core import registry
 from gan_core.config import ConfigError
 from gan_core.provenance import ModelSource
+from gan_core.publication.read import read_manifest
+from gan_core.publication.retention import apply_retention
+from gan_core.publication.s3 import (
+    MODELS_PREFIX,
+    StorageError,
+    VersionBusyError,
+    VersionExistsError,
+    VersionNotFoundError,
+    version_uri,
+)
 from gan_core.registry import fetch_published_model
 
 
@@ -18,7 +28,7 @@ def _transient(task, task_run, state) -> bool:
     # Refusals (a bad name, a missing version, a corrupt file, a bad parameter) do not heal by
     # waiting; network errors and a version that another run is still publishing may.
     error = state.data
-    return isinstance(error, storage.VersionBusyError) or not isinstance(error, (storage.StorageError, ConfigError))
+    return isinstance(error, VersionBusyError) or not isinstance(error, (StorageError, ConfigError))
 
 
 # For tasks whose side effect is an S3 call, never for training: 2, 4, 8 s apart, each +-50 %
@@ -31,19 +41,19 @@ S3_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_f
 def published(bucket: str, prefix: str, name: str, version: str, inputs: dict) -> str | None:
     """The URI of VERSION when it is already complete from these inputs, else None; other inputs fail."""
     try:
-        manifest = storage.read_manifest(bucket, name, version, prefix)
-    except storage.VersionNotFoundError:
+        manifest = read_manifest(bucket, name, version, prefix)
+    except VersionNotFoundError:
         return None
-    return _same_inputs(manifest, inputs, storage.version_uri(bucket, prefix, name, version))
+    return _same_inputs(manifest, inputs, version_uri(bucket, prefix, name, version))
 
 
 def publish_once(publish, bucket: str, prefix: str, name: str, version: str, inputs: dict) -> str:
     """publish(); a version that another run of the same inputs completed first stands."""
     try:
         return publish()
-    except storage.VersionExistsError:
-        uri = _same_inputs(storage.read_manifest(bucket, name, version, prefix), inputs,
-                           storage.version_uri(bucket, prefix, name, version))
+    except VersionExistsError:
+        uri = _same_inputs(read_manifest(bucket, name, version, prefix), inputs,
+                           version_uri(bucket, prefix, name, version))
         get_run_logger().warning("%s was published by another run of the same inputs first: keeping it", uri)
         return uri
 
@@ -55,8 +65,8 @@ def _same_inputs(manifest: dict, inputs: dict, uri: str) -> str:
               for key in sorted(set(theirs) | set(ours)) if theirs.get(key) != ours.get(key)]
     if differ:
         shown = "; ".join(differ[:5]) + (f"; and {len(differ) - 5} more" if len(differ) > 5 else "")
-        raise storage.VersionExistsError(f"version {manifest.get('version')} exists with other inputs ({shown}) "
-                                         f"at {uri}: choose another version")
+        raise VersionExistsError(f"version {manifest.get('version')} exists with other inputs ({shown}) "
+                                 f"at {uri}: choose another version")
     return uri
 
 
@@ -67,9 +77,9 @@ def fetch_model(checkpoint: str, bucket: str, name: str) -> ModelSource:
 
 @task(**S3_RETRIES)
 def prune(bucket: str, prefix: str, name: str, keep_last: int) -> list[str]:
-    if prefix == storage.MODELS_PREFIX:  # production and the models of kept datasets stay
+    if prefix == MODELS_PREFIX:  # production and the models of kept datasets stay
         deleted = registry.apply_model_retention(bucket, name, keep_last)
     else:
-        deleted = storage.apply_retention(bucket, name, keep_last, prefix)
+        deleted = apply_retention(bucket, name, keep_last, prefix)
     get_run_logger().info("retention (keep %d): deleted %s", keep_last, deleted or "nothing")
     return deleted

@@ -16,9 +16,9 @@ from gan_core import registry
 from gan_core.config import Params, load_params
 from gan_core.layout import Layout, bucket_from_env
 from gan_core.provenance import training_inputs
+from gan_core.publication.s3 import MODELS_PREFIX
 from gan_core.registry import run_publish_model
 from gan_core.stages.train import run_train
-from gan_core.storage import MODELS_PREFIX
 
 
 @task(**S3_RETRIES)

@@ -95,38 +95,38 @@ def cmd_generate(args) -> object:
 
 @command
 def cmd_list(args) -> object:
-    from gan_core import storage
     from gan_core.layout import bucket_from_env
+    from gan_core.publication.read import list_datasets, list_versions, no_versions_error
     bucket = args.bucket or bucket_from_env()
     if args.name is not None:  # an empty name is refused, not read as "all"
-        versions = storage.list_versions(bucket, args.name)
+        versions = list_versions(bucket, args.name)
         if not versions:  # a misspelt name: say which names exist rather than print []
-            raise storage.no_versions_error(bucket, args.name)
+            raise no_versions_error(bucket, args.name)
         short = ("version", "created_at", "sample_count", "acceptance_rate")
         return versions if args.long else [{k: m.get(k) for k in short} for m in versions]
-    names = storage.list_datasets(bucket)
+    names = list_datasets(bucket)
     if not args.long:
         return names
     # Every dataset's manifests less their shard lists: provenance, params and metrics at a glance.
-    return {name: [{k: v for k, v in m.items() if k != "shards"} for m in storage.list_versions(bucket, name)]
+    return {name: [{k: v for k, v in m.items() if k != "shards"} for m in list_versions(bucket, name)]
             for name in names}
 
 
 @command
 def cmd_download(args) -> object:
-    from gan_core import storage
     from gan_core.layout import bucket_from_env
-    path = storage.download_dataset(args.bucket or bucket_from_env(), args.name, args.version, Path(args.to))
+    from gan_core.publication.read import download_dataset
+    path = download_dataset(args.bucket or bucket_from_env(), args.name, args.version, Path(args.to))
     return str(path)
 
 
 @command
 def cmd_show(args) -> object:
-    from gan_core import storage
     from gan_core.images.card import CARD_FILES
     from gan_core.layout import bucket_from_env, card_cache_dir
-    folder = storage.download_card(args.bucket or bucket_from_env(), args.name, args.version,
-                                   Path(args.to) if args.to else card_cache_dir())
+    from gan_core.publication.read import download_card
+    folder = download_card(args.bucket or bucket_from_env(), args.name, args.version,
+                           Path(args.to) if args.to else card_cache_dir())
     # A table's card has no preview.png.
     return ({name: str(folder / name) for name in CARD_FILES if (folder / name).exists()}
             | {"open": (folder / "report.html").resolve().as_uri()})
@@ -143,6 +143,9 @@ def cmd_models(args) -> object:
         return registry.promote(bucket, name, args.version)
     if args.action == "rollback":
         return registry.rollback(bucket, name)
+    if args.action in ("pin", "unpin"):
+        from gan_core.publication.s3 import MODELS_PREFIX
+        return _pin_or_unpin(args, bucket, name, MODELS_PREFIX)
     return _publish_model(args, bucket, name)
 
 
@@ -159,6 +162,26 @@ def _publish_model(args, bucket: str, name: str) -> dict:
     uri = run_publish_model(params, version, bucket, metrics, layout)
     promoted = registry.promote_if_passing(bucket, name, version, metrics, params.gate) if args.promote else None
     return {"model": uri, "production": promoted}
+
+
+@command
+def cmd_datasets(args) -> object:
+    from gan_core.layout import bucket_from_env
+    from gan_core.publication import retention
+    bucket = args.bucket or bucket_from_env()
+    if args.action == "pins":
+        return retention.pinned_versions(bucket, args.name)
+    if args.action == "delete":
+        return {"deleted": f"{args.name}/{args.version}",
+                "objects": retention.delete_unpinned(bucket, args.name, args.version)}
+    return _pin_or_unpin(args, bucket, args.name, "datasets")
+
+
+def _pin_or_unpin(args, bucket: str, name: str, prefix: str) -> dict:
+    from gan_core.publication import retention
+    if args.action == "pin":
+        return retention.pin(bucket, name, args.version, prefix, reason=args.reason)
+    return {"unpinned": retention.unpin(bucket, name, args.version, prefix)}
 
 
 @command
@@ -211,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
         "name", nargs="?")
     actions.add_parser("promote", help="make a complete version production").add_argument("version")
     actions.add_parser("rollback", help="production back to the version it had before")
+    actions.add_parser("pin", help="keep a version from retention until unpinned").add_argument("version")
+    actions.add_parser("unpin", help="let retention have a pinned version again").add_argument("version")
+    actions.choices["pin"].add_argument("--reason", default="", help="why, shown by `ganforge datasets pins`")
     pub = actions.add_parser("publish", help="publish the local models/<dataset>/ with metrics/eval.json")
     pub.add_argument("--version", help="model version (default: UTC time)")
     pub.add_argument("--promote", action="store_true", help="then make it production if it passes params' gate")
@@ -219,10 +245,26 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument("--name", help="model name (default: prepare.dataset)")
         action.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
         action.add_argument("--bucket")
+    _add_datasets_parser(sub)
     s3 = sub.add_parser("s3", help="the embedded SeaweedFS S3 server")
     s3.add_argument("action", choices=["start", "stop", "status"])
     s3.add_argument("--state-dir", default=".ganforge", help="where its data, pid and s3.env live")
     return parser
+
+
+def _add_datasets_parser(sub) -> None:
+    datasets = sub.add_parser("datasets", help="pins that retention never deletes, and deleting a version")
+    verbs = datasets.add_subparsers(dest="action", required=True)
+    for verb, text in (("pin", "keep NAME VERSION whatever retention's keep_last says, until unpinned"),
+                       ("unpin", "let retention have NAME VERSION again"),
+                       ("delete", "delete NAME VERSION now, manifest first (refused while pinned)"),
+                       ("pins", "the pinned versions of NAME")):
+        verb_parser = verbs.add_parser(verb, help=text)
+        verb_parser.add_argument("name")
+        if verb != "pins":
+            verb_parser.add_argument("version")
+        verb_parser.add_argument("--bucket")
+    verbs.choices["pin"].add_argument("--reason", default="", help="why, shown by `ganforge datasets pins`")
 
 
 def main(argv: list[str] | None = None) -> int:

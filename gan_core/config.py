@@ -26,7 +26,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def _safe_name(value: str) -> str:
-    # These name local folders and S3 prefixes: the same rule as gan_core.storage.validate_name.
+    # These name local folders and S3 prefixes: the same rule as gan_core.publication.s3.validate_name.
     if not NAME_RE.fullmatch(value) or ".." in value:
         raise ValueError("use letters, digits, '.', '_' and '-' (at most 128, starting with a letter or digit, "
                          "no '..')")

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from gan_core import storage
+from gan_core.publication.read import get_verified, published_entries
+from gan_core.publication.s3 import s3_client
 
 
 def _bucket(bucket: str | None) -> str:
@@ -24,14 +25,14 @@ def _bucket(bucket: str | None) -> str:
 
 def read_shard(client, bucket: str, entry: dict) -> pa.Table:
     """One shard as an Arrow table, its bytes checked against the manifest's sha256 first."""
-    return pq.read_table(pa.BufferReader(storage.get_verified(client, bucket, entry)))
+    return pq.read_table(pa.BufferReader(get_verified(client, bucket, entry)))
 
 
 def load_dataframe(name: str, version: str = "latest", bucket: str | None = None):
     """Every row of a published version as a pandas DataFrame (`image` holds {bytes, path} dicts)."""
     bucket = _bucket(bucket)
-    client = storage.s3_client()
-    _, entries = storage.published_entries(bucket, name, version, client=client)
+    client = s3_client()
+    _, entries = published_entries(bucket, name, version, client=client)
     return pa.concat_tables([read_shard(client, bucket, entry) for entry in entries]).to_pandas()
 
 
@@ -61,7 +62,7 @@ class SyntheticImageDataset(IterableDataset):
     def __init__(self, name: str, version: str = "latest", bucket: str | None = None,
                  transform: Callable[[torch.Tensor], object] | None = None, shuffle: bool = False):
         self.bucket = _bucket(bucket)
-        self.manifest, self.entries = storage.published_entries(self.bucket, name, version)
+        self.manifest, self.entries = published_entries(self.bucket, name, version)
         self.name, self.version = name, self.manifest["version"]
         self.class_names: list[str] = list(self.manifest.get("class_names") or [])
         self.transform, self.shuffle = transform, shuffle
@@ -76,7 +77,7 @@ class SyntheticImageDataset(IterableDataset):
     def client(self):
         # boto3 clients are neither picklable nor safe across fork: one per process, made on first use.
         if self._client is None or self._client_pid != os.getpid():
-            self._client, self._client_pid = storage.s3_client(), os.getpid()
+            self._client, self._client_pid = s3_client(), os.getpid()
         return self._client
 
     def _my_shards(self, rng: np.random.Generator | None) -> list[dict]:

@@ -1,12 +1,14 @@
 """The model registry on S3: model hand-off (publish, resolve, fetch), which published version is `production`,
 the quality gate that moves it, retention.
 
-Layout: s3://BUCKET/models/NAME/VERSION/ (gan_core.storage), plus
+Layout: s3://BUCKET/models/NAME/VERSION/ (gan_core.publication), plus
   models/NAME/_aliases/production.json           {"version", "uri", "previous": [...], "set_at", "action"}
   models/NAME/_aliases/production-history/*.json  one object per change, never rewritten (an audit log)
 The alias is replaced by one PUT of a small JSON (atomic for readers), conditional on the ETag it was read
 with (two promotions at once: the later one reads again), and only ever names a complete version. Its
-`previous` list is a stack of earlier production versions that `rollback` pops.
+`previous` list is a stack of earlier production versions that `rollback` pops. Retention never deletes the
+production version, its `previous` list or a pinned version; promote and retention each check again after
+writing (gan_core.publication.retention), so neither can leave the alias naming a deleted version.
 """
 
 from __future__ import annotations
@@ -16,13 +18,29 @@ import json
 import math
 from dataclasses import dataclass
 
-from gan_core import storage
 from gan_core.config import GateConfig, Params
 from gan_core.layout import Layout, model_cache_dir
 from gan_core.provenance import ModelSource, provenance, training_inputs
+from gan_core.publication.publish import publish_model
+from gan_core.publication.read import fetch_model, list_datasets, list_versions, read_manifest
+from gan_core.publication.retention import apply_retention
+from gan_core.publication.s3 import (
+    MANIFEST,
+    MODELS_PREFIX,
+    StorageError,
+    VersionNotFoundError,
+    put_if,
+    read_object,
+    read_object_tagged,
+    require_conditional_writes,
+    s3_client,
+    validate_name,
+    version_prefix,
+    version_uri,
+)
 
 PRODUCTION = "production"
-ALIASES = "_aliases"  # '_': never a version name (storage.NAME_RE), so listing versions skips it
+ALIASES = "_aliases"  # '_': never a version name (s3.NAME_RE), so listing versions skips it
 MAX_PREVIOUS = 50
 
 
@@ -75,7 +93,7 @@ def gate_error(name: str, version: str, result: GateResult) -> GateError:
 
 
 def promote_if_passing(bucket: str, name: str, version: str, metrics: dict, gate: GateConfig,
-                       prefix: str = storage.MODELS_PREFIX, client=None) -> dict:
+                       prefix: str = MODELS_PREFIX, client=None) -> dict:
     """promote() when METRICS pass GATE; otherwise GateError naming what missed, production unchanged."""
     result = check_gate(metrics, gate)
     if not result.passed:
@@ -85,28 +103,24 @@ def promote_if_passing(bucket: str, name: str, version: str, metrics: dict, gate
 
 # --- the production alias -------------------------------------------------------------------
 
-def _alias_key(name: str, alias: str = PRODUCTION, prefix: str = storage.MODELS_PREFIX) -> str:
-    return f"{prefix}/{storage.validate_name('name', name)}/{ALIASES}/{alias}.json"
+def _alias_key(name: str, alias: str = PRODUCTION, prefix: str = MODELS_PREFIX) -> str:
+    return f"{prefix}/{validate_name('name', name)}/{ALIASES}/{alias}.json"
 
 
 class _AliasChanged(Exception):
     """Another promotion replaced the alias between our read and our write."""
 
 
-def _read_tagged(bucket: str, name: str, prefix: str, client) -> tuple[dict | None, str | None]:
-    raw, etag = storage.read_object_tagged(bucket, _alias_key(name, prefix=prefix), client)
-    return (json.loads(raw) if raw is not None else None), etag
-
-
-def read_alias(bucket: str, name: str, prefix: str = storage.MODELS_PREFIX, client=None) -> dict | None:
+def read_alias(bucket: str, name: str, prefix: str = MODELS_PREFIX, client=None) -> dict | None:
     """The production alias of model NAME, or None when no version was ever promoted."""
-    return _read_tagged(bucket, name, prefix, client or storage.s3_client())[0]
+    raw = read_object(bucket, _alias_key(name, prefix=prefix), client or s3_client())
+    return json.loads(raw) if raw is not None else None
 
 
-def production_version(bucket: str, name: str, prefix: str = storage.MODELS_PREFIX, client=None) -> str:
+def production_version(bucket: str, name: str, prefix: str = MODELS_PREFIX, client=None) -> str:
     alias = read_alias(bucket, name, prefix, client)
     if alias is None:
-        raise storage.VersionNotFoundError(
+        raise VersionNotFoundError(
             f"model '{name}' has no production version (no s3://{bucket}/{_alias_key(name, prefix=prefix)}): "
             f"run training with publish (the train-and-publish/training deployment), or `ganforge models promote VERSION "
             f"--name {name}`")
@@ -114,37 +128,54 @@ def production_version(bucket: str, name: str, prefix: str = storage.MODELS_PREF
 
 
 def _set_production(bucket: str, name: str, version: str, previous: list[str], action: str, prefix: str,
-                    client, etag: str | None) -> dict:
-    """Replace the alias read with ETAG (None: there was none); _AliasChanged if another write came first."""
-    storage.read_manifest(bucket, name, version, prefix, client)  # only a complete version: raises otherwise
+                    client, etag: str | None, before: bytes | None) -> dict:
+    """Replace the alias BEFORE, read with ETAG (None: there was none); _AliasChanged if another write came first."""
+    read_manifest(bucket, name, version, prefix, client)  # only a complete version: raises otherwise
     now = dt.datetime.now(dt.timezone.utc)
-    body = {"name": name, "version": version, "uri": storage.version_uri(bucket, prefix, name, version),
+    body = {"name": name, "version": version, "uri": version_uri(bucket, prefix, name, version),
             "previous": previous[-MAX_PREVIOUS:], "action": action, "set_at": now.isoformat(timespec="seconds")}
     text = json.dumps(body, indent=2, sort_keys=True).encode()
     condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
     key = _alias_key(name, prefix=prefix)
     # A retried request whose first attempt succeeded also fails its condition: that write is ours.
-    if not storage.put_if(bucket, key, text, client, **condition) and storage.read_object(bucket, key, client) != text:
+    if not put_if(bucket, key, text, client, **condition) and read_object(bucket, key, client) != text:
         raise _AliasChanged()
+    if read_object(bucket, f"{version_prefix(prefix, name, version)}/{MANIFEST}", client) is None:
+        _undo_swap(bucket, key, text, before, client)  # retention deleted it between our check and our write
+        raise VersionNotFoundError(f"model '{name}' version {version} was deleted while being made production; "
+                                   "production is unchanged")
     # After the alias, which holds the truth: a crash in between loses an audit entry, never invents one.
     history = _alias_key(name, prefix=prefix).removesuffix(".json") + "-history"
     client.put_object(Bucket=bucket, Key=f"{history}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{version}.json", Body=text)
     return body
 
 
+def _undo_swap(bucket: str, key: str, ours: bytes, before: bytes | None, client) -> None:
+    """Put back the alias as it was (BEFORE; None: there was none), unless another promotion replaced ours since."""
+    now, etag = read_object_tagged(bucket, key, client)
+    if now != ours:
+        return
+    if before is None:
+        client.delete_object(Bucket=bucket, Key=key)
+    else:
+        put_if(bucket, key, before, client, IfMatch=etag)
+
+
 def _swap(bucket: str, name: str, prefix: str, client, change) -> dict:
     """Read the alias, change(current alias) -> (version, previous, action), write it back unless another
     promotion came in between; then read again and retry."""
+    require_conditional_writes(client, bucket)  # the swap is an If-Match write: last-writer-wins without it
     for _ in range(5):
-        current, etag = _read_tagged(bucket, name, prefix, client)
+        raw, etag = read_object_tagged(bucket, _alias_key(name, prefix=prefix), client)
+        current = json.loads(raw) if raw is not None else None
         try:
-            return _set_production(bucket, name, *change(current), prefix, client, etag)
+            return _set_production(bucket, name, *change(current), prefix, client, etag, raw)
         except _AliasChanged:
             continue
-    raise storage.StorageError(f"the production alias of model '{name}' kept changing under this promotion: retry")
+    raise StorageError(f"the production alias of model '{name}' kept changing under this promotion: retry")
 
 
-def promote(bucket: str, name: str, version: str, prefix: str = storage.MODELS_PREFIX, client=None) -> dict:
+def promote(bucket: str, name: str, version: str, prefix: str = MODELS_PREFIX, client=None) -> dict:
     """Make complete VERSION the production model of NAME; the one it replaces can be rolled back to."""
     def change(current: dict | None) -> tuple[str, list[str], str]:
         previous = [] if current is None else current["previous"]
@@ -152,45 +183,45 @@ def promote(bucket: str, name: str, version: str, prefix: str = storage.MODELS_P
             previous = [v for v in previous if v != current["version"]] + [current["version"]]
         return version, previous, "promote"
 
-    return _swap(bucket, name, prefix, client or storage.s3_client(), change)
+    return _swap(bucket, name, prefix, client or s3_client(), change)
 
 
-def rollback(bucket: str, name: str, prefix: str = storage.MODELS_PREFIX, client=None) -> dict:
+def rollback(bucket: str, name: str, prefix: str = MODELS_PREFIX, client=None) -> dict:
     """Production goes back to the version it had before the current one (skipping versions since deleted)."""
-    client = client or storage.s3_client()
+    client = client or s3_client()
 
     def change(current: dict | None) -> tuple[str, list[str], str]:
         previous = list(current["previous"]) if current else []
         while previous:
             version = previous.pop()
-            if storage.read_object(bucket, f"{storage.version_prefix(prefix, name, version)}/{storage.MANIFEST}",
-                                   client) is not None:
+            if read_object(bucket, f"{version_prefix(prefix, name, version)}/{MANIFEST}",
+                           client) is not None:
                 return version, previous, "rollback"
             # deleted since: roll further back
-        raise storage.VersionNotFoundError(f"model '{name}' has no earlier production version to roll back to")
+        raise VersionNotFoundError(f"model '{name}' has no earlier production version to roll back to")
 
     return _swap(bucket, name, prefix, client, change)
 
 
-def list_models(bucket: str, name: str, prefix: str = storage.MODELS_PREFIX, client=None) -> list[dict]:
+def list_models(bucket: str, name: str, prefix: str = MODELS_PREFIX, client=None) -> list[dict]:
     """Complete versions of NAME, oldest slot first: version, created_at, metrics, and which is production."""
-    client = client or storage.s3_client()
+    client = client or s3_client()
     alias = read_alias(bucket, name, prefix, client)
     current = alias["version"] if alias else None
     return [{"version": m["version"], "created_at": m.get("created_at"), "production": m["version"] == current,
-             "metrics": m.get("metrics") or {}} for m in storage.list_versions(bucket, name, prefix, client)]
+             "metrics": m.get("metrics") or {}} for m in list_versions(bucket, name, prefix, client)]
 
 
 # --- retention ------------------------------------------------------------------------------
 
 def referenced_models(bucket: str, name: str, dataset_prefix: str = "datasets",
-                      prefix: str = storage.MODELS_PREFIX, client=None) -> set[str]:
+                      prefix: str = MODELS_PREFIX, client=None) -> set[str]:
     """Versions of model NAME that a complete dataset version's manifest names as the model it came from."""
-    client = client or storage.s3_client()
+    client = client or s3_client()
     folder = f"s3://{bucket}/{prefix}/{name}/"
     found = set()
-    for dataset in storage.list_datasets(bucket, dataset_prefix, client):
-        for manifest in storage.list_versions(bucket, dataset, dataset_prefix, client):
+    for dataset in list_datasets(bucket, dataset_prefix, client):
+        for manifest in list_versions(bucket, dataset, dataset_prefix, client):
             uri = manifest.get("model_uri") or (manifest.get("model") or {}).get("uri") or ""
             if uri.startswith(folder):
                 found.add(uri[len(folder):].strip("/"))
@@ -198,28 +229,36 @@ def referenced_models(bucket: str, name: str, dataset_prefix: str = "datasets",
 
 
 def apply_model_retention(bucket: str, name: str, keep: int, dataset_prefix: str = "datasets",
-                          prefix: str = storage.MODELS_PREFIX, client=None) -> list[str]:
-    """Keep the newest KEEP versions of model NAME, production and every version a kept dataset names."""
-    client = client or storage.s3_client()
+                          prefix: str = MODELS_PREFIX, client=None) -> list[str]:
+    """Keep the newest KEEP versions of model NAME, its pinned ones, production and its rollback history, and
+    every version a kept dataset names; the alias is read again right before each deletion."""
+    client = client or s3_client()
+    protected = referenced_models(bucket, name, dataset_prefix, prefix, client) | in_production(bucket, name, prefix,
+                                                                                                client)
+    return apply_retention(bucket, name, keep, prefix, client, protect=protected,
+                           still_protected=lambda version: version in in_production(bucket, name, prefix, client))
+
+
+def in_production(bucket: str, name: str, prefix: str = MODELS_PREFIX, client=None) -> set[str]:
+    """The production version of model NAME and its rollback history (the alias's `previous`)."""
     alias = read_alias(bucket, name, prefix, client)
-    protected = referenced_models(bucket, name, dataset_prefix, prefix, client) | ({alias["version"]} if alias else set())
-    return storage.apply_retention(bucket, name, keep, prefix, client, protect=protected)
+    return {alias["version"], *alias.get("previous", [])} if alias else set()
 
 
 # --- hand-off: the local model to S3, and a published one back ------------------------------
 
 def run_publish_model(params: Params, version: str, bucket: str, metrics: dict, layout: Layout = Layout(),
-                      prefix: str = storage.MODELS_PREFIX) -> str:
+                      prefix: str = MODELS_PREFIX) -> str:
     """Publish models/<dataset>/ as s3://BUCKET/models/<dataset>/VERSION/ with its evaluation metrics."""
     manifest = {**provenance(params, layout), "metrics": metrics, "inputs": training_inputs(params)}
-    return storage.publish_model(layout.model(params), bucket=bucket, name=params.prepare.dataset,
-                                 version=version, manifest=manifest, prefix=prefix)
+    return publish_model(layout.model(params), bucket=bucket, name=params.prepare.dataset,
+                         version=version, manifest=manifest, prefix=prefix)
 
 
 def parse_checkpoint(checkpoint: str, bucket: str, name: str) -> tuple[str, str, str, str]:
     """(bucket, prefix, name, version) of "production", "latest", a version, or s3://BUCKET/PREFIX/NAME/VERSION/."""
     if not checkpoint.startswith("s3://"):
-        return bucket, storage.MODELS_PREFIX, name, checkpoint
+        return bucket, MODELS_PREFIX, name, checkpoint
     parts = checkpoint.removeprefix("s3://").strip("/").split("/")
     if len(parts) < 4:
         raise ValueError(f"checkpoint {checkpoint!r}: expected s3://BUCKET/PREFIX/NAME/VERSION")
@@ -231,8 +270,8 @@ def fetch_published_model(checkpoint: str, bucket: str, name: str) -> ModelSourc
     bucket, prefix, name, version = parse_checkpoint(checkpoint, bucket, name)
     if version == PRODUCTION:
         version = production_version(bucket, name, prefix)
-    directory = storage.fetch_model(bucket, name, version, model_cache_dir(), prefix=prefix)
-    manifest = json.loads((directory / storage.MANIFEST).read_text())
-    return ModelSource(directory, storage.version_uri(bucket, prefix, name, directory.name),
+    directory = fetch_model(bucket, name, version, model_cache_dir(), prefix=prefix)
+    manifest = json.loads((directory / MANIFEST).read_text())
+    return ModelSource(directory, version_uri(bucket, prefix, name, directory.name),
                        manifest.get("metrics") or {}, directory.name,
                        {key: manifest.get(key) for key in ("git", "dvc", "params")})

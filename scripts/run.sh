@@ -30,7 +30,7 @@ ganforge models publish --promote >/dev/null
 name=$(python -c "from gan_core.config import load_params; print(load_params().generate.name)")
 version=$(python - "$bucket" "$name" <<'PY'
 import sys
-from gan_core.storage import resolve_version
+from gan_core.publication.read import resolve_version
 print(resolve_version(sys.argv[1], sys.argv[2]))
 PY
 )

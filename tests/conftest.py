@@ -39,7 +39,7 @@ class S3Env:
 @pytest.fixture
 def s3_env(s3_server, monkeypatch, tmp_path) -> S3Env:
     """Point the standard AWS environment at the test server, away from any user config."""
-    from gan_core.storage import s3_client
+    from gan_core.publication.s3 import s3_client
 
     use_aws_env(monkeypatch, tmp_path, s3_server.env())
     return S3Env(bucket=s3_server.bucket, endpoint=s3_server.endpoint, client=s3_client())

@@ -14,12 +14,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gan_core import storage
 from gan_core.card import metrics_table
 from gan_core.cli import main
 from gan_core.images.card import CARD_FILES, CELL, nearest_training
 from gan_core.images.data import load_prepared, prepare_dataset
 from gan_core.layout import Layout
+from gan_core.publication.publish import publish_dataset
+from gan_core.publication.read import download_dataset, read_manifest
+from gan_core.publication.s3 import StorageError, file_digest
 from gan_core.stages.evaluate import run_evaluate
 from gan_core.stages.generate import run_generate, run_publish
 from gan_core.stages.train import run_train
@@ -48,7 +50,7 @@ def published(project, s3_env, request):
     layout, params, summary = project
     version = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:60]
     uri = run_publish(params, summary, version, s3_env.bucket, layout)
-    return storage.read_manifest(s3_env.bucket, params.generate.name, version), uri
+    return read_manifest(s3_env.bucket, params.generate.name, version), uri
 
 
 def test_card_is_listed_in_the_manifest_and_downloads_verified(project, published, s3_env, tmp_path):
@@ -58,8 +60,8 @@ def test_card_is_listed_in_the_manifest_and_downloads_verified(project, publishe
     folder = f"datasets/card-digits/{manifest['version']}"
     assert [e["key"] for e in manifest["files"]] == [f"{folder}/_card/{name}" for name in CARD_FILES]
     for entry, name in zip(manifest["files"], CARD_FILES):
-        assert (entry["sha256"], entry["bytes"]) == storage.file_digest(local / name)
-    got = storage.download_dataset(s3_env.bucket, "card-digits", manifest["version"], tmp_path / "to")
+        assert (entry["sha256"], entry["bytes"]) == file_digest(local / name)
+    got = download_dataset(s3_env.bucket, "card-digits", manifest["version"], tmp_path / "to")
     assert sorted(p.name for p in (got / "_card").iterdir()) == sorted(CARD_FILES)
     assert (got / "_card" / "report.html").read_bytes() == (local / "report.html").read_bytes()
     # The card beside the shards leaves the folder a Parquet dataset, on S3 and downloaded.
@@ -72,7 +74,7 @@ def test_card_is_listed_in_the_manifest_and_downloads_verified(project, publishe
 def test_the_cards_loading_code_runs_as_written(project, published, s3_env, tmp_path, monkeypatch):
     layout, params, _ = project
     manifest, _ = published
-    storage.download_dataset(s3_env.bucket, "card-digits", manifest["version"], tmp_path / "downloads")
+    download_dataset(s3_env.bucket, "card-digits", manifest["version"], tmp_path / "downloads")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -101,9 +103,9 @@ def test_show_fetches_the_card_and_refuses_a_changed_file(published, s3_env, tmp
 def test_a_missing_card_file_stops_publishing_before_anything_is_written(project, s3_env, tmp_path):
     layout, params, summary = project
     shards = [Path(p) for p in summary["shard_files"]]
-    with pytest.raises(storage.StorageError, match="cannot publish missing files"):
-        storage.publish_dataset(shards, bucket=s3_env.bucket, name="card-missing", version="v1", manifest={},
-                                extra_files=[tmp_path / "README.md"])
+    with pytest.raises(StorageError, match="cannot publish missing files"):
+        publish_dataset(shards, bucket=s3_env.bucket, name="card-missing", version="v1", manifest={},
+                        extra_files=[tmp_path / "README.md"])
     assert s3_env.client.list_objects_v2(Bucket=s3_env.bucket, Prefix="datasets/card-missing/")["KeyCount"] == 0
 
 

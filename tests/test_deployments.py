@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gan_core import registry, storage
+from gan_core import registry
 from gan_core.layout import default_version
+from gan_core.publication.publish import publish_model
+from gan_core.publication.read import list_versions
 from gan_core.s3server import free_port
 from tests.helpers import ROOT, make_project, run, tiny_project_params
 
@@ -74,8 +76,8 @@ def deployed(server_env, tiny_model_dir, s3_server, tmp_path_factory) -> Path:
     generation = next(d for d in config["deployments"] if d["name"] == "batch-generation")
     generation["parameters"] |= {"dataset_name": DATASET, "num_samples": 120}
     (project / "prefect.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    storage.publish_model(tiny_model_dir, bucket=s3_server.bucket, name="deploytest", version="v1", manifest={},
-                          client=s3_server.client())
+    publish_model(tiny_model_dir, bucket=s3_server.bucket, name="deploytest", version="v1", manifest={},
+                  client=s3_server.client())
     registry.promote(s3_server.bucket, "deploytest", "v1", client=s3_server.client())  # what the nightly run uses
     create_process_pools(server_env["PREFECT_API_URL"], ["cpu", "gpu"])
     out = run(["prefect", "--no-prompt", "deploy", "--all"], project, server_env).stdout
@@ -142,7 +144,7 @@ def test_a_scheduled_generation_publishes_once(deployed, server_env, s3_server):
         # The run worked in a folder of its own, removed once published; the checkout's DVC out untouched.
         assert not (deployed / "data" / "generated").exists()
         assert list((deployed / ".ganforge" / "runs").iterdir()) == []
-        versions = storage.list_versions(s3_server.bucket, DATASET, client=s3_server.client())
+        versions = list_versions(s3_server.bucket, DATASET, client=s3_server.client())
         assert [m["version"] for m in versions] == [version]
         manifest = versions[0]
         assert manifest["sample_count"] == 120 and len(manifest["shards"]) == 3
@@ -159,4 +161,4 @@ def test_a_scheduled_generation_publishes_once(deployed, server_env, s3_server):
         run_worker_once(deployed, server_env)
         again = client.read_flow_run(flow_run.id)
         assert again.state.is_completed() and again.run_count == 2
-        assert storage.list_versions(s3_server.bucket, DATASET, client=s3_server.client()) == versions
+        assert list_versions(s3_server.bucket, DATASET, client=s3_server.client()) == versions

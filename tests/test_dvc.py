@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gan_core import registry, storage
+from gan_core import registry
+from gan_core.publication.read import list_versions, read_manifest
+from gan_core.publication.s3 import MODELS_PREFIX, file_digest
 from tests.helpers import git_commit, make_project, run, tiny_project_params, write_digit_images
 
 NAME = "rgbdigits-synthetic"  # generate.name unset: it follows prepare.dataset
@@ -81,14 +83,14 @@ def test_manifest_records_git_dvc_hashes_and_params(project, pipeline_env):
 def test_make_run_promotes_its_model_for_the_nightly_generation(project, s3_server):
     client = s3_server.client()
     version = registry.production_version(s3_server.bucket, "rgbdigits", client=client)
-    manifest = storage.read_manifest(s3_server.bucket, "rgbdigits", version, storage.MODELS_PREFIX, client)
+    manifest = read_manifest(s3_server.bucket, "rgbdigits", version, MODELS_PREFIX, client)
     generator = next(e for e in manifest["files"] if e["key"].endswith("/ema.safetensors"))
-    assert generator["sha256"] == storage.file_digest(project / "models" / "rgbdigits" / "ema.safetensors")[0]
+    assert generator["sha256"] == file_digest(project / "models" / "rgbdigits" / "ema.safetensors")[0]
     assert manifest["metrics"] == json.loads((project / "metrics" / "eval.json").read_text())
 
 
 def test_experiments_run_show_and_diff(project, pipeline_env, s3_env, tmp_path):
-    production = storage.list_versions(s3_env.bucket, NAME, client=s3_env.client)
+    production = list_versions(s3_env.bucket, NAME, client=s3_env.client)
     for name, lr in EXPERIMENTS.items():
         run(["dvc", "exp", "run", "-n", name, "-S", f"train.lr_g={lr}", "-S", "model.d_hidden=8"],
             project, pipeline_env)
@@ -112,10 +114,10 @@ def test_experiments_run_show_and_diff(project, pipeline_env, s3_env, tmp_path):
                                                               "lr-slow_plots_samples.png"}
 
     # Experiments never publish to production: `latest` there is still what `make run` published.
-    assert storage.list_versions(s3_env.bucket, NAME, client=s3_env.client) == production != []
+    assert list_versions(s3_env.bucket, NAME, client=s3_env.client) == production != []
     # Each published under experiments/<exp>/datasets/, its manifest saying it came from uncommitted params.
     for name, lr in EXPERIMENTS.items():
-        manifests = storage.list_versions(s3_env.bucket, NAME, prefix=f"experiments/{name}/datasets",
-                                          client=s3_env.client)
+        manifests = list_versions(s3_env.bucket, NAME, prefix=f"experiments/{name}/datasets",
+                                  client=s3_env.client)
         assert [m["params"]["train"]["lr_g"] for m in manifests] == [lr]
         assert manifests[0]["git"]["dirty"] is True and manifests[0]["git"]["changed"] == ["params.yaml"]

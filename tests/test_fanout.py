@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gan_core import storage
 from gan_core.images.generate import generate_dataset
 from gan_core.images.sampling import load_model
+from gan_core.publication.publish import publish_model
+from gan_core.publication.s3 import VersionExistsError
 from tests.helpers import tiny_params
 
 PARAMS = tiny_params(prepare__dataset="fanout", generate__name="fanout-test",
@@ -26,8 +27,8 @@ def project(tiny_model_dir, s3_env, tmp_path, monkeypatch) -> Path:
     """A project folder with tiny params whose model is only in S3: s3://BUCKET/models/fanout/v1/."""
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS.model_dump(mode="json")))
     try:
-        storage.publish_model(tiny_model_dir, bucket=s3_env.bucket, name="fanout", version="v1", manifest={})
-    except storage.VersionExistsError:
+        publish_model(tiny_model_dir, bucket=s3_env.bucket, name="fanout", version="v1", manifest={})
+    except VersionExistsError:
         pass  # published by an earlier test of this module
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))

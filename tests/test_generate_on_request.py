@@ -13,10 +13,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from gan_core import cli, storage
+from gan_core import cli
 from gan_core.config import ConfigError
 from gan_core.images.generate import generate_dataset
 from gan_core.images.sampling import generate_and_score, load_model, sample_images
+from gan_core.publication.read import download_dataset, read_manifest
 from gan_core.shards import shard_quotas
 from tests.helpers import tiny_params
 
@@ -42,7 +43,7 @@ def project(root: Path, model_dir: Path, **overrides) -> Path:
 
 
 def published_labels(bucket: str, name: str, version: str, to: Path) -> Counter:
-    folder = storage.download_dataset(bucket, name, version, to)  # every shard's sha256 checked
+    folder = download_dataset(bucket, name, version, to)  # every shard's sha256 checked
     return Counter(pq.read_table(folder).column("label").to_pylist())
 
 
@@ -65,7 +66,7 @@ def test_cli_publishes_exactly_the_requested_counts(rejection, tiny_model_dir, s
     monkeypatch.chdir(root)
     assert cli.main(["generate", "--class-counts", "3=50,7=20", "--version", "v1", "--bucket", s3_env.bucket,
                      "--truncation", "0.8"]) == 0
-    manifest = storage.read_manifest(s3_env.bucket, name, "v1")
+    manifest = read_manifest(s3_env.bucket, name, "v1")
     assert manifest["class_counts"] == {"3": 50, "7": 20} and manifest["truncation"] == 0.8
     assert manifest["sample_count"] == 70 and len(manifest["shards"]) == 3
     assert manifest["rejection"]["enabled"] is rejection
@@ -82,7 +83,7 @@ def test_flow_parameters_reach_the_manifest(tiny_model_dir, s3_env, tmp_path, mo
     monkeypatch.chdir(root)
     uri = generate_flow(version="v1", bucket=s3_env.bucket, class_counts={"3": 50, "7": 20}, truncation=0.7)
     assert uri.endswith("/on-request-flow/v1/")
-    manifest = storage.read_manifest(s3_env.bucket, "on-request-flow", "v1")
+    manifest = read_manifest(s3_env.bucket, "on-request-flow", "v1")
     assert manifest["class_counts"] == {"3": 50, "7": 20} and manifest["truncation"] == 0.7
     assert manifest["params"]["generate"]["num_samples"] == 70
     assert published_labels(s3_env.bucket, "on-request-flow", "v1", tmp_path / "down") == COUNTS

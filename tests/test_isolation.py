@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gan_core import storage
+from gan_core.publication.publish import publish_files, publish_model
+from gan_core.publication.read import download_dataset, read_manifest
+from gan_core.publication.s3 import MODELS_PREFIX, VersionExistsError
 from tests.helpers import tiny_project_params
 
 SENTINEL = b"the checkout's DVC output"
@@ -30,7 +32,7 @@ def write_project_params(path: Path, dataset: str, **generate) -> Path:
 def checkout(tiny_model_dir, s3_env, tmp_path, monkeypatch) -> tuple[Path, str]:
     """A checkout whose DVC outputs hold sentinel bytes; its model (dataset iso<hex>) only in S3 as v1."""
     dataset, root = f"iso{secrets.token_hex(4)}", tmp_path / "checkout"
-    storage.publish_model(tiny_model_dir, bucket=s3_env.bucket, name=dataset, version="v1", manifest={})
+    publish_model(tiny_model_dir, bucket=s3_env.bucket, name=dataset, version="v1", manifest={})
     for relpath in (f"data/generated/{dataset}/part-00000.parquet", "metrics/eval.json", "plots/losses.csv"):
         (root / relpath).parent.mkdir(parents=True, exist_ok=True)
         (root / relpath).write_bytes(SENTINEL)
@@ -71,10 +73,10 @@ def test_two_generation_deployment_runs_keep_their_own_shards(checkout, s3_env, 
     name = f"{dataset}-synthetic"  # only prepare.dataset was set: the name follows it
     assert uris == [f"s3://{s3_env.bucket}/datasets/{name}/{v}/" for v in runs]
     for version, rows, seed in (("va", 150, 1), ("vb", 90, 2)):
-        manifest = storage.read_manifest(s3_env.bucket, name, version)
+        manifest = read_manifest(s3_env.bucket, name, version)
         assert manifest["sample_count"] == rows and sum(s["rows"] for s in manifest["shards"]) == rows
         assert manifest["inputs"]["generate"]["seed"] == seed
-        storage.download_dataset(s3_env.bucket, name, version, tmp_path / "down")  # every sha256 verified
+        download_dataset(s3_env.bucket, name, version, tmp_path / "down")  # every sha256 verified
     assert_checkout_untouched(root, dataset)
 
 
@@ -86,7 +88,7 @@ def test_a_training_deployment_run_leaves_the_checkouts_outputs_alone(checkout, 
     write_project_params(root / "params.yaml", dataset)
     summary = training_flow(prepare_data=True, publish=True, bucket=s3_env.bucket, version="v2")
     assert summary["model_uri"] == f"s3://{s3_env.bucket}/models/{dataset}/v2/"
-    manifest = storage.read_manifest(s3_env.bucket, dataset, "v2", storage.MODELS_PREFIX)
+    manifest = read_manifest(s3_env.bucket, dataset, "v2", MODELS_PREFIX)
     assert manifest["inputs"]["prepare"]["dataset"] == dataset and "d_auc" in manifest["metrics"]
     assert_checkout_untouched(root, dataset)  # no models/, data/prepared/, checkpoints/ either
 
@@ -99,12 +101,12 @@ def test_a_version_with_other_inputs_is_not_taken_as_this_runs(checkout, s3_env,
     second = write_project_params(root / "second.yaml", dataset, num_samples=60)
     version, name = "20250101T020000Z", f"{dataset}-synthetic"
     uri = generate_flow(params_path=first.name, version=version, checkpoint="v1", bucket=s3_env.bucket)
-    with pytest.raises(storage.VersionExistsError,
+    with pytest.raises(VersionExistsError,
                        match=rf"version {version} exists with other inputs \(generate.num_samples 50 vs 60; "
                              r"sample_count 50 vs 60\) at .*: choose another version"):
         generate_flow(params_path=second.name, version=version, checkpoint="v1", bucket=s3_env.bucket)
     assert generate_flow(params_path=first.name, version=version, checkpoint="v1", bucket=s3_env.bucket) == uri
-    assert storage.read_manifest(s3_env.bucket, name, version)["sample_count"] == 50
+    assert read_manifest(s3_env.bucket, name, version)["sample_count"] == 50
 
 
 def test_a_race_lost_to_other_inputs_fails(s3_env, prefect_api_url, tmp_path):
@@ -120,11 +122,11 @@ def test_a_race_lost_to_other_inputs_fails(s3_env, prefect_api_url, tmp_path):
 
     @flow
     def publish(label: str, inputs: dict) -> str:  # the publication itself, as a run that lost the race sees it
-        return publish_once(lambda: storage.publish_files([files[label]], bucket=s3_env.bucket, prefix="datasets",
-                                                          name=name, version="v1", manifest={"inputs": inputs}),
+        return publish_once(lambda: publish_files([files[label]], bucket=s3_env.bucket, prefix="datasets",
+                                                  name=name, version="v1", manifest={"inputs": inputs}),
                             s3_env.bucket, "datasets", name, "v1", inputs)
 
     uri = publish("a", {"model_sha256": "aa", "generate": {"seed": 0}})
-    with pytest.raises(storage.VersionExistsError, match=r"other inputs \(generate.seed 0 vs 1; model_sha256 aa vs bb"):
+    with pytest.raises(VersionExistsError, match=r"other inputs \(generate.seed 0 vs 1; model_sha256 aa vs bb"):
         publish("b", {"model_sha256": "bb", "generate": {"seed": 1}})
     assert publish("c", {"model_sha256": "aa", "generate": {"seed": 0}}) == uri  # the same inputs: its twin's

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from gan_core import SyntheticImageDataset, load_dataframe, storage
+from gan_core import SyntheticImageDataset, load_dataframe
 from gan_core.config import ConfigError, parse_params
 from gan_core.errors import DataError
 from gan_core.images.data import ImageSet, load_prepared, name_classes
@@ -22,6 +22,9 @@ from gan_core.images.generate import SCHEMA_VERSION, generate_dataset
 from gan_core.images.sampling import load_model
 from gan_core.layout import Layout
 from gan_core.provenance import ModelSource
+from gan_core.publication.publish import publish_dataset
+from gan_core.publication.read import download_dataset, read_manifest
+from gan_core.publication.s3 import IntegrityError
 from gan_core.stages.evaluate import run_evaluate
 from gan_core.stages.generate import run_generate, run_publish
 from gan_core.stages.prepare import run_prepare
@@ -43,7 +46,7 @@ def publish_tiny(model_dir, s3_env, tmp_path, name: str) -> dict:
     layout = Layout(tmp_path)
     summary = generate_dataset(load_model(model_dir), params.generate, layout.generated(params))
     run_publish(params, summary, "v1", s3_env.bucket, layout, ModelSource(model_dir))
-    return storage.read_manifest(s3_env.bucket, name, "v1")
+    return read_manifest(s3_env.bucket, name, "v1")
 
 
 @pytest.fixture
@@ -56,7 +59,7 @@ def test_datasets_reads_pil_images_and_class_names_and_pandas_still_reads_the_fo
         tiny_model_dir, s3_env, tmp_path, hf_offline):
     manifest = publish_tiny(tiny_model_dir, s3_env, tmp_path, "hf-digits")
     assert manifest["class_names"] == [str(k) for k in range(10)] and manifest["schema_version"] == SCHEMA_VERSION
-    folder = storage.download_dataset(s3_env.bucket, "hf-digits", "v1", tmp_path / "downloads")
+    folder = download_dataset(s3_env.bucket, "hf-digits", "v1", tmp_path / "downloads")
     rows = load_with_datasets(folder, tmp_path / "hf-cache")
     assert len(rows) == manifest["sample_count"] == 120
     assert rows.features["label"].names == manifest["class_names"]
@@ -115,7 +118,7 @@ def test_a_version_with_png_bytes_as_the_image_column_still_loads(s3_env, tmp_pa
     Image.fromarray(pixels).save(buffer, format="PNG")
     shard = tmp_path / "part-00000.parquet"
     pq.write_table(pa.table({"image": [buffer.getvalue()], "label": [3], "seed": [7], "d_score": [0.5]}), shard)
-    storage.publish_dataset([shard], bucket=s3_env.bucket, name="bytes-digits", version="v1", manifest={})
+    publish_dataset([shard], bucket=s3_env.bucket, name="bytes-digits", version="v1", manifest={})
     [(image, label)] = list(SyntheticImageDataset("bytes-digits", bucket=s3_env.bucket))
     assert label == 3 and torch.equal(image, torch.tensor(pixels)[None].float() / 255)
 
@@ -126,9 +129,9 @@ def test_a_corrupted_shard_is_refused_naming_it(tiny_model_dir, s3_env, tmp_path
     good = s3_env.client.get_object(Bucket=s3_env.bucket, Key=key)["Body"].read()
     s3_env.client.put_object(Bucket=s3_env.bucket, Key=key, Body=good[:-1] + bytes([good[-1] ^ 1]))
     dataset = SyntheticImageDataset("corrupt-digits", "v1", bucket=s3_env.bucket)
-    with pytest.raises(storage.IntegrityError, match=f"s3://{s3_env.bucket}/{key} does not match its manifest"):
+    with pytest.raises(IntegrityError, match=f"s3://{s3_env.bucket}/{key} does not match its manifest"):
         list(torch.utils.data.DataLoader(dataset, batch_size=16, num_workers=2))
-    with pytest.raises(storage.IntegrityError, match=key):
+    with pytest.raises(IntegrityError, match=key):
         load_dataframe("corrupt-digits", bucket=s3_env.bucket)
 
 

@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from gan_core import cli
+from gan_core.publication.publish import publish_dataset
 from gan_core.s3server import free_port
-from gan_core.storage import publish_dataset
 from tests.helpers import use_aws_env
 from tests.test_storage import write_shard
 

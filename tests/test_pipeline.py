@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from gan_core import storage
+from gan_core.publication.read import list_versions
 from tests.helpers import committed_project, run, tiny_project_params
 
 
@@ -22,7 +22,7 @@ def project(pipeline_env, tmp_path_factory) -> Path:
 
 def test_repro_publishes_a_readable_verified_dataset(project, pipeline_env, s3_server, s3_env, tmp_path):
     client = s3_server.client()
-    versions = storage.list_versions(s3_server.bucket, "pipeline-test", client=client)
+    versions = list_versions(s3_server.bucket, "pipeline-test", client=client)
     assert len(versions) == 1
     manifest = versions[0]
     assert manifest["sample_count"] == 120 and len(manifest["shards"]) == 3

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from gan_core import cli, registry, storage
+from gan_core import cli, registry
+from gan_core.publication.read import read_manifest
 from tests.helpers import ROOT, tiny_params
 
 NAME = "gated"
@@ -27,7 +28,7 @@ def nightly_generation(bucket: str, version: str) -> dict:
     parameters = next(d for d in deployments if d["name"] == "batch-generation")["parameters"]
     generate_flow(**parameters | {"dataset_name": "gated-synthetic", "num_samples": 60, "bucket": bucket,
                                   "version": version})
-    return storage.read_manifest(bucket, "gated-synthetic", version)
+    return read_manifest(bucket, "gated-synthetic", version)
 
 
 def test_a_model_that_fails_the_gate_never_reaches_nightly_generation(s3_env, prefect_api_url, tmp_path,

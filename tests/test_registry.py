@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gan_core import cli, registry, storage
+from gan_core import cli, registry
 from gan_core.config import GateConfig
+from gan_core.publication.publish import publish_files, publish_model
+from gan_core.publication.read import list_versions, read_manifest, resolve_version
+from gan_core.publication.retention import apply_retention
+from gan_core.publication.s3 import VersionExistsError, VersionNotFoundError, read_object, read_object_tagged
 from gan_core.registry import fetch_published_model
 from tests.helpers import tiny_params
 
@@ -45,17 +49,17 @@ def test_gate_thresholds_are_validated():
 
 def publish_models(model_dir: Path, bucket: str, name: str, versions: list[str]) -> None:
     for i, version in enumerate(versions):
-        storage.publish_model(model_dir, bucket=bucket, name=name, version=version,
-                              manifest={"metrics": {"fd_ratio": 1.0 + i}})
+        publish_model(model_dir, bucket=bucket, name=name, version=version,
+                      manifest={"metrics": {"fd_ratio": 1.0 + i}})
 
 
 def test_promote_rollback_and_list_move_one_alias(tiny_model_dir, s3_env, tmp_path, monkeypatch):
     monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))
     name, bucket = "aliased", s3_env.bucket
     publish_models(tiny_model_dir, bucket, name, ["20250101T020000Z", "20250102T020000Z", "20250103T020000Z"])
-    with pytest.raises(storage.VersionNotFoundError, match="ganforge models promote VERSION --name aliased"):
+    with pytest.raises(VersionNotFoundError, match="ganforge models promote VERSION --name aliased"):
         fetch_published_model("production", bucket, name)
-    with pytest.raises(storage.VersionNotFoundError, match="no such complete version"):
+    with pytest.raises(VersionNotFoundError, match="no such complete version"):
         registry.promote(bucket, name, "20250104T020000Z")  # not published: the alias is not written
     assert registry.read_alias(bucket, name) is None
     for version in ("20250101T020000Z", "20250103T020000Z", "20250102T020000Z"):
@@ -66,18 +70,19 @@ def test_promote_rollback_and_list_move_one_alias(tiny_model_dir, s3_env, tmp_pa
     assert fetch_published_model("production", bucket, name).uri == f"s3://{bucket}/models/{name}/20250102T020000Z/"
     assert registry.rollback(bucket, name)["version"] == "20250103T020000Z"
     assert registry.rollback(bucket, name)["version"] == "20250101T020000Z"
-    with pytest.raises(storage.VersionNotFoundError, match="no earlier production version"):
+    with pytest.raises(VersionNotFoundError, match="no earlier production version"):
         registry.rollback(bucket, name)
     # A promotion that read the alias before another one wrote it is refused, not lost: promote() reads again.
-    _, stale = storage.read_object_tagged(bucket, f"models/{name}/_aliases/production.json")
+    before, stale = read_object_tagged(bucket, f"models/{name}/_aliases/production.json")
     registry.promote(bucket, name, "20250103T020000Z")
     with pytest.raises(registry._AliasChanged):
-        registry._set_production(bucket, name, "20250102T020000Z", [], "promote", "models", s3_env.client, stale)
+        registry._set_production(bucket, name, "20250102T020000Z", [], "promote", "models", s3_env.client, stale,
+                                 before)
     assert registry.rollback(bucket, name)["version"] == "20250101T020000Z"
     history = s3_env.client.list_objects_v2(Bucket=bucket, Prefix=f"models/{name}/_aliases/production-history/")
-    actions = [json.loads(storage.read_object(bucket, o["Key"]))["action"] for o in history["Contents"]]
+    actions = [json.loads(read_object(bucket, o["Key"]))["action"] for o in history["Contents"]]
     assert actions == ["promote"] * 3 + ["rollback"] * 2 + ["promote", "rollback"]
-    assert [m["version"] for m in storage.list_versions(bucket, name, "models")][0] == "20250101T020000Z"
+    assert [m["version"] for m in list_versions(bucket, name, "models")][0] == "20250101T020000Z"
 
 
 def test_latest_and_retention_follow_the_slot_not_the_upload_time(s3_env, tmp_path):
@@ -86,10 +91,10 @@ def test_latest_and_retention_follow_the_slot_not_the_upload_time(s3_env, tmp_pa
     # The 2 January slot runs on time; the 1 January slot is backfilled a month later.
     for version, created in (("20250102T020000Z", "2025-01-02T02:00:00+00:00"),
                              ("20250101T020000Z", "2025-02-01T09:00:00+00:00")):
-        storage.publish_files([shard], bucket=s3_env.bucket, prefix="datasets", name="backfilled", version=version,
-                              manifest={"created_at": created})
-    assert storage.resolve_version(s3_env.bucket, "backfilled") == "20250102T020000Z"
-    assert storage.apply_retention(s3_env.bucket, "backfilled", keep=1) == ["20250101T020000Z"]
+        publish_files([shard], bucket=s3_env.bucket, prefix="datasets", name="backfilled", version=version,
+                      manifest={"created_at": created})
+    assert resolve_version(s3_env.bucket, "backfilled") == "20250102T020000Z"
+    assert apply_retention(s3_env.bucket, "backfilled", keep=1) == ["20250101T020000Z"]
 
 
 def test_model_retention_keeps_production_and_the_models_of_kept_datasets(tiny_model_dir, s3_env, tmp_path):
@@ -99,12 +104,12 @@ def test_model_retention_keeps_production_and_the_models_of_kept_datasets(tiny_m
     registry.promote(bucket, name, versions[0])
     shard = tmp_path / "part-00000.parquet"
     shard.write_bytes(b"x")
-    storage.publish_files([shard], bucket=bucket, prefix="datasets", name="made-by-v2", version="v1",
-                          manifest={"model_uri": f"s3://{bucket}/models/{name}/{versions[1]}/"})
-    storage.publish_files([shard], bucket=bucket, prefix="datasets", name="made-by-v3", version="v1",
-                          manifest={"model": {"uri": f"s3://{bucket}/models/{name}/{versions[2]}/"}})
+    publish_files([shard], bucket=bucket, prefix="datasets", name="made-by-v2", version="v1",
+                  manifest={"model_uri": f"s3://{bucket}/models/{name}/{versions[1]}/"})
+    publish_files([shard], bucket=bucket, prefix="datasets", name="made-by-v3", version="v1",
+                  manifest={"model": {"uri": f"s3://{bucket}/models/{name}/{versions[2]}/"}})
     assert registry.apply_model_retention(bucket, name, keep=1) == [versions[3]]
-    assert [m["version"] for m in storage.list_versions(bucket, name, "models")] == versions[:3] + versions[4:]
+    assert [m["version"] for m in list_versions(bucket, name, "models")] == versions[:3] + versions[4:]
 
 
 # --- finding 2: the model actually used, never the checkout's -----------------------------------
@@ -118,8 +123,8 @@ def checkout(tiny_model_dir, s3_env, tmp_path, monkeypatch) -> Path:
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "eval.json").write_text('{"fd_ratio": 99.0}')
     try:
-        storage.publish_model(tiny_model_dir, bucket=s3_env.bucket, name="recorded", version="v1", manifest=PUBLISHED)
-    except storage.VersionExistsError:
+        publish_model(tiny_model_dir, bucket=s3_env.bucket, name="recorded", version="v1", manifest=PUBLISHED)
+    except VersionExistsError:
         pass  # published by the other test of this pair
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))
@@ -130,8 +135,8 @@ def test_a_dataset_from_a_fetched_model_records_that_model(checkout, tiny_model_
     from flows.generate import generate_flow
 
     generate_flow("params.yaml", version="from-fetched", bucket=s3_env.bucket, checkpoint="v1")
-    manifest = storage.read_manifest(s3_env.bucket, "recorded-synthetic", "from-fetched")
-    published = storage.read_manifest(s3_env.bucket, "recorded", "v1", "models")
+    manifest = read_manifest(s3_env.bucket, "recorded-synthetic", "from-fetched")
+    published = read_manifest(s3_env.bucket, "recorded", "v1", "models")
     generator = next(e for e in published["files"] if e["key"].endswith("/ema.safetensors"))
     assert manifest["model"] == {"uri": f"s3://{s3_env.bucket}/models/recorded/v1/", "version": "v1",
                                  "sha256": generator["sha256"], "metrics": PUBLISHED["metrics"],

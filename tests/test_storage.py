@@ -13,22 +13,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from botocore.exceptions import ClientError
 
-from gan_core import storage
-from gan_core.s3server import free_port, read_env_file, start_embedded, status_embedded, stop_embedded
-from gan_core.storage import (
+from gan_core.publication.publish import publish_dataset, publish_files
+from gan_core.publication.read import download_dataset, list_datasets, list_versions, read_manifest, resolve_version
+from gan_core.publication.s3 import (
     IntegrityError,
     StorageError,
     VersionExistsError,
     VersionNotFoundError,
-    download_dataset,
-    list_datasets,
-    list_versions,
-    publish_dataset,
-    read_manifest,
-    resolve_version,
+    s3_client,
     validate_name,
 )
+from gan_core.s3server import free_port, read_env_file, start_embedded, status_embedded, stop_embedded
 
 
 def write_shard(path: Path, seeds: range) -> Path:
@@ -91,7 +88,7 @@ def test_client_takes_endpoint_from_environment(s3_env, monkeypatch):
     assert s3_env.client.meta.config.s3["addressing_style"] == "path"
     assert s3_env.client.meta.config.retries == {"mode": "standard", "total_max_attempts": 5}
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")
-    assert storage.s3_client().meta.endpoint_url == "http://127.0.0.1:1"
+    assert s3_client().meta.endpoint_url == "http://127.0.0.1:1"
 
 
 def test_publish_list_download_round_trip(s3_env, shards, name, tmp_path):
@@ -166,7 +163,9 @@ def test_no_manifest_until_every_shard_is_uploaded(s3_env, shards, name):
     recorder = FlakyClient(s3_env.client)  # a retry succeeds, and the manifest still comes last
     publish_dataset(shards, bucket=s3_env.bucket, name=name, version="v1", manifest={}, client=recorder)
     folder = f"datasets/{name}/v1/"
-    assert recorder.keys_at_manifest == [folder + "_publishing.json"] + [folder + p.name for p in shards]
+    at_manifest = [k[len(folder):] for k in recorder.keys_at_manifest]
+    assert [k for k in at_manifest if not k.startswith("_")] == [p.name for p in shards]  # every shard in place
+    assert {"_commit.json", "_publishing.json"} <= set(at_manifest)  # the commit record, the claim
     assert [m["version"] for m in list_versions(s3_env.bucket, name)] == ["v1"]
     assert keys_under(s3_env, folder) == [folder + "_manifest.json"] + [folder + p.name for p in shards]
 
@@ -175,7 +174,7 @@ def test_failed_multipart_upload_is_aborted(s3_env, shards, name, monkeypatch, t
     monkeypatch.setenv("GANFORGE_S3_MULTIPART_MB", "5")  # parts of 5 MiB, S3's smallest
     big = tmp_path / "part-00002.parquet"
     big.write_bytes(os.urandom(12 * 2**20))  # three parts; describe() is not called for publish_files
-    client = storage.s3_client()
+    client = s3_client()
 
     def fail_second_part(params, **_):
         if params.get("PartNumber") == 2:
@@ -183,8 +182,8 @@ def test_failed_multipart_upload_is_aborted(s3_env, shards, name, monkeypatch, t
 
     client.meta.events.register("provide-client-params.s3.UploadPart", fail_second_part)
     with pytest.raises(StorageError, match="injected failure in part 2"):
-        storage.publish_files([shards[0], big], bucket=s3_env.bucket, prefix="models", name=name,
-                              version="v1", manifest={}, client=client)
+        publish_files([shards[0], big], bucket=s3_env.bucket, prefix="models", name=name,
+                      version="v1", manifest={}, client=client)
     pending = s3_env.client.list_multipart_uploads(Bucket=s3_env.bucket, Prefix=f"models/{name}/")
     assert pending.get("Uploads", []) == []
     assert keys_under(s3_env, f"models/{name}/") == []
@@ -200,7 +199,7 @@ def test_existing_version_is_refused(s3_env, shards, name, tmp_path):
 
     class MissesTheWinner(FlakyClient):  # the loser of a race checks before the winner commits
         def head_object(self, **kwargs):
-            raise storage.ClientError({"Error": {"Code": "404"}}, "HeadObject")
+            raise ClientError({"Error": {"Code": "404"}}, "HeadObject")
 
     late = MissesTheWinner(s3_env.client)
     with pytest.raises(VersionExistsError, match="already exists"):  # seen again once it holds the claim
@@ -296,3 +295,30 @@ def test_embedded_server_start_status_stop(tmp_path):
     finally:
         stop_embedded(state)
     assert not status_embedded(state)["running"]
+
+
+def test_a_publication_that_fails_after_its_commit_is_finished_by_the_retry(s3_env, shards, name):
+    client, failed = storage_client_failing_first_copy()
+    manifest = {"created_at": "2026-01-01T00:00:00+00:00"}  # a retried task's: the same inputs, the same manifest
+    with pytest.raises(ConnectionError, match="injected failure copying"):
+        publish_dataset(shards, bucket=s3_env.bucket, name=name, version="v1", manifest=manifest, client=client)
+    folder = f"datasets/{name}/v1/"
+    assert failed and list_versions(s3_env.bucket, name) == []  # committed, not yet in place: not a version
+    assert folder + "_commit.json" in keys_under(s3_env, folder)
+
+    assert publish_dataset(shards, bucket=s3_env.bucket, name=name, version="v1", manifest=manifest).endswith("/v1/")
+    entries = read_manifest(s3_env.bucket, name, "v1")["shards"]
+    assert [e["sha256"] for e in entries] == [sha256(p) for p in shards]
+    assert keys_under(s3_env, folder) == [folder + "_manifest.json"] + [folder + p.name for p in shards]
+
+
+def storage_client_failing_first_copy():
+    client, failed = s3_client(), []
+
+    def fail_once(params, **_) -> None:
+        if not failed:
+            failed.append(params["Key"])
+            raise ConnectionError(f"injected failure copying {params['Key']}")
+
+    client.meta.events.register("provide-client-params.s3.CopyObject", fail_once)
+    return client, failed

@@ -11,11 +11,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from gan_core import registry, storage
+from gan_core import registry
 from gan_core.config import ConfigError, parse_params
 from gan_core.errors import DataError
 from gan_core.fingerprint import data_fingerprint
 from gan_core.layout import Layout
+from gan_core.publication.publish import publish_model
+from gan_core.publication.read import download_dataset, list_versions, read_manifest
+from gan_core.publication.s3 import MANIFEST
 from gan_core.tables.data import load_prepared_table, prepare_table, prepared_kind
 from gan_core.tables.generate import added_columns
 from tests.helpers import ROOT, git_commit, make_project, run, tiny_project_params
@@ -155,7 +158,7 @@ def project(pipeline_env, tmp_path_factory) -> Path:
 
 
 def test_repro_publishes_a_table_shaped_like_the_input(project, pipeline_env, s3_server, s3_env, tmp_path):
-    versions = storage.list_versions(s3_server.bucket, NAME, client=s3_server.client())
+    versions = list_versions(s3_server.bucket, NAME, client=s3_server.client())
     assert len(versions) == 1
     manifest = versions[0]
     assert manifest["kind"] == "table" and manifest["schema_version"] == 1
@@ -245,13 +248,13 @@ def test_generate_publish_download_a_table_and_each_row_regenerates(trained_tabl
     summary = run_generate(params, layout.generated(params), layout)
     assert summary["class_counts"] == {"Adélie": 60, "Gentoo": 40, "Chin strap": 20}
     uri = run_publish(params, summary, "v1", s3_env.bucket, layout)
-    folder = storage.download_dataset(s3_env.bucket, DEPLOYED, "v1", tmp_path)  # every sha256 verified
+    folder = download_dataset(s3_env.bucket, DEPLOYED, "v1", tmp_path)  # every sha256 verified
     frame, real = pd.read_parquet(folder), hostile_table()
     assert frame.equals(pd.read_parquet(uri)) and len(frame) == 120
     assert list(frame.columns) == [*real.columns, "_seed", "_d_score"]
     assert frame.dtypes.iloc[:-2].to_dict() == real.dtypes.to_dict()
     assert frame["seed"].dtype == real["seed"].dtype  # the user's own `seed` column, untouched
-    manifest = json.loads((folder / storage.MANIFEST).read_text())
+    manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["added_columns"] == {"seed": "_seed", "d_score": "_d_score"} and manifest["kind"] == "table"
     assert [e["key"].rsplit("/", 1)[1] for e in manifest["files"]] == ["README.md", "report.html"]
     model = load_table_model(layout.model(params))
@@ -276,8 +279,8 @@ def test_a_scheduled_generation_publishes_a_table(server_env, table_model_dir, s
     generation = next(d for d in config["deployments"] if d["name"] == "batch-generation")
     generation["parameters"] |= {"dataset_name": DEPLOYED, "rejection": True}
     (project / "prefect.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    storage.publish_model(table_model_dir, bucket=s3_server.bucket, name="deploytable", version="v1", manifest={},
-                          client=s3_server.client())
+    publish_model(table_model_dir, bucket=s3_server.bucket, name="deploytable", version="v1", manifest={},
+                  client=s3_server.client())
     registry.promote(s3_server.bucket, "deploytable", "v1", client=s3_server.client())
     create_process_pools(server_env["PREFECT_API_URL"], ["cpu", "gpu"])
     run(["prefect", "--no-prompt", "deploy", "--all"], project, server_env)
@@ -287,7 +290,7 @@ def test_a_scheduled_generation_publishes_a_table(server_env, table_model_dir, s
         run_worker_once(project, server_env)
         assert client.read_flow_run(flow_run.id).state.is_completed()
     version = default_version(flow_run.expected_start_time.astimezone(dt.timezone.utc))
-    manifest = storage.read_manifest(s3_server.bucket, DEPLOYED, version, client=s3_server.client())
+    manifest = read_manifest(s3_server.bucket, DEPLOYED, version, client=s3_server.client())
     assert manifest["kind"] == "table" and manifest["model_uri"] == f"s3://{s3_server.bucket}/models/deploytable/v1/"
     assert manifest["class_counts"] == {"Adélie": 60, "Gentoo": 40, "Chin strap": 20}
     frame = pd.read_parquet(manifest_uri(s3_server.bucket, manifest))

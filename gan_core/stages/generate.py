@@ -6,7 +6,6 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from gan_core import storage
 from gan_core.card import CardSources
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params
@@ -15,6 +14,8 @@ from gan_core.images.generate import generate_dataset, generate_shard, plan_shar
 from gan_core.images.sampling import load_model, pick_device
 from gan_core.layout import Layout, default_version
 from gan_core.provenance import ModelSource, build_manifest, local_model, model_kind
+from gan_core.publication.publish import publish_dataset
+from gan_core.publication.s3 import EXTRA_FOLDER, validate_name, version_uri
 from gan_core.rejection import RejectionRule
 from gan_core.shards import ShardResult
 from gan_core.tables.card import write_table_card
@@ -84,7 +85,7 @@ def summarize_shards(params: Params, results: list[dict], rule: dict | None) -> 
 
 def publication_version(version: str | None) -> str:
     """VERSION checked before any work (a hostile one would otherwise fail only at upload), or the UTC time."""
-    return storage.validate_name("version", default_version() if version is None else version)
+    return validate_name("version", default_version() if version is None else version)
 
 
 def run_publish(params: Params, summary: dict, version: str, bucket: str, layout: Layout = Layout(),
@@ -92,12 +93,12 @@ def run_publish(params: Params, summary: dict, version: str, bucket: str, layout
     model = model or local_model(params, layout)
     manifest = build_manifest(params, summary, version, layout, model)
     shards = [Path(p) for p in summary["shard_files"]]
-    sources = CardSources(manifest, storage.version_uri(bucket, prefix, params.generate.name, version), shards,
+    sources = CardSources(manifest, version_uri(bucket, prefix, params.generate.name, version), shards,
                           layout.prepared(params), model.directory, layout.plots, params.generate.license)
     write = write_table_card if summary.get("kind") == "table" else write_card
-    card = write(shards[0].parent / storage.EXTRA_FOLDER, sources)
-    uri = storage.publish_dataset(shards, bucket=bucket, name=params.generate.name, version=version,
-                                  manifest=manifest, prefix=prefix, extra_files=card)
+    card = write(shards[0].parent / EXTRA_FOLDER, sources)
+    uri = publish_dataset(shards, bucket=bucket, name=params.generate.name, version=version,
+                          manifest=manifest, prefix=prefix, extra_files=card)
     # Beside the shards, wherever this run wrote them (the DVC out, or a run folder of its own).
     write_json_atomic(shards[0].parent / "_published.json", {"uri": uri, "version": version})
     return uri
@@ -105,4 +106,4 @@ def run_publish(params: Params, summary: dict, version: str, bucket: str, layout
 
 def card_uri(dataset_uri: str) -> str:
     """The report page of a published version's card (`ganforge show NAME --version V` fetches it)."""
-    return f"{dataset_uri.rstrip('/')}/{storage.EXTRA_FOLDER}/report.html"
+    return f"{dataset_uri.rstrip('/')}/{EXTRA_FOLDER}/report.html"
