@@ -14,7 +14,8 @@ from gan_core.stages.evaluate import run_evaluate
 @flow(name="evaluate")
 def evaluate_flow(params_path: str = "params.yaml", checkpoint: str | None = None, bucket: str | None = None,
                   prepare_data: bool = False, workdir: str | None = None) -> dict:
-    """checkpoint: None for the local models/<dataset>/, else "production", "latest", a version or an s3:// URI.
+    """checkpoint: None for the local models/<dataset>/ (in a deployment run's folder: the one it trained, never
+    the checkout's), else "production", "latest", a version or an s3:// URI.
 
     A published model's metrics are returned and reported, and written to .ganforge/evaluations/NAME/VERSION/.
     workdir: where to write (flows.runs.run_layout); a deployment run writes into a folder of its own.

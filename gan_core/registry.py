@@ -96,27 +96,26 @@ def published_generator_sha256(manifest: dict) -> str | None:
     return files.get(GENERATOR) or files.get(TABLE_GENERATOR)
 
 
-def _short(sha256: str | None) -> str:
-    return sha256[:12] if isinstance(sha256, str) else "none recorded"
+def _binding_miss(metrics: dict, model_sha256: str | None) -> str | None:
+    """Why METRICS cannot stand for the model whose generator has MODEL_SHA256, or None when they measured it."""
+    measured = metrics.get("generator_sha256")
+    if model_sha256 is not None and measured == model_sha256:
+        return None
+    short = [sha[:12] if isinstance(sha, str) else "none recorded" for sha in (measured, model_sha256)]
+    return (f"the metrics are not this model's: they measured generator sha256 {short[0]}, this model's is "
+            f"{short[1]} (evaluate this model first: `dvc repro evaluate`, or `ganforge evaluate`)")
 
 
 def check_model_gate(metrics: dict, gate: GateConfig, model_sha256: str | None) -> GateResult:
     """check_gate() of metrics that must have measured the model whose generator has MODEL_SHA256."""
-    measured = metrics.get("generator_sha256")
-    if model_sha256 is None or measured != model_sha256:
-        miss = (f"the metrics are not this model's: they measured generator sha256 {_short(measured)}, "
-                f"this model's is {_short(model_sha256)} (evaluate this model: `dvc repro evaluate`)")
-        return GateResult([miss])
-    return check_gate(metrics, gate)
+    miss = _binding_miss(metrics, model_sha256)
+    return GateResult([miss]) if miss else check_gate(metrics, gate)
 
 
 def require_measured(metrics: dict, model_dir: Path) -> None:
     """GateError unless METRICS measured the model in MODEL_DIR: a manifest never carries another model's."""
-    sha256 = model_identity(model_dir)["generator_sha256"]
-    if metrics.get("generator_sha256") != sha256:
-        raise GateError(f"{model_dir}: the metrics given measured generator sha256 "
-                        f"{_short(metrics.get('generator_sha256'))}, this model's is {_short(sha256)}: evaluate "
-                        f"this model first (`dvc repro evaluate`, or `ganforge evaluate`)")
+    if miss := _binding_miss(metrics, model_identity(model_dir)["generator_sha256"]):
+        raise GateError(f"{model_dir}: {miss}")
 
 
 def gate_published(bucket: str, name: str, version: str, gate: GateConfig, prefix: str = storage.MODELS_PREFIX,
@@ -141,7 +140,9 @@ def was_production(bucket: str, name: str, version: str, prefix: str = storage.M
     client = client or storage.s3_client()
     history = _alias_key(name, prefix=prefix).removesuffix(".json") + "-history/"
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=history)
-    return any(item["Key"].endswith(f"-{version}.json") for page in pages for item in page.get("Contents", []))
+    # Each entry is named TIMESTAMP-VERSION.json (TIMESTAMP has no '-'): see _set_production.
+    return any(item["Key"].rsplit("/", 1)[-1].split("-", 1)[-1] == f"{version}.json"
+               for page in pages for item in page.get("Contents", []))
 
 
 EXPERIMENTS = "experiments"  # flows.generate publishes `dvc exp run`'s datasets under experiments/EXP/datasets
