@@ -10,7 +10,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.report import report
 from flows.runs import remove_run_folder, run_layout, scheduled_version
-from flows.tasks import S3_RETRIES, fetch_model, prune, publish_once, published
+from flows.tasks import S3_RETRIES, check_dataset_model, fetch_model, prune, publish_once, published
 from gan_core.config import Params, load_params, override_params
 from gan_core.layout import bucket_from_env
 from gan_core.provenance import ModelSource, generation_inputs, local_model
@@ -100,6 +100,8 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
     if publish_to_s3 and (uri := published(bucket, prefix, name, version, generation_inputs(params, model))):
         report("generate", name, {"dataset": uri, "note": "already published by an earlier run of this schedule"})
         return uri
+    if publish_to_s3:  # before any work: only a model that passed the gate makes a dataset (experiments aside)
+        check_dataset_model(model, params.gate, prefix)
     summary = generate_shards(params, model.directory, layout.generated(params))
     uri = publish(params, summary, version, bucket, prefix, model) if publish_to_s3 else None
     if uri:

@@ -9,18 +9,11 @@ from prefect.tasks import exponential_backoff
 
 from flows.report import flatten
 from gan_core import registry
-from gan_core.config import ConfigError
+from gan_core.config import ConfigError, GateConfig
 from gan_core.provenance import ModelSource
 from gan_core.publication.read import read_manifest
 from gan_core.publication.retention import apply_retention
-from gan_core.publication.s3 import (
-    MODELS_PREFIX,
-    StorageError,
-    VersionBusyError,
-    VersionExistsError,
-    VersionNotFoundError,
-    version_uri,
-)
+from gan_core.publication.s3 import MODELS_PREFIX, StorageError, VersionBusyError, VersionExistsError, VersionNotFoundError, version_uri
 from gan_core.registry import fetch_published_model
 
 
@@ -28,7 +21,8 @@ def _transient(task, task_run, state) -> bool:
     # Refusals (a bad name, a missing version, a corrupt file, a bad parameter) do not heal by
     # waiting; network errors and a version that another run is still publishing may.
     error = state.data
-    return isinstance(error, VersionBusyError) or not isinstance(error, (StorageError, ConfigError))
+    return isinstance(error, VersionBusyError) or not isinstance(
+        error, (StorageError, ConfigError, registry.GateError))
 
 
 # For tasks whose side effect is an S3 call, never for training: 2, 4, 8 s apart, each +-50 %
@@ -83,3 +77,19 @@ def prune(bucket: str, prefix: str, name: str, keep_last: int) -> list[str]:
         deleted = apply_retention(bucket, name, keep_last, prefix)
     get_run_logger().info("retention (keep %d): deleted %s", keep_last, deleted or "nothing")
     return deleted
+
+
+@task(**S3_RETRIES)
+def gate_published(bucket: str, name: str, version: str, gate: GateConfig) -> tuple[registry.GateResult, dict]:
+    return registry.gate_published(bucket, name, version, gate)
+
+
+@task(**S3_RETRIES)
+def was_production(bucket: str, name: str, version: str) -> bool:
+    return registry.was_production(bucket, name, version)
+
+
+@task(**S3_RETRIES)
+def check_dataset_model(model: ModelSource, gate: GateConfig, prefix: str) -> None:
+    """Before any generation: a dataset is published only from a model that passed the gate (registry)."""
+    registry.check_dataset_model(model, gate, prefix)

@@ -11,7 +11,7 @@ from flows.evaluate import evaluate_flow
 from flows.prepare import prepare_flow
 from flows.report import artifact_key, report
 from flows.runs import remove_run_folder, run_layout, scheduled_version, use_checkout_data
-from flows.tasks import S3_RETRIES, prune, publish_once, published
+from flows.tasks import S3_RETRIES, gate_published, prune, publish_once, published, was_production
 from gan_core import registry
 from gan_core.config import Params, load_params
 from gan_core.layout import Layout, bucket_from_env
@@ -32,10 +32,11 @@ def promote(bucket: str, name: str, version: str) -> dict:
     return registry.promote(bucket, name, version)
 
 
-def gate(params: Params, bucket: str, version: str, metrics: dict) -> None:
-    """Move `production` to VERSION when its metrics pass params' gate; else fail the run, production unchanged."""
+def gate(params: Params, bucket: str, version: str) -> None:
+    """Move `production` to published VERSION when its own metrics (bound to its generator) pass params' gate;
+    else fail the run, production unchanged."""
     name = params.prepare.dataset
-    result = registry.check_gate(metrics, params.gate)
+    result, metrics = gate_published(bucket, name, version, params.gate)
     create_markdown_artifact(result.markdown(name, version, metrics, params.gate),
                              key=artifact_key(f"gate-{name}"),
                              description=f"quality gate {name} {version}")
@@ -43,6 +44,15 @@ def gate(params: Params, bucket: str, version: str, metrics: dict) -> None:
         raise registry.gate_error(name, version, result)
     promote(bucket, name, version)
     get_run_logger().info("model %s %s passed the gate: now production", name, version)
+
+
+def gate_once(params: Params, bucket: str, version: str) -> None:
+    """The gate of a rerun whose model an earlier run published: that run may have stopped before its gate.
+    A version that was ever production passed (or was forced) and stays where the alias history left it."""
+    if was_production(bucket, params.prepare.dataset, version):
+        get_run_logger().info("model %s %s already went through the gate", params.prepare.dataset, version)
+        return
+    gate(params, bucket, version)
 
 
 @flow(name="train-and-publish")
@@ -59,6 +69,7 @@ def training_flow(params_path: str = "params.yaml", resume: bool = False, prepar
     layout = run_layout()  # a deployment run trains in a folder of its own, never in the checkout's DVC outputs
     if publish and (uri := published(bucket, MODELS_PREFIX, name, version, training_inputs(params))):
         report("train", name, {"model": uri, "note": "already published by an earlier run of this schedule"})
+        gate_once(params, bucket, version)
         return {"model_uri": uri}
     if prepare_data:  # a fresh worker host has no prepared data yet
         prepare_flow(params_path, str(layout.root))
@@ -74,7 +85,7 @@ def training_flow(params_path: str = "params.yaml", resume: bool = False, prepar
             prune(bucket, MODELS_PREFIX, name, keep_last)
     report("train", name, {"model_uri": f"{layout.model(params)}/ (not published)", **summary, "metrics": metrics})
     if publish:
-        gate(params, bucket, version, metrics)
+        gate(params, bucket, version)
     return summary
 
 

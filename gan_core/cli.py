@@ -84,9 +84,13 @@ def generate_params(args):
 @command
 def cmd_generate(args) -> object:
     from gan_core.layout import Layout, bucket_from_env
+    from gan_core.provenance import local_model
+    from gan_core.registry import check_dataset_model
     from gan_core.stages.generate import publication_version, run_generate, run_publish
     params = generate_params(args)
     version = None if args.no_publish else publication_version(args.version)
+    if not args.no_publish:  # before any work: only a model that passed the gate makes a dataset
+        check_dataset_model(local_model(params), params.gate, "datasets")
     summary = run_generate(params, Layout().generated(params))
     if args.no_publish:
         return summary
@@ -139,8 +143,10 @@ def cmd_models(args) -> object:
     bucket, name = args.bucket or bucket_from_env(), args.name or load_params(args.params).prepare.dataset
     if args.action == "list":
         return registry.list_models(bucket, name)
-    if args.action == "promote":
-        return registry.promote(bucket, name, args.version)
+    if args.action == "promote":  # through the gate, on the version's own metrics, unless a person forces it
+        if args.force:
+            return registry.promote(bucket, name, args.version, forced=True)
+        return registry.promote_if_passing(bucket, name, args.version, load_params(args.params).gate)
     if args.action == "rollback":
         return registry.rollback(bucket, name)
     if args.action in ("pin", "unpin"):
@@ -159,8 +165,8 @@ def _publish_model(args, bucket: str, name: str) -> dict:
     if name != params.prepare.dataset:
         raise ValueError(f"--name {name}: publish sends the local models/{params.prepare.dataset}/ under its own name")
     version, metrics = publication_version(args.version), read_metrics(layout.metrics)
-    uri = run_publish_model(params, version, bucket, metrics, layout)
-    promoted = registry.promote_if_passing(bucket, name, version, metrics, params.gate) if args.promote else None
+    uri = run_publish_model(params, version, bucket, metrics, layout)  # refuses another model's metrics
+    promoted = registry.promote_if_passing(bucket, name, version, params.gate) if args.promote else None
     return {"model": uri, "production": promoted}
 
 
@@ -232,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     actions = models.add_subparsers(dest="action", required=True)
     actions.add_parser("list", help="versions with their metrics, and which one is production").add_argument(
         "name", nargs="?")
-    actions.add_parser("promote", help="make a complete version production").add_argument("version")
+    promote = actions.add_parser("promote", help="make a complete version production if its metrics pass params' gate")
+    promote.add_argument("version")
+    promote.add_argument("--force", action="store_true", help="promote it even though it misses the gate")
     actions.add_parser("rollback", help="production back to the version it had before")
     actions.add_parser("pin", help="keep a version from retention until unpinned").add_argument("version")
     actions.add_parser("unpin", help="let retention have a pinned version again").add_argument("version")

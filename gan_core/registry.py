@@ -9,6 +9,9 @@ with (two promotions at once: the later one reads again), and only ever names a 
 `previous` list is a stack of earlier production versions that `rollback` pops. Retention never deletes the
 production version, its `previous` list or a pinned version; promote and retention each check again after
 writing (gan_core.publication.retention), so neither can leave the alias naming a deleted version.
+`previous` list is a stack of earlier production versions that `rollback` pops.
+The gate reads metrics bound to the model they measured (its generator's sha256, recorded by the evaluation):
+a model is never promoted, nor a dataset published from it, on another model's numbers.
 """
 
 from __future__ import annotations
@@ -17,27 +20,16 @@ import datetime as dt
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
+from gan_core.checkpoint import read_metrics, sha256_file
 from gan_core.config import GateConfig, Params
 from gan_core.layout import Layout, model_cache_dir
-from gan_core.provenance import ModelSource, provenance, training_inputs
+from gan_core.provenance import GENERATOR, TABLE_GENERATOR, ModelSource, generator_file, provenance, training_inputs
 from gan_core.publication.publish import publish_model
 from gan_core.publication.read import fetch_model, list_datasets, list_versions, read_manifest
 from gan_core.publication.retention import apply_retention
-from gan_core.publication.s3 import (
-    MANIFEST,
-    MODELS_PREFIX,
-    StorageError,
-    VersionNotFoundError,
-    put_if,
-    read_object,
-    read_object_tagged,
-    require_conditional_writes,
-    s3_client,
-    validate_name,
-    version_prefix,
-    version_uri,
-)
+from gan_core.publication.s3 import MANIFEST, MODELS_PREFIX, StorageError, VersionNotFoundError, put_if, read_object, read_object_tagged, require_conditional_writes, s3_client, validate_name, version_prefix, version_uri
 
 PRODUCTION = "production"
 ALIASES = "_aliases"  # '_': never a version name (s3.NAME_RE), so listing versions skips it
@@ -89,16 +81,96 @@ def check_gate(metrics: dict, gate: GateConfig) -> GateResult:
 
 def gate_error(name: str, version: str, result: GateResult) -> GateError:
     return GateError(f"model {name} {version} is published but not promoted, the quality gate failed: "
-                     f"{'; '.join(result.misses)}")
+                     f"{'; '.join(result.misses)} (`ganforge models promote {version} --name {name} --force` "
+                     f"promotes it anyway)")
 
 
-def promote_if_passing(bucket: str, name: str, version: str, metrics: dict, gate: GateConfig,
-                       prefix: str = MODELS_PREFIX, client=None) -> dict:
-    """promote() when METRICS pass GATE; otherwise GateError naming what missed, production unchanged."""
-    result = check_gate(metrics, gate)
+# Metrics are bound to the model they measured: the gate never passes a model on another one's evaluation.
+
+def model_identity(model_dir: Path) -> dict:
+    """What an evaluation records about the model it measured: its generator's sha256 (the weights generation
+    samples from) and the step it was exported at."""
+    model_dir = Path(model_dir)
+    return {"generator_sha256": sha256_file(model_dir / generator_file(model_dir)),
+            "step": read_metrics(model_dir / "meta.json").get("step")}
+
+
+def published_generator_sha256(manifest: dict) -> str | None:
+    """The sha256 a published model's manifest lists for its generator: an image model's ema.safetensors, else a
+    table model's generator.safetensors (an image model's generator.safetensors holds the raw, non-EMA G)."""
+    files = {entry["key"].rsplit("/", 1)[-1]: entry.get("sha256") for entry in manifest.get("files") or []}
+    return files.get(GENERATOR) or files.get(TABLE_GENERATOR)
+
+
+def _binding_miss(metrics: dict, model_sha256: str | None) -> str | None:
+    """Why METRICS cannot stand for the model whose generator has MODEL_SHA256, or None when they measured it."""
+    measured = metrics.get("generator_sha256")
+    if model_sha256 is not None and measured == model_sha256:
+        return None
+    short = [sha[:12] if isinstance(sha, str) else "none recorded" for sha in (measured, model_sha256)]
+    return (f"the metrics are not this model's: they measured generator sha256 {short[0]}, this model's is "
+            f"{short[1]} (evaluate this model first: `dvc repro evaluate`, or `ganforge evaluate`)")
+
+
+def check_model_gate(metrics: dict, gate: GateConfig, model_sha256: str | None) -> GateResult:
+    """check_gate() of metrics that must have measured the model whose generator has MODEL_SHA256."""
+    miss = _binding_miss(metrics, model_sha256)
+    return GateResult([miss]) if miss else check_gate(metrics, gate)
+
+
+def require_measured(metrics: dict, model_dir: Path) -> None:
+    """GateError unless METRICS measured the model in MODEL_DIR: a manifest never carries another model's."""
+    if miss := _binding_miss(metrics, model_identity(model_dir)["generator_sha256"]):
+        raise GateError(f"{model_dir}: {miss}")
+
+
+def gate_published(bucket: str, name: str, version: str, gate: GateConfig, prefix: str = MODELS_PREFIX,
+                   client=None) -> tuple[GateResult, dict]:
+    """The gate on published VERSION: its manifest's metrics, bound to the generator S3 holds; and those metrics."""
+    manifest = read_manifest(bucket, name, version, prefix, client)
+    metrics = manifest.get("metrics") or {}
+    return check_model_gate(metrics, gate, published_generator_sha256(manifest)), metrics
+
+
+def promote_if_passing(bucket: str, name: str, version: str, gate: GateConfig, prefix: str = MODELS_PREFIX,
+                       client=None) -> dict:
+    """promote() when published VERSION's own metrics pass GATE; otherwise GateError naming what missed."""
+    result, _ = gate_published(bucket, name, version, gate, prefix, client)
     if not result.passed:
         raise gate_error(name, version, result)
     return promote(bucket, name, version, prefix, client)
+
+
+def was_production(bucket: str, name: str, version: str, prefix: str = MODELS_PREFIX, client=None) -> bool:
+    """Whether VERSION was ever made production (the alias history names it): its gate ran, or it was forced."""
+    client = client or s3_client()
+    history = _alias_key(name, prefix=prefix).removesuffix(".json") + "-history/"
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=history)
+    # Each entry is named TIMESTAMP-VERSION.json (TIMESTAMP has no '-'): see _set_production.
+    return any(item["Key"].rsplit("/", 1)[-1].split("-", 1)[-1] == f"{version}.json"
+               for page in pages for item in page.get("Contents", []))
+
+
+EXPERIMENTS = "experiments"  # flows.generate publishes `dvc exp run`'s datasets under experiments/EXP/datasets
+
+
+def check_dataset_model(model: ModelSource, gate: GateConfig, prefix: str) -> None:
+    """GateError unless a dataset from MODEL may be published to PREFIX: the production model (the gate moved
+    it there, or a person forced it), or a model whose own metrics pass GATE. Experiments are exempt: their
+    datasets never become `latest` of datasets/."""
+    if prefix.split("/", 1)[0] == EXPERIMENTS:
+        return
+    if model.uri:
+        bucket, model_prefix, name, version = parse_checkpoint(model.uri, "", "")
+        alias = read_alias(bucket, name, model_prefix)
+        if alias is not None and alias["version"] == version:
+            return
+    result = check_model_gate(model.metrics, gate, model_identity(model.directory)["generator_sha256"])
+    if not result.passed:
+        where = model.uri or f"{model.directory} (metrics/eval.json)"
+        raise GateError(f"no dataset published: model {where} missed the quality gate: {'; '.join(result.misses)}. "
+                        f"Publish from a model that passed (checkpoint production), or keep the shards local "
+                        f"(`ganforge generate --no-publish`)")
 
 
 # --- the production alias -------------------------------------------------------------------
@@ -175,13 +247,16 @@ def _swap(bucket: str, name: str, prefix: str, client, change) -> dict:
     raise StorageError(f"the production alias of model '{name}' kept changing under this promotion: retry")
 
 
-def promote(bucket: str, name: str, version: str, prefix: str = MODELS_PREFIX, client=None) -> dict:
-    """Make complete VERSION the production model of NAME; the one it replaces can be rolled back to."""
+def promote(bucket: str, name: str, version: str, prefix: str = MODELS_PREFIX, client=None,
+            forced: bool = False) -> dict:
+    """Make complete VERSION the production model of NAME; the one it replaces can be rolled back to.
+
+    No gate here (promote_if_passing gates); forced: a person promoted it past the gate, as the alias records."""
     def change(current: dict | None) -> tuple[str, list[str], str]:
         previous = [] if current is None else current["previous"]
         if current is not None and current["version"] != version:
             previous = [v for v in previous if v != current["version"]] + [current["version"]]
-        return version, previous, "promote"
+        return version, previous, "promote --force" if forced else "promote"
 
     return _swap(bucket, name, prefix, client or s3_client(), change)
 
@@ -250,6 +325,7 @@ def in_production(bucket: str, name: str, prefix: str = MODELS_PREFIX, client=No
 def run_publish_model(params: Params, version: str, bucket: str, metrics: dict, layout: Layout = Layout(),
                       prefix: str = MODELS_PREFIX) -> str:
     """Publish models/<dataset>/ as s3://BUCKET/models/<dataset>/VERSION/ with its evaluation metrics."""
+    require_measured(metrics, layout.model(params))  # before any upload
     manifest = {**provenance(params, layout), "metrics": metrics, "inputs": training_inputs(params)}
     return publish_model(layout.model(params), bucket=bucket, name=params.prepare.dataset,
                          version=version, manifest=manifest, prefix=prefix)

@@ -19,12 +19,14 @@ fi
 # shellcheck source=scripts/local_prefect.sh
 source scripts/local_prefect.sh
 start_local_prefect_server
+# The generate stage publishes a dataset only from a model whose metrics/eval.json (bound to it by its sha256)
+# passes params.yaml's gate: a model that misses it stops `dvc repro` there, visibly, with nothing published.
 dvc repro
 # Prepared data, models and the user's data/raw to the remote: another clone with the same S3 and
 # this dvc.lock gets them back with `dvc pull`.
 dvc push
-# The model just trained, published and made production if it passes params.yaml's gate: the nightly
-# generate/batch-generation uses production. A model that misses the gate stops here, visibly.
+# The model just trained, published and made production (it passed params.yaml's gate above): the nightly
+# generate/batch-generation uses production.
 ganforge models publish --promote >/dev/null
 
 name=$(python -c "from gan_core.config import load_params; print(load_params().generate.name)")

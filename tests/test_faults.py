@@ -44,6 +44,7 @@ from gan_core.publication.s3 import MANIFEST, StorageError, VersionBusyError, Ve
 from gan_core.s3server import SeaweedServer
 from tests.faultproxy import FaultProxy
 from tests.helpers import ROOT, committed_project, prepared_digits, run, tiny_params, tiny_project_params, use_aws_env
+from tests.helpers import bound_metrics
 
 
 def sha256(path: Path) -> str:
@@ -96,7 +97,7 @@ def model_project(prepared, tmp_path_factory) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     train(load_params(root / "params.yaml"), prepared, root / "models" / "digits", progress=False)
     (root / "metrics").mkdir()
-    (root / "metrics" / "eval.json").write_text(json.dumps({"d_auc": 0.5}))
+    (root / "metrics" / "eval.json").write_text(json.dumps(bound_metrics(root / "models" / "digits")))
     return root
 
 

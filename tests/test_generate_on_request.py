@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -19,7 +20,7 @@ from gan_core.images.generate import generate_dataset
 from gan_core.images.sampling import generate_and_score, load_model, sample_images
 from gan_core.publication.read import download_dataset, read_manifest
 from gan_core.shards import shard_quotas
-from tests.helpers import tiny_params
+from tests.helpers import bound_metrics, tiny_params
 
 COUNTS = {3: 50, 7: 20}
 
@@ -39,6 +40,8 @@ def project(root: Path, model_dir: Path, **overrides) -> Path:
     params = tiny_params(**overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
     shutil.copytree(model_dir, root / "models" / params.prepare.dataset)
+    (root / "metrics").mkdir()  # its evaluation: a dataset is published only from a model that passed the gate
+    (root / "metrics" / "eval.json").write_text(json.dumps(bound_metrics(model_dir)))
     return root
 
 

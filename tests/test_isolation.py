@@ -13,7 +13,7 @@ import yaml
 from gan_core.publication.publish import publish_files, publish_model
 from gan_core.publication.read import download_dataset, read_manifest
 from gan_core.publication.s3 import MODELS_PREFIX, VersionExistsError
-from tests.helpers import tiny_project_params
+from tests.helpers import bound_metrics, tiny_project_params
 
 SENTINEL = b"the checkout's DVC output"
 
@@ -32,7 +32,8 @@ def write_project_params(path: Path, dataset: str, **generate) -> Path:
 def checkout(tiny_model_dir, s3_env, tmp_path, monkeypatch) -> tuple[Path, str]:
     """A checkout whose DVC outputs hold sentinel bytes; its model (dataset iso<hex>) only in S3 as v1."""
     dataset, root = f"iso{secrets.token_hex(4)}", tmp_path / "checkout"
-    publish_model(tiny_model_dir, bucket=s3_env.bucket, name=dataset, version="v1", manifest={})
+    publish_model(tiny_model_dir, bucket=s3_env.bucket, name=dataset, version="v1",
+                          manifest={"metrics": bound_metrics(tiny_model_dir)})  # it passed the gate
     for relpath in (f"data/generated/{dataset}/part-00000.parquet", "metrics/eval.json", "plots/losses.csv"):
         (root / relpath).parent.mkdir(parents=True, exist_ok=True)
         (root / relpath).write_bytes(SENTINEL)

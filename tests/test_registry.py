@@ -17,7 +17,7 @@ from gan_core.publication.read import list_versions, read_manifest, resolve_vers
 from gan_core.publication.retention import apply_retention
 from gan_core.publication.s3 import VersionExistsError, VersionNotFoundError, read_object, read_object_tagged
 from gan_core.registry import fetch_published_model
-from tests.helpers import tiny_params
+from tests.helpers import bound_metrics, tiny_params
 
 GOOD = {"fd_ratio": 1.3, "utility": 0.97, "label_consistency": 0.98, "memorisation": 0.001}
 PUBLISHED = {"metrics": {"fd_ratio": 1.25, "utility": 0.95}, "git": {"revision": "abc123", "dirty": False},
@@ -123,7 +123,8 @@ def checkout(tiny_model_dir, s3_env, tmp_path, monkeypatch) -> Path:
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "eval.json").write_text('{"fd_ratio": 99.0}')
     try:
-        publish_model(tiny_model_dir, bucket=s3_env.bucket, name="recorded", version="v1", manifest=PUBLISHED)
+        publish_model(tiny_model_dir, bucket=s3_env.bucket, name="recorded", version="v1",
+                              manifest={**PUBLISHED, "metrics": bound_metrics(tiny_model_dir, **PUBLISHED["metrics"])})
     except VersionExistsError:
         pass  # published by the other test of this pair
     monkeypatch.chdir(tmp_path)
@@ -138,10 +139,11 @@ def test_a_dataset_from_a_fetched_model_records_that_model(checkout, tiny_model_
     manifest = read_manifest(s3_env.bucket, "recorded-synthetic", "from-fetched")
     published = read_manifest(s3_env.bucket, "recorded", "v1", "models")
     generator = next(e for e in published["files"] if e["key"].endswith("/ema.safetensors"))
+    assert published["metrics"]["fd_ratio"] == PUBLISHED["metrics"]["fd_ratio"]
     assert manifest["model"] == {"uri": f"s3://{s3_env.bucket}/models/recorded/v1/", "version": "v1",
-                                 "sha256": generator["sha256"], "metrics": PUBLISHED["metrics"],
+                                 "sha256": generator["sha256"], "metrics": published["metrics"],
                                  "provenance": {k: PUBLISHED[k] for k in ("git", "dvc", "params")}}
-    assert manifest["metrics"] == PUBLISHED["metrics"] and manifest["generator_sha256"] == generator["sha256"]
+    assert manifest["metrics"] == published["metrics"] and manifest["generator_sha256"] == generator["sha256"]
     # The checkout's model, its DVC hash and its training params describe another model: left out.
     assert manifest["dvc"] == {} and list(manifest["params"]) == ["generate"]
 
@@ -160,17 +162,17 @@ def test_evaluating_a_fetched_model_leaves_the_checkouts_metrics_alone(checkout,
 # --- finding 10: `make run` publishes and promotes its model -------------------------------------
 
 def test_models_publish_promotes_only_through_the_gate(checkout, s3_env, capsys):
-    (checkout / "metrics" / "eval.json").write_text(json.dumps(GOOD))
     name = "published-by-cli"
     params = yaml.safe_load((checkout / "params.yaml").read_text())
     params["prepare"]["dataset"] = name
     params["gate"] = GateConfig().model_dump()  # params.yaml's thresholds, not the tiny config's loose ones
     (checkout / "params.yaml").write_text(yaml.safe_dump(params))
     shutil.copytree(checkout / "models" / "recorded", checkout / "models" / name)
+    (checkout / "metrics" / "eval.json").write_text(json.dumps(bound_metrics(checkout / "models" / name, **GOOD)))
     bucket = ["--bucket", s3_env.bucket]
     assert cli.main(["models", "publish", "--promote", "--version", "20250101T020000Z", *bucket]) == 0
     assert registry.production_version(s3_env.bucket, name) == "20250101T020000Z"
-    (checkout / "metrics" / "eval.json").write_text(json.dumps({**GOOD, "fd_ratio": 7.0}))
+    (checkout / "metrics" / "eval.json").write_text(json.dumps(bound_metrics(checkout / "models" / name, fd_ratio=7.0)))
     capsys.readouterr()
     assert cli.main(["models", "publish", "--promote", "--version", "20250102T020000Z", *bucket]) == 1
     assert "not promoted, the quality gate failed: fd_ratio 7 > 2.0" in capsys.readouterr().err

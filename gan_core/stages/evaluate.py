@@ -14,6 +14,7 @@ from gan_core.config import Params
 from gan_core.images.evaluate import build_context, evaluate, rejection_table
 from gan_core.images.sampling import load_model, pick_device
 from gan_core.layout import Layout, grid_file_names
+from gan_core.registry import model_identity
 from gan_core.rejection import logit_to_score
 from gan_core.scores import score_summary, write_score_histogram
 from gan_core.shards import shard_seeds
@@ -32,10 +33,15 @@ def run_evaluate(params: Params, layout: Layout = Layout(), model_dir: Path | No
     for folder in PLOT_FOLDERS:
         (plots / folder).mkdir(parents=True, exist_ok=True)
     if provenance.model_kind(directory) == "table":
-        return evaluate_table_model(directory, layout.prepared(params), params, metrics_path, plots)
-    model = load_model(directory, pick_device(params.train.device))
-    return evaluate(model, layout.prepared(params), params, metrics_path, plots, layout.feature_cache,
-                    layout.baseline_cache)
+        metrics = evaluate_table_model(directory, layout.prepared(params), params, metrics_path, plots)
+    else:
+        model = load_model(directory, pick_device(params.train.device))
+        metrics = evaluate(model, layout.prepared(params), params, metrics_path, plots, layout.feature_cache,
+                           layout.baseline_cache)
+    # Bound to the model measured (its generator's sha256, its step): the gate refuses another model's metrics.
+    metrics = {**metrics, **model_identity(directory)}
+    write_json_atomic(metrics_path, metrics)
+    return metrics
 
 
 def run_rejection_table(params: Params, targets: list[float], layout: Layout = Layout()) -> list[dict]:
