@@ -98,9 +98,16 @@ def infer_kind(series: pd.Series) -> str:
         # An integer column with missing values reads as float.
         return "integer" if len(values) and (values == values.round()).all() and values.abs().max() < 2**53 \
             else "continuous"
-    if series.dtype == object and len(values) and values.map(type).eq(str).all() and _iso_dates(values):
+    if is_text(series) and len(values) and _iso_dates(values.astype(str)):
         return "datetime"
     return "categorical"
+
+
+def is_text(series: pd.Series) -> bool:
+    """Strings, held as object (pandas 2) or as the `str` / `string` dtype (pandas 3 reads CSV text so)."""
+    if ptypes.is_string_dtype(series.dtype) and not isinstance(series.dtype, pd.CategoricalDtype):
+        return bool(series.dropna().map(type).eq(str).all())
+    return False
 
 
 def _iso_dates(values: pd.Series) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pandas.api import types as ptypes
 
 from gan_core.tables.schema import DISCRETE, TableError, TableSchema
 
@@ -41,19 +42,47 @@ def _scalar(value):
     return value if isinstance(value, (str, bool, int, float)) or value is None else str(value)
 
 
-def _as_seconds(series: pd.Series) -> np.ndarray:
-    """A datetime column (datetime64 or ISO strings) as float seconds since 1970 UTC; NaN where missing."""
-    stamps = pd.to_datetime(series, format="ISO8601", utc=True) if series.dtype == object else series
+def text_date_format(series: pd.Series) -> str | None:
+    """The strftime format most of a text date column's values are written in (None: no single one)."""
+    from pandas.tseries.api import guess_datetime_format
+
+    sample = series.dropna().astype(str).iloc[:200]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "dayfirst" hints: the format found is what counts
+        formats = sample.map(guess_datetime_format).dropna()
+    return str(formats.mode().iloc[0]) if len(formats) else None
+
+
+def parse_dates(series: pd.Series, fmt: str | None = None) -> pd.Series:
+    """A datetime column as datetime64: itself, or its text parsed (FMT, ISO 8601, then any format pandas reads)."""
+    if ptypes.is_datetime64_any_dtype(series.dtype):
+        return series
+    text = series.astype("object").where(series.notna(), None)
+    for attempt in ([fmt] if fmt else []) + ["ISO8601", "mixed"]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return pd.to_datetime(text, format=attempt, utc=True)
+        except (ValueError, TypeError):
+            continue
+    bad = next((v for v in text.dropna() if pd.isna(pd.to_datetime(v, errors="coerce"))), None)
+    raise TableError(f"column {series.name!r}: {bad!r} is not a date; set prepare.columns: {{{series.name}: "
+                     "categorical}} or fix the value")
+
+
+def _as_seconds(series: pd.Series, fmt: str | None = None) -> np.ndarray:
+    """A datetime column (datetime64 or date text) as float seconds since 1970 UTC; NaN where missing."""
+    stamps = parse_dates(series, fmt)
     if getattr(stamps.dt, "tz", None) is None:
         stamps = stamps.dt.tz_localize("UTC")
     ns = stamps.astype("datetime64[ns, UTC]").astype("int64").to_numpy().astype(np.float64)
     return np.where(stamps.isna().to_numpy(), np.nan, ns / 1e9)
 
 
-def numeric_values(series: pd.Series, kind: str) -> np.ndarray:
+def numeric_values(series: pd.Series, kind: str, date_format: str | None = None) -> np.ndarray:
     """A continuous, integer or datetime column as float64, NaN where missing."""
     if kind == "datetime":
-        return _as_seconds(series)
+        return _as_seconds(series, date_format)
     return pd.to_numeric(series, errors="coerce").astype("float64").to_numpy()
 
 
@@ -118,12 +147,13 @@ class TableTransformer:
                 col["categories"] = [_scalar(v) for v in counts.index]
                 col["counts"] = [int(n) for n in counts.to_numpy()] + ([int(series.isna().sum())] if col["nullable"] else [])
             else:
-                values = numeric_values(series, spec.kind)
+                if spec.kind == "datetime" and not ptypes.is_datetime64_any_dtype(series.dtype):
+                    col |= {"as_text": True, "text_format": text_date_format(series)}
+                values = numeric_values(series, spec.kind, col.get("text_format"))
                 col |= fit_mixture(values, max_components, seed)
                 if spec.kind == "datetime":
                     seconds = values[~np.isnan(values)]
                     col["unit"] = "D" if len(seconds) and np.all(seconds % 86400 == 0) else "s"
-                    col["as_text"] = series.dtype == object
             columns.append(col)
         return cls(columns)
 
@@ -248,7 +278,7 @@ def _encode_discrete(col: dict, series: pd.Series) -> np.ndarray:
 
 
 def _encode_numeric(col: dict, series: pd.Series, rng: np.random.Generator) -> np.ndarray:
-    values = numeric_values(series, col["kind"])
+    values = numeric_values(series, col["kind"], col.get("text_format"))
     null = np.isnan(values)
     z = (np.where(null, col["center"], values) - col["center"]) / col["scale"]
     means, stds, weights = (np.asarray(col[k]) for k in ("means", "stds", "weights"))
@@ -276,8 +306,9 @@ def _restore(col: dict, values: np.ndarray) -> pd.Series:
     if col["kind"] == "datetime":
         stamps = pd.Series(pd.to_datetime(values, unit="s", utc=True))
         if col.get("as_text"):
-            fmt = "%Y-%m-%d" if col["unit"] == "D" else "%Y-%m-%d %H:%M:%S"
-            return pd.Series(np.where(stamps.isna(), None, stamps.dt.strftime(fmt)), dtype=object)
+            fmt = col.get("text_format") or ("%Y-%m-%d" if col["unit"] == "D" else "%Y-%m-%d %H:%M:%S")
+            text = pd.Series(np.where(stamps.isna(), None, stamps.dt.strftime(fmt)), dtype=object)
+            return text if dtype == "object" else _astype(text, dtype, col)
         tz = pd.DatetimeTZDtype(tz=dtype.split(", ", 1)[1].rstrip("]")) if ", " in dtype else None
         stamps = stamps.dt.tz_convert(tz.tz) if tz is not None else stamps.dt.tz_localize(None)
         return _astype(stamps, dtype, col)
