@@ -111,7 +111,7 @@ def test_table_params_parse_and_name_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match=r"prepare\.target: no column 'speciess'"):
         run_prepare(wrong, layout)
     images = parse_params({"prepare": {"target": "species"}})
-    with pytest.raises(DataError, match=r"prepare\.target is for a table source"):
+    with pytest.raises(DataError, match=r"prepare\.target is for a table source .* set prepare\.target: null$"):
         run_prepare(images, layout)
 
 
@@ -259,6 +259,12 @@ def test_generate_publish_download_a_table_and_each_row_regenerates(trained_tabl
     # A row from its seed (and its value of the condition column), whichever rows it was generated with.
     pd.testing.assert_frame_equal(again, frame.iloc[:5, :-2], check_exact=False, rtol=1e-4)
     assert np.allclose(1 / (1 + np.exp(-logits.astype(np.float64))), frame["_d_score"].iloc[:5])
+    from gan_core.loader import SyntheticImageDataset, load_dataframe
+    # The image loader refuses a table at once, naming what reads it (it used to fail on iteration, KeyError).
+    with pytest.raises(ValueError, match=r"^deploy-table-test v1 is a table, not images: read it with "
+                                         r"gan_core\.loader\.load_dataframe\('deploy-table-test'\)"):
+        SyntheticImageDataset(DEPLOYED, "v1", bucket=s3_env.bucket)
+    assert load_dataframe(DEPLOYED, "v1", bucket=s3_env.bucket).equals(frame)
 
 
 def test_a_scheduled_generation_publishes_a_table(server_env, table_model_dir, s3_server, s3_env, tmp_path_factory):
