@@ -44,7 +44,7 @@ def train_table(params: Params, layout: Layout = Layout(), resume: bool = False,
     meta = read_meta(out_dir)
     # Beside what training wrote: what the pipeline needs (kind, classes, the rows' dtypes, lineage).
     write_json_atomic(out_dir / "meta.json", meta | {
-        "kind": "table", "class_names": data.class_names, "arrow_schema": arrow_schema_text(data.train),
+        "kind": "table", "class_names": data.class_names, "arrow_schema": arrow_schema_text(data.train, data.schema),
         "lineage": fingerprint, "summary": summary})
     write_rows_csv(layout.plots / "losses.csv", history["losses"])
     write_rows_csv(layout.plots / "selection.csv", history["selection"])
