@@ -40,6 +40,10 @@ def customers(rows: int = 200, seed: int = 0) -> pd.DataFrame:
         "home address": [f"{i} Elm Street, Springfield" for i in range(rows)],
         "notes": [f"called on day {i} about the late delivery of order {i * 3}" for i in range(rows)],
         "ref": [f"R{i:06d}X" for i in rng.permutation(rows)],  # no telling name: distinct per row is enough
+        "client": [f"{a} {b}" for a, b in zip(rng.choice(["Ada", "Mary Jo", "Lin", "Omar", "Zoe", "Ivan", "Eli"], rows),
+                                               rng.choice(["Okafor", "Smith", "Lovelace", "O'Neil", "Berg", "Diaz",
+                                                           "Nakamura", "Kowalski", "Haddad", "Moreau"], rows))],
+        "ship to": [f"{i + 1} {street}" for i, street in enumerate(rng.choice(["Elm St", "Oak Avenue, Leeds"], rows))],
         "plan": rng.choice(["basic", "pro"], rows),
         "age": rng.integers(18, 80, rows),
         "visits": rng.integers(0, 50, rows),  # a number, not an id: it is not named like one
@@ -49,11 +53,16 @@ def customers(rows: int = 200, seed: int = 0) -> pd.DataFrame:
 def test_inference_finds_identifiers_and_personal_data_by_name_and_values():
     schema = infer_schema(customers(), target="plan")
     assert schema.personal_kinds() == {"account_id": "id", "Full Name": "name", "contact": "email", "mobile": "phone",
-                                       "home address": "address", "notes": "text", "ref": "id"}
+                                       "home address": "address", "notes": "text", "ref": "id", "client": "name",
+                                       "ship to": "address"}
     assert schema.names == ["plan", "age", "visits"]  # what the model learns
     assert schema.output_names == list(customers().columns)
     why = {p.name: p.why for p in schema.personal}
     assert why["contact"] == "values are e-mail addresses" and why["ref"] == "strings distinct per row"
+    assert why["client"] == "values are people's names" and why["ship to"] == "values are street addresses"
+    # Few distinct values, or words that are not names: modelled as categories.
+    plain = pd.DataFrame({"tier": ["Gold Plus", "Silver", "Bronze Basic"] * 40, "city": ["Leeds", "Oslo"] * 60})
+    assert infer_schema(plain).personal == ()
 
 
 def test_overrides_set_a_kind_or_drop_a_column_and_a_personal_target_names_the_fix():

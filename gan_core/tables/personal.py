@@ -28,6 +28,9 @@ SAMPLE = 1000  # values looked at for patterns
 
 EMAIL = re.compile(r"^[\w.+'-]+@[\w-]+(\.[\w-]+)+$")
 PHONE = re.compile(r"^\+?[\d\s().-]{7,20}$")
+PERSON = re.compile(r"^[A-Z][a-z'-]+( [A-Z][A-Za-z'.-]*)?( [A-Z][A-Za-z'-]+)$")  # 'Ada Lovelace', "Mary J. O'Neil"
+STREET = re.compile(r"^\d+[A-Za-z]?\s+\S.*\b(st|street|ave|avenue|road|rd|lane|ln|blvd|boulevard|drive|dr|way|"
+                    r"court|ct|place|pl|square|sq|terrace)\b", re.IGNORECASE)
 UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
 # Column names (split into words) that say what a column holds.
 ID_WORDS = {"id", "uuid", "guid", "ssn", "passport", "iban", "username", "login"}
@@ -114,13 +117,18 @@ def detect(series: pd.Series, name: str) -> tuple[str, str] | None:
     if integers:  # numbers are ids only when named so and distinct per row: counts and amounts stay numbers
         return ("id", "integers named like an identifier, distinct per row") if by_name == "id" and unique else None
     sample = values.astype(str).iloc[:SAMPLE]
+    many = distinct >= MIN_SHARE or values.nunique() >= 50  # a handful of values is a category, not people
     if _share(sample, EMAIL) >= 0.9:
         return "email", "values are e-mail addresses"
-    if by_name is not None and (distinct >= MIN_SHARE or values.nunique() >= 50 or by_name in ("email", "phone")):
+    if by_name is not None and (many or by_name in ("email", "phone")):
         return by_name, f"the column name says {by_name.replace('_', ' ')}"
     if by_name is None and _share(sample, PHONE) >= 0.9 and sample.str.count(r"\d").ge(7).all() \
             and sample.str.contains(r"[\s().+-]").mean() >= 0.9:
         return "phone", "values are phone numbers"
+    if by_name is None and many and _share(sample, PERSON) >= 0.9:
+        return "name", "values are people's names"
+    if by_name is None and _share(sample, STREET) >= 0.8:
+        return "address", "values are street addresses"
     if unique:
         spaces = sample.str.contains(r"\s").mean()
         if spaces >= 0.5 and sample.str.len().median() >= 20:
