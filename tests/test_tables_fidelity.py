@@ -126,3 +126,13 @@ def test_an_integer_column_with_gaps_in_a_csv_comes_back_as_integers(tmp_path):
     assert pd.read_csv(tmp_path / "t.csv")["visits"].dtype == np.float64  # what pandas makes of the gaps
     prepare_table(str(tmp_path / "t.csv"), tmp_path / "t.npz", 0.2, 0.2, 0)
     assert str(load_prepared_table(tmp_path / "t.npz").train["visits"].dtype) == "Int64"
+
+
+def test_a_datetime_override_on_text_that_is_no_date_names_the_value_and_the_fix(tmp_path):
+    from gan_core.tables.data import prepare_table
+    from gan_core.tables.schema import TableError
+
+    (tmp_path / "t.csv").write_text(customers_csv())
+    with pytest.raises(TableError, match=r"^column 'plan': 'basic' is not a date; set prepare\.columns: "
+                                         r"\{plan: categorical\} or fix the value$"):
+        prepare_table(str(tmp_path / "t.csv"), tmp_path / "t.npz", 0.2, 0.2, 0, columns={"plan": "datetime"})

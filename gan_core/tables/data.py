@@ -107,6 +107,7 @@ def prepare_table(source: str, out_path: Path, validation_fraction: float, test_
 
     frame = read_table(Path(source))
     schema = infer_schema(frame, overrides=columns or {}, target=target, condition=condition)
+    check_dates(frame, schema)
     official = read_table(Path(test_source)).drop_duplicates(ignore_index=True) if test_source else None
     if official is not None and list(official.columns) != list(frame.columns):
         raise DataError(f"prepare.test_source: {test_source} has columns {list(official.columns)}, "
@@ -141,6 +142,15 @@ def personal_summary(schema) -> dict:
     return {"personal_columns": found,
             "personal_note": "identifiers and personal data: never modelled, generated afresh (Faker, fresh keys); "
                              "set prepare.columns: {NAME: KIND} to change a kind, or drop"}
+
+
+def check_dates(frame: pd.DataFrame, schema) -> None:
+    """Every datetime column parses (text in any one format pandas reads): else an error naming the value and fix."""
+    from gan_core.tables.transform import parse_dates
+
+    for spec in schema.columns:
+        if spec.kind == "datetime":
+            parse_dates(frame[spec.name])
 
 
 def integers_as_integers(frame: pd.DataFrame, schema) -> pd.DataFrame:

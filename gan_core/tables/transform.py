@@ -72,7 +72,7 @@ def parse_dates(series: pd.Series, fmt: str | None = None) -> pd.Series:
             continue
     bad = next((v for v in text.dropna() if pd.isna(pd.to_datetime(v, errors="coerce"))), None)
     raise TableError(f"column {series.name!r}: {bad!r} is not a date; set prepare.columns: {{{series.name}: "
-                     "categorical}} or fix the value")
+                     "categorical} or fix the value")
 
 
 def _as_seconds(series: pd.Series, fmt: str | None = None) -> np.ndarray:
