@@ -108,7 +108,7 @@ def test_values_stay_inside_the_training_range_without_piling_up_at_its_ends(bou
 
 
 def test_each_column_keeps_its_rounding_and_integers_stay_integers(bounded_rows):
-    real, rows = bounded_rows
+    _, rows = bounded_rows
     for column, decimals in (("spend", 2), ("tenure", 1), ("age", 0)):
         values = rows[column].to_numpy(dtype=float)
         assert np.array_equal(np.round(values, decimals), values), column

@@ -173,7 +173,7 @@ def test_no_real_personal_value_is_published_or_logged(s3_env, tmp_path, caplog,
     logs = caplog.text + "".join(capsys.readouterr()) + json.dumps([summaries, metrics, summary], default=str)
     assert [n for n in wanted if n.decode() in logs] == []
     manifest = json.loads(s3_env.client.get_object(Bucket=s3_env.bucket,
-                                                   Key=f"datasets/personal-test/v1/_manifest.json")["Body"].read())
+                                                   Key="datasets/personal-test/v1/_manifest.json")["Body"].read())
     assert manifest["personal_columns"] == {"customer id": "id", "name": "name", "e-mail": "email", "phone": "phone"}
     frame = pd.read_parquet(uri)
     assert list(frame.columns[:-2]) == list(real.columns)
