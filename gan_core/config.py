@@ -74,7 +74,10 @@ class PrepareConfig(Section):
     # Tables (a .csv, a .parquet or a folder of .parquet files as source): column kind overrides (name -> one of
     # continuous, integer, categorical, boolean, datetime), the utility metric's target column, and the
     # categorical column to condition on (None: the target when it is categorical or boolean, else none).
-    columns: dict[str, Literal["continuous", "integer", "categorical", "boolean", "datetime"]] = {}
+    # Identifiers and personal data (id, email, name, first_name, last_name, phone, address, text) are generated,
+    # never modelled; drop leaves a column out. Inference finds them by name and values; a kind here wins.
+    columns: dict[str, Literal["continuous", "integer", "categorical", "boolean", "datetime", "id", "email", "name",
+                               "first_name", "last_name", "phone", "address", "text", "drop"]] = {}
     target: str | None = None
     condition: str | None = None
 

@@ -29,7 +29,8 @@ def read_shard(client, bucket: str, entry: dict) -> pa.Table:
 
 
 def load_dataframe(name: str, version: str = "latest", bucket: str | None = None):
-    """Every row of a published version as a pandas DataFrame (`image` holds {bytes, path} dicts)."""
+    """Every row of a published version as a pandas DataFrame: a table's rows, or images (`image` holds
+    {bytes, path} dicts)."""
     bucket = _bucket(bucket)
     client = s3_client()
     _, entries = published_entries(bucket, name, version, client=client)
@@ -63,6 +64,9 @@ class SyntheticImageDataset(IterableDataset):
                  transform: Callable[[torch.Tensor], object] | None = None, shuffle: bool = False):
         self.bucket = _bucket(bucket)
         self.manifest, self.entries = published_entries(self.bucket, name, version)
+        if self.manifest.get("kind") == "table":
+            raise ValueError(f"{name} {self.manifest['version']} is a table, not images: read it with "
+                             f"gan_core.loader.load_dataframe({name!r}) or pandas.read_parquet")
         self.name, self.version = name, self.manifest["version"]
         self.class_names: list[str] = list(self.manifest.get("class_names") or [])
         self.transform, self.shuffle = transform, shuffle

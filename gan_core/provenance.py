@@ -149,6 +149,7 @@ def build_manifest(params: Params, summary: dict, version: str, layout: Layout =
     meta = read_metrics(model.directory / "meta.json")
     # A table's classes are its condition column's values; its manifest says which columns ganforge added.
     kind = {"kind": "table", "added_columns": summary["added_columns"], "columns": summary["columns"],
+            "personal_columns": summary.get("personal_columns") or {},
             "condition": meta.get("schema", {}).get("condition")} if summary.get("kind") == "table" else {}
     return {**kind, "inputs": generation_inputs(params, model), "name": params.generate.name, "version": version,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -227,13 +227,14 @@ def test_resume_equals_uninterrupted_training(tmp_path):
     cfg = tiny_cfg(steps=20, checkpoint_every=10)
     whole = train_table_gan(df, df, schema, cfg, tmp_path / "whole", seed=3)
     train_table_gan(df, df, schema, cfg, tmp_path / "split", seed=3, stop_after=10)
-    assert json.loads((tmp_path / "split" / "meta.json").read_text())["step"] == 10
+    assert json.loads((tmp_path / "split.checkpoint" / "meta.json").read_text())["step"] == 10
     resumed = train_table_gan(df, df, schema, cfg, tmp_path / "split", seed=3, resume=True)
     assert resumed["selection"] == whole["selection"] and resumed["losses"] == whole["losses"]
-    for name in ("generator", "discriminator", "state"):
-        a = load_file(str(tmp_path / "whole" / f"{name}.safetensors"))
-        b = load_file(str(tmp_path / "split" / f"{name}.safetensors"))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k != "torch_rng"), name
+    for folder, names in (("", ("generator", "discriminator")), (".checkpoint", ("generator", "discriminator", "state"))):
+        for name in names:
+            a = load_file(str(tmp_path / f"whole{folder}" / f"{name}.safetensors"))
+            b = load_file(str(tmp_path / f"split{folder}" / f"{name}.safetensors"))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k != "torch_rng"), name
 
 
 def test_conditioner_samples_rare_categories_by_log_frequency():

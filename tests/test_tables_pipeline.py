@@ -30,13 +30,35 @@ TINY_TABLE = {"embedding_dim": 16, "mapping_dim": 16, "generator_dims": [32, 32]
               "checkpoint_every": 10, "gmm_components": 3}
 
 
+# Invented names, in no Faker list: a generated row can never hold one by chance.
+FIRST = ["Zorbul", "Quilliam", "Ystrida", "Vexley", "Pomfret", "Ulvhild", "Grisandre", "Oxtavia", "Brannock",
+         "Thessaly-Jo", "Merriwick", "Caspiane"]
+LAST = ["Quenttix", "Marrowbane", "Zelenkov-Ray", "Ottersby", "Flinchcombe", "Dravenholt", "Pellicorn", "Wyrmsley",
+        "Oakenshire", "Brambleton", "Sturmfeld", "Ivelquist"]
+PERSONAL = ("customer id", "name", "e-mail", "phone")  # found by inference: never modelled, generated afresh
+
+
+def personal_values(rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A customer's ID, full name, e-mail and phone number per row: the values no published byte may hold."""
+    first, last = rng.choice(FIRST, rows), rng.choice(LAST, rows)
+    ids = rng.permutation(np.arange(10, 10 + 5 * rows, 5))
+    return {"customer id": np.array([f"CUST-{i:05d}" for i in ids]),
+            "name": np.char.add(np.char.add(first, " "), last),
+            "e-mail": np.array([f"{f.lower()}.{v.lower()}{n}@corpmail.test" for f, v, n in zip(first, last, ids)]),
+            "phone": np.array([f"+44 20 7946 {n:04d}" for n in rng.integers(0, 10000, rows)])}
+
+
 def hostile_table(rows: int = 200, seed: int = 0) -> pd.DataFrame:
     """Penguin-like rows: spaces, quotes and unicode in names, `seed` and `d_score` already taken, every kind
-    (continuous, integer, categorical, boolean, datetime) with missing values, and two exact duplicate rows."""
+    (continuous, integer, categorical, boolean, datetime) with missing values, a customer's personal data
+    (PERSONAL) and two exact duplicate rows."""
     rng = np.random.default_rng(seed)
     species = rng.choice(SPECIES, rows, p=[0.5, 0.35, 0.15])
+    people = personal_values(rows, np.random.default_rng(seed + 1000))
     frame = pd.DataFrame({
+        "customer id": people["customer id"],
         "species": species,
+        "name": people["name"],
         "body mass (g)": (np.where(species == "Gentoo", 5000, 3700) + rng.normal(0, 300, rows)).round(1),
         'bill "length"': rng.normal(44, 5, rows).round(2),
         "flippers": pd.array(rng.integers(170, 230, rows), dtype="Int64"),
@@ -45,6 +67,8 @@ def hostile_table(rows: int = 200, seed: int = 0) -> pd.DataFrame:
         "d_score": rng.random(rows),
         "male": pd.array(rng.random(rows) < 0.5, dtype="boolean"),
         "seen": pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 900, rows), unit="D"),
+        "e-mail": people["e-mail"],
+        "phone": people["phone"],
     })
     for column in ("body mass (g)", 'bill "length"', "flippers", "île", "male", "seen"):
         frame.loc[rng.random(rows) < 0.05, column] = None
@@ -74,7 +98,9 @@ def test_prepare_drops_duplicates_and_splits_stratified_and_reproducibly(tmp_pat
     assert prepared_kind(tmp_path / "a.npz") == "table"
     data = load_prepared_table(tmp_path / "a.npz")
     assert data.schema.condition == "species" and data.class_names == sorted(SPECIES)
-    assert list(data.train.dtypes) == list(hostile_table().dtypes)  # the user's dtypes, exactly
+    modelled = hostile_table().drop(columns=list(PERSONAL))
+    assert list(data.train.columns) == list(modelled.columns)  # personal data never reaches the prepared splits
+    assert list(data.train.dtypes) == list(modelled.dtypes)  # the user's dtypes, exactly
     rows = {split: set(map(tuple, frame.astype(str).to_numpy())) for split, frame in data.splits().items()}
     assert not rows["train"] & rows["validation"] and not rows["train"] & rows["test"]
     for frame in data.splits().values():  # every species in every split
@@ -114,7 +140,7 @@ def test_table_params_parse_and_name_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match=r"prepare\.target: no column 'speciess'"):
         run_prepare(wrong, layout)
     images = parse_params({"prepare": {"target": "species"}})
-    with pytest.raises(DataError, match=r"prepare\.target is for a table source"):
+    with pytest.raises(DataError, match=r"prepare\.target is for a table source .* set prepare\.target: null$"):
         run_prepare(images, layout)
 
 
@@ -153,8 +179,12 @@ def project(pipeline_env, tmp_path_factory) -> Path:
     # `dvc repro` a stage at a time (each runs what it depends on first): each call within run()'s 10 minutes
     # on a loaded machine, where SDMetrics' reports alone took minutes.
     for stage in ("train", "evaluate", "generate"):
-        run(["dvc", "repro", stage], root, pipeline_env)
+        done = run(["dvc", "repro", stage], root, pipeline_env)
+        REPRO_OUTPUT.append(done.stdout + done.stderr)
     return root
+
+
+REPRO_OUTPUT: list[str] = []  # what `dvc repro` printed (its stages' logs): searched for personal data
 
 
 def test_repro_publishes_a_table_shaped_like_the_input(project, pipeline_env, s3_server, s3_env, tmp_path):
@@ -185,6 +215,21 @@ def test_repro_publishes_a_table_shaped_like_the_input(project, pipeline_env, s3
     assert pd.read_parquet(folder).equals(frame)
 
 
+def test_repro_publishes_and_logs_no_real_personal_value(project, pipeline_env, s3_server):
+    """Through `dvc repro` and `ganforge models publish`: no real customer ID, name, e-mail or phone number in
+    any object of the bucket (model, shards, card, manifest) nor in what the stages logged."""
+    from tests.test_tables_personal import needles, search_bucket
+
+    published = run(["ganforge", "models", "publish", "--version", "v1"], project, pipeline_env)
+    wanted = needles(hostile_table())
+    found, objects = search_bucket(s3_server.client(), s3_server.bucket, wanted)
+    assert objects >= 10 and found == {}
+    logs = "".join(REPRO_OUTPUT) + published.stdout + published.stderr
+    assert "personal_columns" in logs and [n for n in wanted if n.decode() in logs] == []
+    assert (project / "models" / "hostile" / "meta.json").is_file()
+    assert not {n for n in wanted if n in (project / "models" / "hostile" / "meta.json").read_bytes()}
+
+
 def manifest_uri(bucket: str, manifest: dict) -> str:
     return f"s3://{bucket}/datasets/{manifest['name']}/{manifest['version']}/"
 
@@ -199,7 +244,7 @@ def test_repro_evaluates_the_table(project):
     assert (plots / "losses.csv").read_text().startswith("step,")
     # The table's per-class plots: one PNG of marginals per value of the condition column, named safely.
     assert sorted(p.name for p in (plots / "classes").iterdir()) == ["Ad_lie.png", "Chin_strap.png", "Gentoo.png"]
-    assert len(list((plots / "marginals").glob("*.csv"))) == len(hostile_table().columns)
+    assert len(list((plots / "marginals").glob("*.csv"))) == len(hostile_table().columns) - len(PERSONAL)
 
 
 def test_repro_reruns_exactly_what_changed(project, pipeline_env):
@@ -262,6 +307,12 @@ def test_generate_publish_download_a_table_and_each_row_regenerates(trained_tabl
     # A row from its seed (and its value of the condition column), whichever rows it was generated with.
     pd.testing.assert_frame_equal(again, frame.iloc[:5, :-2], check_exact=False, rtol=1e-4)
     assert np.allclose(1 / (1 + np.exp(-logits.astype(np.float64))), frame["_d_score"].iloc[:5])
+    from gan_core.loader import SyntheticImageDataset, load_dataframe
+    # The image loader refuses a table at once, naming what reads it (it used to fail on iteration, KeyError).
+    with pytest.raises(ValueError, match=r"^deploy-table-test v1 is a table, not images: read it with "
+                                         r"gan_core\.loader\.load_dataframe\('deploy-table-test'\)"):
+        SyntheticImageDataset(DEPLOYED, "v1", bucket=s3_env.bucket)
+    assert load_dataframe(DEPLOYED, "v1", bucket=s3_env.bucket).equals(frame)
 
 
 def test_a_scheduled_generation_publishes_a_table(server_env, table_model_dir, s3_server, s3_env, tmp_path_factory):

@@ -22,8 +22,9 @@ def run_prepare(params: Params, layout: Layout = Layout()) -> dict:
                              test_source=cfg.test_source)
     table_keys = [key for key in ("columns", "target", "condition") if getattr(cfg, key)]
     if table_keys:
-        raise DataError(f"prepare.{table_keys[0]} is for a table source (.csv, .parquet); "
-                        f"prepare.source {cfg.source} holds images")
+        key = table_keys[0]
+        raise DataError(f"prepare.{key} is for a table source (.csv, .parquet); prepare.source {cfg.source} holds "
+                        f"images: set prepare.{key}: {'{}' if key == 'columns' else 'null'}")
     return prepare_dataset(cfg.source, layout.prepared(params), cfg.validation_fraction, cfg.test_fraction,
                            cfg.seed, resolution=cfg.resolution, transform=cfg.transform, test_source=cfg.test_source,
                            class_names=cfg.class_names)

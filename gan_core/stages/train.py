@@ -25,7 +25,8 @@ def run_train(params: Params, layout: Layout = Layout(), resume: bool = False, p
 def train_table(params: Params, layout: Layout = Layout(), resume: bool = False, progress: bool = True) -> dict:
     """The row GAN on the training split, selected on validation; models/<dataset>/ also says what it came from.
 
-    Its resume state lives in the model folder itself (gan_core.tables.train), so `--resume` goes on from there.
+    The model folder holds what sampling needs; the resume state goes to checkpoints/<dataset>/table, where
+    `--resume` goes on from (and refuses another run's state).
     """
     from gan_core.tables.train import train_table_gan
 
@@ -34,7 +35,8 @@ def train_table(params: Params, layout: Layout = Layout(), resume: bool = False,
     data = load_prepared_table(prepared)
     fingerprint = table_training_fingerprint(params, data_fingerprint(prepared))
     history = train_table_gan(data.train, data.validation, data.schema, params.table, out_dir,
-                              seed=params.train.seed, resume=resume, progress=progress,
+                              seed=params.train.seed, checkpoint_dir=layout.checkpoints(params) / "table",
+                              resume=resume, progress=progress,
                               device=str(pick_device(params.train.device)))
     summary = {"steps": history["steps"], "total_steps": params.table.steps, "seconds": history["seconds"],
                "selected_step": history["best_step"], "selected_score_validation": history.get("best_score"),
@@ -42,7 +44,7 @@ def train_table(params: Params, layout: Layout = Layout(), resume: bool = False,
     meta = read_meta(out_dir)
     # Beside what training wrote: what the pipeline needs (kind, classes, the rows' dtypes, lineage).
     write_json_atomic(out_dir / "meta.json", meta | {
-        "kind": "table", "class_names": data.class_names, "arrow_schema": arrow_schema_text(data.train),
+        "kind": "table", "class_names": data.class_names, "arrow_schema": arrow_schema_text(data.train, data.schema),
         "lineage": fingerprint, "summary": summary})
     write_rows_csv(layout.plots / "losses.csv", history["losses"])
     write_rows_csv(layout.plots / "selection.csv", history["selection"])

@@ -107,6 +107,7 @@ def prepare_table(source: str, out_path: Path, validation_fraction: float, test_
 
     frame = read_table(Path(source))
     schema = infer_schema(frame, overrides=columns or {}, target=target, condition=condition)
+    check_dates(frame, schema)
     official = read_table(Path(test_source)).drop_duplicates(ignore_index=True) if test_source else None
     if official is not None and list(official.columns) != list(frame.columns):
         raise DataError(f"prepare.test_source: {test_source} has columns {list(official.columns)}, "
@@ -115,18 +116,48 @@ def prepare_table(source: str, out_path: Path, validation_fraction: float, test_
     if official is not None:  # a row of the official test split never trains
         seen = distinct.merge(official.drop_duplicates(), how="left", indicator=True)["_merge"] == "both"
         distinct = distinct[~seen.to_numpy()].reset_index(drop=True)
+        official = integers_as_integers(official, schema)[schema.names]
+    # The personal and dropped columns go here: their values never reach the prepared splits.
+    distinct = integers_as_integers(distinct, schema)[schema.names]
     if official is None:
         part = split_rows(stratum_codes(distinct, schema.condition), validation_fraction, test_fraction, seed)
     else:
         part = _two_way(distinct, schema.condition, validation_fraction, seed)
     splits = {name: distinct[part == index].reset_index(drop=True) for index, name in enumerate(SPLITS)}
     if official is not None:
-        splits["test"] = official.astype(frame.dtypes.to_dict(), errors="ignore")
+        splits["test"] = official.astype(distinct.dtypes.to_dict(), errors="ignore")
     names = condition_names(distinct, schema.condition)
     save_prepared_table(Path(out_path), splits, schema, names)
     return {"kind": "table", **{name: len(rows) for name, rows in splits.items()},
-            "duplicates_removed": len(frame) - len(distinct), "columns": len(frame.columns),
-            "condition": schema.condition, "target": schema.target, "classes": len(names)}
+            "duplicates_removed": len(frame) - len(distinct), "columns": len(schema.output_names),
+            "condition": schema.condition, "target": schema.target, "classes": len(names),
+            **personal_summary(schema)}
+
+
+def personal_summary(schema) -> dict:
+    """What the prepare log says of the columns that are generated, not modelled (kinds and reasons, no values)."""
+    if not (schema.personal or schema.dropped):
+        return {}
+    found = {p.name: f"{p.kind} ({p.why})" for p in schema.personal} | {name: "dropped" for name in schema.dropped}
+    return {"personal_columns": found,
+            "personal_note": "identifiers and personal data: never modelled, generated afresh (Faker, fresh keys); "
+                             "set prepare.columns: {NAME: KIND} to change a kind, or drop"}
+
+
+def check_dates(frame: pd.DataFrame, schema) -> None:
+    """Every datetime column parses (text in any one format pandas reads): else an error naming the value and fix."""
+    from gan_core.tables.transform import parse_dates
+
+    for spec in schema.columns:
+        if spec.kind == "datetime":
+            parse_dates(frame[spec.name])
+
+
+def integers_as_integers(frame: pd.DataFrame, schema) -> pd.DataFrame:
+    """Integer columns held as floats (a CSV column with gaps reads as float64) as pandas' nullable Int64: the
+    generated rows then hold 42, not 42.0."""
+    floats = [c.name for c in schema.columns if c.kind == "integer" and pd.api.types.is_float_dtype(frame[c.name])]
+    return frame.astype({name: "Int64" for name in floats}) if floats else frame
 
 
 def _two_way(frame: pd.DataFrame, column: str | None, validation_fraction: float, seed: int) -> np.ndarray:
@@ -164,10 +195,15 @@ def load_prepared_table(path: Path) -> PreparedTable:
     return PreparedTable(**frames, schema=schema, class_names=names)
 
 
-def arrow_schema_text(frame: pd.DataFrame) -> str:
-    """The Arrow schema the rows of `frame` are stored with (pandas metadata included), as base64 text for JSON."""
+def arrow_schema_text(frame: pd.DataFrame, schema=None) -> str:
+    """The Arrow schema the rows of `frame` are stored with (pandas metadata included), as base64 text for JSON;
+    with the table's `schema`, its generated (personal) columns too, in the table's order."""
     import base64
 
     import pyarrow as pa
 
+    if schema is not None and schema.personal:
+        from gan_core.tables.personal import complete_rows
+
+        frame = complete_rows(frame.head(0), schema.output_names, schema.personal, np.zeros(0, np.int64))
     return base64.b64encode(pa.Schema.from_pandas(frame, preserve_index=False).serialize().to_pybytes()).decode()

@@ -370,6 +370,8 @@ def evaluate_table(real_train: pd.DataFrame, real_test: pd.DataFrame, synthetic:
     if unknown:
         raise ValueError(f"table evaluators: unknown {unknown} (known: {sorted(TABLE_EVALUATORS)})")
     _check_columns({"training": real_train, "test": real_test, "synthetic": synthetic}, schema)
+    # The modelled columns only: identifiers and personal data are generated afresh, never compared.
+    real_train, real_test, synthetic = (frame[schema.names] for frame in (real_train, real_test, synthetic))
     ctx = TableEvalContext(real_train.reset_index(drop=True), real_test.reset_index(drop=True),
                            synthetic.reset_index(drop=True), schema, plots_dir, seed)
     metrics, skipped = {}, []

@@ -30,7 +30,7 @@ def real_values(transformer: TableTransformer, df: pd.DataFrame) -> dict[str, np
             out[col["name"]] = np.array([-1 if n else lookup.get((type(v) is bool, _plain(v)), -2)
                                          for v, n in zip(values, null)], dtype=np.int64)
         else:
-            out[col["name"]] = numeric_values(series, col["kind"])
+            out[col["name"]] = numeric_values(series, col["kind"], col.get("text_format"))
     return out
 
 

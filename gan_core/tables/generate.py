@@ -162,7 +162,7 @@ def generate_table_shard(model: TableModel, index: int, quota: Quota, cfg: Gener
     """Write shard `index` with exactly its quota of rows; its seeds are its own, so shards run in any order."""
     path = Path(out_dir) / shard_name(index)
     tmp = path.with_name(f".{path.name}.tmp")
-    added = added_columns(model.schema.names)
+    added = added_columns(model.schema.output_names)
     schema = shard_schema(model, added)
     texts = [category_text(v) for v in condition_categories(model)]
     per_class, candidates = Counter(), 0
@@ -193,7 +193,8 @@ def summarize_table(results: list[ShardResult], rule: RejectionRule | None, cfg:
             "rejection": rejection, "shard_files": [str(r.path) for r in sorted(results, key=lambda r: r.index)],
             "class_counts": {k: per_class[k] for k in order if per_class[k]} or None, "truncation": cfg.truncation,
             "schema_version": TABLE_SCHEMA_VERSION, "kind": "table",
-            "added_columns": added_columns(model.schema.names), "columns": model.schema.names}
+            "added_columns": added_columns(model.schema.output_names), "columns": model.schema.output_names,
+            "personal_columns": model.schema.personal_kinds()}
 
 
 def generate_table_dataset(model: TableModel, cfg: GenerateConfig, out_dir: Path) -> dict:

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from gan_core.tables.transform import numeric_values
+
 PANEL_W, PANEL_H, COLUMNS, BINS, MAX_PANELS = 240, 140, 4, 12, 24
 REAL, GENERATED = (150, 150, 150), (40, 100, 220)
 
@@ -19,8 +21,7 @@ def column_shares(real: pd.Series, fake: pd.Series, kind: str) -> tuple[np.ndarr
         keys = [real.astype("object"), fake.astype("object")]
         counts = [np.array([(k == value).sum() for value in top] + [k.isna().sum()], dtype=float) for k in keys]
     else:
-        values = [pd.to_numeric(s if kind != "datetime" else pd.to_datetime(s, errors="coerce").astype("int64")
-                                .where(s.notna()), errors="coerce").astype(float) for s in (real, fake)]
+        values = [pd.Series(numeric_values(s, kind)) for s in (real, fake)]
         seen = values[0].dropna()
         low, high = (seen.min(), seen.max()) if len(seen) else (0.0, 1.0)
         edges = np.linspace(low, high if high > low else low + 1, BINS)

@@ -12,6 +12,7 @@ import torch
 from gan_core import checkpoint as ckpt
 from gan_core.config import TableConfig
 from gan_core.tables.model import Conditioner, TableDiscriminator, TableGenerator, activate
+from gan_core.tables.personal import complete_rows
 from gan_core.tables.schema import TableError, TableSchema
 from gan_core.tables.transform import TableTransformer
 
@@ -86,7 +87,8 @@ def load_table_model(directory: Path, device: str = "cpu") -> TableModel:
 
 def sample_rows(model: TableModel, seeds: np.ndarray, condition_values: list | None = None
                 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Rows (the user's columns, names and dtypes) and d_score (the row discriminator's logit, float32).
+    """Rows (the user's columns, names and dtypes; identifiers and personal data generated afresh from each
+    row's seed) and d_score (the row discriminator's logit, float32).
 
     condition_values: per row, the value of the schema's condition column that row must hold.
     """
@@ -103,7 +105,8 @@ def sample_rows(model: TableModel, seeds: np.ndarray, condition_values: list | N
                 index[repr(v)] = model.transformer.category_index(model.schema.condition, v)
         categories = np.array([index[repr(v)] for v in condition_values], dtype=np.int64)
     x = generate_matrix(model.generator, model.conditioner, model.transformer, model.cfg, seeds, categories)
-    return model.transformer.inverse(x), score_rows(model.scorer, x)
+    rows = complete_rows(model.transformer.inverse(x), model.schema.output_names, model.schema.personal, seeds)
+    return rows, score_rows(model.scorer, x)
 
 
 @torch.no_grad()

@@ -8,8 +8,12 @@ from pathlib import Path
 import pandas as pd
 from pandas.api import types as ptypes
 
-KINDS = ("continuous", "integer", "categorical", "boolean", "datetime")
+from gan_core.tables.personal import DROP, PERSONAL_KINDS, PersonalSpec, detect, personal_spec
+
+KINDS = ("continuous", "integer", "categorical", "boolean", "datetime")  # what the model learns
 DISCRETE = ("categorical", "boolean")
+# Every kind prepare.columns may set: the modelled ones, the generated ones (gan_core.tables.personal) and drop.
+ALL_KINDS = (*KINDS, *PERSONAL_KINDS, DROP)
 
 
 class TableError(ValueError):
@@ -25,13 +29,29 @@ class ColumnSpec:
 
 @dataclass(frozen=True)
 class TableSchema:
+    """The modelled columns (`columns`), the generated ones (`personal`: identifiers and personal data, never
+    modelled) and the generated rows' column order (`order`; the dropped columns are in none of them)."""
+
     columns: tuple[ColumnSpec, ...]
     target: str | None
     condition: str | None
+    personal: tuple[PersonalSpec, ...] = ()
+    order: tuple[str, ...] = ()  # empty: the modelled columns' order
+    dropped: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
+        """The modelled columns' names."""
         return [c.name for c in self.columns]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Every column of a generated row, in the table's order."""
+        return list(self.order) or self.names
+
+    def personal_kinds(self) -> dict[str, str]:
+        """{column: kind} of the generated columns, then the dropped ones as "drop": what a manifest shows."""
+        return {p.name: p.kind for p in self.personal} | {name: DROP for name in self.dropped}
 
     def column(self, name: str) -> ColumnSpec:
         for spec in self.columns:
@@ -41,7 +61,9 @@ class TableSchema:
 
     def to_json(self) -> dict:
         return {"columns": [{"name": c.name, "kind": c.kind, "nullable": c.nullable} for c in self.columns],
-                "target": self.target, "condition": self.condition}
+                "target": self.target, "condition": self.condition,
+                "personal": [p.to_json() for p in self.personal], "order": list(self.output_names),
+                "dropped": list(self.dropped)}
 
     @classmethod
     def from_json(cls, d: dict) -> TableSchema:
@@ -49,7 +71,9 @@ class TableSchema:
         for c in columns:
             if c.kind not in KINDS:
                 raise TableError(f"schema: column {c.name!r} has unknown kind {c.kind!r} (kinds: {', '.join(KINDS)})")
-        return cls(columns, d.get("target"), d.get("condition"))
+        personal = tuple(PersonalSpec.from_json(p) for p in d.get("personal") or ())
+        return cls(columns, d.get("target"), d.get("condition"), personal, tuple(d.get("order") or ()),
+                   tuple(d.get("dropped") or ()))
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -98,9 +122,16 @@ def infer_kind(series: pd.Series) -> str:
         # An integer column with missing values reads as float.
         return "integer" if len(values) and (values == values.round()).all() and values.abs().max() < 2**53 \
             else "continuous"
-    if series.dtype == object and len(values) and values.map(type).eq(str).all() and _iso_dates(values):
+    if is_text(series) and len(values) and _iso_dates(values.astype(str)):
         return "datetime"
     return "categorical"
+
+
+def is_text(series: pd.Series) -> bool:
+    """Strings, held as object (pandas 2) or as the `str` / `string` dtype (pandas 3 reads CSV text so)."""
+    if ptypes.is_string_dtype(series.dtype) and not isinstance(series.dtype, pd.CategoricalDtype):
+        return bool(series.dropna().map(type).eq(str).all())
+    return False
 
 
 def _iso_dates(values: pd.Series) -> bool:
@@ -116,7 +147,8 @@ def _iso_dates(values: pd.Series) -> bool:
 
 def infer_schema(df: pd.DataFrame, overrides: dict[str, str] | None = None, target: str | None = None,
                  condition: str | None = None) -> TableSchema:
-    """Kinds of every column of `df`, with `overrides` (name -> kind) over the guesses.
+    """Kinds of every column of `df`, with `overrides` (name -> kind) over the guesses. Identifiers and
+    personal data are found by name and values (gan_core.tables.personal) and never modelled.
 
     `condition` None: the target when that is categorical or boolean, else no condition.
     """
@@ -125,17 +157,34 @@ def infer_schema(df: pd.DataFrame, overrides: dict[str, str] | None = None, targ
     for name, kind in overrides.items():
         if name not in names:
             raise TableError(f"prepare.columns: no column {name!r} in the table (columns: {names})")
-        if kind not in KINDS:
-            raise TableError(f"prepare.columns: {name!r} has unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
+        if kind not in ALL_KINDS:
+            raise TableError(f"prepare.columns: {name!r} has unknown kind {kind!r} (kinds: {', '.join(ALL_KINDS)})")
     for key, name in (("target", target), ("condition", condition)):
         if name is not None and name not in names:
             raise TableError(f"prepare.{key}: no column {name!r} in the table (columns: {names})")
-    columns = tuple(ColumnSpec(name, overrides.get(name) or infer_kind(df[col]), bool(df[col].isna().any()))
-                    for name, col in zip(names, df.columns))
-    kinds = {c.name: c.kind for c in columns}
+    columns, personal, dropped = [], [], []
+    for name, col in zip(names, df.columns):
+        kind, why = overrides.get(name), "set in prepare.columns"
+        if kind is None:
+            kind, why = detect(df[col], name) or (infer_kind(df[col]), "")
+        if kind == DROP:
+            dropped.append(name)
+        elif kind in PERSONAL_KINDS:
+            personal.append(personal_spec(df[col], name, kind, why))
+        else:
+            columns.append(ColumnSpec(name, kind, bool(df[col].isna().any())))
+    kinds = {c.name: c.kind for c in columns} | {p.name: p.kind for p in personal} | dict.fromkeys(dropped, DROP)
+    for key, name in (("target", target), ("condition", condition)):
+        if name is not None and kinds[name] in (*PERSONAL_KINDS, DROP):
+            raise TableError(f"prepare.{key}: column {name!r} is {kinds[name]} (personal data or an identifier, "
+                             f"never modelled); set prepare.columns: {{{name}: categorical}} to model it")
+    if not columns:
+        raise TableError(f"no column left to model: all of {names} are identifiers, personal data or dropped; "
+                         "set a kind for some in prepare.columns")
     if condition is None and target is not None and kinds[target] in DISCRETE:
         condition = target
     if condition is not None and kinds[condition] not in DISCRETE:
         raise TableError(f"prepare.condition: column {condition!r} is {kinds[condition]}; "
                          "condition on a categorical or boolean column")
-    return TableSchema(columns, target, condition)
+    order = tuple(name for name in names if name not in dropped)
+    return TableSchema(tuple(columns), target, condition, tuple(personal), order, tuple(dropped))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from gan_core import checkpoint as ckpt
 from gan_core.config import TableConfig
+from gan_core.fingerprint import canonical_sha256, check_resumable, code_version
 from gan_core.tables.fidelity import fidelity_score, real_values
 from gan_core.tables.model import Conditioner, TableDiscriminator, TableGenerator, activate
 from gan_core.tables.sampling import DISCRIMINATOR, GENERATOR, MODEL_FORMAT, generate_matrix
@@ -221,13 +222,16 @@ def _current(state: TableState) -> dict:
 
 # --- checkpoints -------------------------------------------------------------------------------
 
-def fingerprint(x: np.ndarray, schema: TableSchema, cfg: TableConfig, seed: int) -> str:
-    """What a resumable state was trained from: only the same training rows, schema, config and seed resume it."""
-    digest = hashlib.sha256(np.ascontiguousarray(x).tobytes())
+def fingerprint(x: np.ndarray, schema: TableSchema, cfg: TableConfig, seed: int) -> dict:
+    """What a resumable state was trained from: only the same training rows, schema, config, seed and code
+    resume it. Sections as gan_core.fingerprint's, so that a refusal says what differs."""
     # How long to train is not part of it: a run given more steps or time continues the same run.
     knobs = cfg.model_dump(mode="json", exclude={"steps", "max_seconds", "checkpoint_every"})
-    digest.update(json.dumps([schema.to_json(), knobs, seed], sort_keys=True).encode())
-    return digest.hexdigest()
+    print_ = {"data": {"sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()},
+              "split": {"columns": {c.name: c.kind for c in schema.columns}, "target": schema.target,
+                        "condition": schema.condition},
+              "table": knobs, "train": {"seed": seed}, "code": code_version("tables.train")}
+    return print_ | {"id": canonical_sha256(print_)}
 
 
 def _state_tensors(state: TableState) -> dict[str, torch.Tensor]:
@@ -238,19 +242,28 @@ def _state_tensors(state: TableState) -> dict[str, torch.Tensor]:
     return tensors | {"torch_rng": torch.get_rng_state()}
 
 
-def save_model(out_dir: Path, state: TableState, meta: dict) -> None:
-    """generator (the selected EMA weights), discriminator (its packed D and row scorer), the resume state
-    and meta.json, swapped in together: the folder is always a usable model and a resumable run."""
-    best = state.best or _current(state)
-    meta = meta | {"step": state.step, "seconds": round(state.seconds, 3),
-                   "numpy_rng": state.rng.bit_generator.state,
-                   "opt_groups": {n: o.state_dict()["param_groups"] for n, o in state.optimizers().items()},
+def training_meta(state: TableState, meta: dict) -> dict:
+    return meta | {"step": state.step, "seconds": round(state.seconds, 3),
                    "selection": {"best_step": state.best_step, "has_best": state.best is not None,
                                  "best_score": state.best_score if state.best is not None else None,
                                  "top_score": state.top_score if state.best is not None else None,
                                  "history": state.selection},
-                   "losses": state.losses, "pending": state.pending}
-    ckpt.save_checkpoint(out_dir, best | {STATE: _state_tensors(state)}, meta)
+                   "losses": state.losses}
+
+
+def save_checkpoint(checkpoint_dir: Path, state: TableState, meta: dict) -> None:
+    """The resume state: the selected weights, every module and optimizer, the RNGs, swapped in together."""
+    best = state.best or _current(state)
+    meta = training_meta(state, meta) | {
+        "numpy_rng": state.rng.bit_generator.state, "pending": state.pending,
+        "opt_groups": {n: o.state_dict()["param_groups"] for n, o in state.optimizers().items()}}
+    ckpt.save_checkpoint(checkpoint_dir, best | {STATE: _state_tensors(state)}, meta)
+
+
+def save_model(out_dir: Path, state: TableState, meta: dict) -> None:
+    """What sampling needs: generator (the selected EMA weights), discriminator (its packed D and row scorer)
+    and meta.json; the resume state stays in the checkpoint folder."""
+    ckpt.save_checkpoint(out_dir, state.best or _current(state), training_meta(state, meta))
 
 
 def load_state(out_dir: Path, state: TableState, meta: dict) -> None:
@@ -277,23 +290,29 @@ def load_state(out_dir: Path, state: TableState, meta: dict) -> None:
                       DISCRIMINATOR: ckpt.load_tensors(out_dir, DISCRIMINATOR, device)}
 
 
-def _resumable(out_dir: Path, print_: str) -> dict | None:
+def resume_meta(checkpoint_dir: Path, wanted: dict) -> dict | None:
+    """The checkpoint's meta when it holds this run (None when there is none); another run's is refused."""
     try:
-        meta = ckpt.read_meta(out_dir)
+        meta = ckpt.read_meta(checkpoint_dir)
     except ckpt.CheckpointError:
         return None
-    return meta if meta.get("format") == MODEL_FORMAT and meta.get("fingerprint") == print_ else None
+    if meta.get("format") != MODEL_FORMAT:
+        raise TableError(f"{checkpoint_dir} holds no table checkpoint: delete it or rerun without --resume")
+    check_resumable(checkpoint_dir, meta, wanted)
+    return meta
 
 
 # --- the loop ----------------------------------------------------------------------------------
 
 def train_table_gan(train_df: pd.DataFrame, validation_df: pd.DataFrame | None, schema: TableSchema,
-                    cfg: TableConfig, out_dir: Path, *, seed: int, resume: bool = False, progress=None,
-                    stop_after: int | None = None, device: str = "cpu", clock=time.monotonic) -> dict:
+                    cfg: TableConfig, out_dir: Path, *, seed: int, checkpoint_dir: Path | None = None,
+                    resume: bool = False, progress=None, stop_after: int | None = None, device: str = "cpu",
+                    clock=time.monotonic) -> dict:
     """Fit the transformer and the GAN on TRAIN_DF; select the EMA generator on VALIDATION_DF; write
-    out_dir/{generator,discriminator,state}.safetensors + meta.json. Returns the history.
+    out_dir/{generator,discriminator}.safetensors + meta.json (what sampling needs) and the resume state to
+    checkpoint_dir (default: out_dir's sibling `<name>.checkpoint`). Returns the history.
 
-    resume: continue from out_dir when it holds a run of the same data, schema, config and seed.
+    resume: continue from checkpoint_dir; a checkpoint of other data, schema, config, seed or code is refused.
     stop_after: end at this step (tests; a later resume goes on). progress: a callable (step, total, stats)
     or True for a progress bar. clock: what cfg.max_seconds is measured by (time.process_time: CPU seconds,
     which a busy machine's neighbours do not inflate).
@@ -302,6 +321,7 @@ def train_table_gan(train_df: pd.DataFrame, validation_df: pd.DataFrame | None, 
     if len(train_df) == 0:
         raise TableError("train_table_gan: the training split has no rows")
     out_dir = Path(out_dir)
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else out_dir.with_name(f"{out_dir.name}.checkpoint")
     transformer = TableTransformer.fit(train_df, schema, cfg.gmm_components, seed)
     conditioner = Conditioner(transformer, schema.condition)
     x = transformer.transform(train_df, seed=seed)
@@ -310,9 +330,11 @@ def train_table_gan(train_df: pd.DataFrame, validation_df: pd.DataFrame | None, 
     print_ = fingerprint(x, schema, cfg, seed)
     meta = {"format": MODEL_FORMAT, "table": cfg.model_dump(mode="json"), "schema": schema.to_json(),
             "transformer": transformer.state(), "seed": seed, "fingerprint": print_, "train_rows": len(train_df)}
-    previous = _resumable(out_dir, print_) if resume else None
+    previous = resume_meta(checkpoint_dir, print_) if resume else None
     if previous is not None:
-        load_state(out_dir, state, previous)
+        load_state(checkpoint_dir, state, previous)
+    elif checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)  # a fresh run: a later --resume finds only this run's state
     reference = validation_df if validation_df is not None and len(validation_df) else train_df
     selector = Selector(real_values(transformer, reference),
                         SELECT_SEED + np.arange(cfg.select_rows, dtype=np.int64))
@@ -328,12 +350,13 @@ def train_table_gan(train_df: pd.DataFrame, validation_df: pd.DataFrame | None, 
         report(state.step, stats)
         if state.step % cfg.checkpoint_every == 0 and state.step < end:
             state.seconds = elapsed + clock() - started
-            save_model(out_dir, state, meta)
+            save_checkpoint(checkpoint_dir, state, meta)
     if not cfg.select_every:
         state.best, state.best_step = _current(state), state.step  # no selection: the last step
     elif not state.selection or state.selection[-1]["step"] != state.step:
         select(state, selector, data, cfg)  # the last step competes too
     state.seconds = elapsed + clock() - started
+    save_checkpoint(checkpoint_dir, state, meta)  # a later run with more steps goes on from here
     save_model(out_dir, state, meta)
     report(None, {})
     return {"steps": state.step, "seconds": round(state.seconds, 3), "best_step": state.best_step,
