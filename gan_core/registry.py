@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from gan_core import storage
+from gan_core.card import read_curves
 from gan_core.config import GateConfig, Params
 from gan_core.layout import Layout, model_cache_dir
 from gan_core.provenance import ModelSource, provenance, training_inputs
@@ -211,7 +212,9 @@ def apply_model_retention(bucket: str, name: str, keep: int, dataset_prefix: str
 def run_publish_model(params: Params, version: str, bucket: str, metrics: dict, layout: Layout = Layout(),
                       prefix: str = storage.MODELS_PREFIX) -> str:
     """Publish models/<dataset>/ as s3://BUCKET/models/<dataset>/VERSION/ with its evaluation metrics."""
-    manifest = {**provenance(params, layout), "metrics": metrics, "inputs": training_inputs(params)}
+    # Its training curves travel with it: a card made from the fetched model shows them (gan_core.card).
+    manifest = {**provenance(params, layout), "metrics": metrics, "inputs": training_inputs(params),
+                "curves": read_curves(layout.plots)}
     return storage.publish_model(layout.model(params), bucket=bucket, name=params.prepare.dataset,
                                  version=version, manifest=manifest, prefix=prefix)
 
