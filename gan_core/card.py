@@ -61,7 +61,8 @@ def trained_on(model_dir: Path, prepared: Path) -> bool:
     """Whether `prepared` is the data the model was trained on: same splits by fingerprint (images record
     it as meta.json `fingerprint`, tables as `lineage`). Only then may a card compare it with real data."""
     meta = read_metrics(Path(model_dir) / "meta.json")
-    recorded = ((meta.get("fingerprint") or meta.get("lineage") or {}).get("data") or {}).get("splits")
+    lineage = next((v for v in (meta.get("lineage"), meta.get("fingerprint")) if isinstance(v, dict)), {})
+    recorded = (lineage.get("data") or {}).get("splits")
     return bool(recorded) and Path(prepared).is_file() and data_fingerprint(prepared)["splits"] == recorded
 
 
