@@ -277,27 +277,32 @@ COUNT_LOADED_IMAGES = (
 
 # --- what a card shows comes from its own model; text from data is escaped --------------------
 
+def copy_shards(summary: dict, folder: Path) -> dict:
+    """The generation summary with its shards copied into folder: the card is written beside the shards, and
+    the module's project keeps its own."""
+    shutil.copytree(Path(summary["shard_files"][0]).parent, folder, ignore=shutil.ignore_patterns("_*"))
+    return {**summary, "shard_files": [str(folder / Path(p).name) for p in summary["shard_files"]]}
+
+
 HOSTILE_NAMES = ["<img src=x onerror=alert(1)>", "a|b", "*bold* _it_", "`tick`", "[link](http://x)", "&amp;",
                  "# heading", "six", "seven", "eight"]
 
 
-def test_class_names_are_escaped_in_the_readme_and_the_report(project, tmp_path):
+def test_class_names_are_escaped_in_the_readme_and_the_report(project, s3_env, tmp_path):
     from markdown_it import MarkdownIt
 
-    from gan_core.card import CardSources, read_curves
-    from gan_core.images.card import write_card
-    from gan_core.provenance import build_manifest, local_model
-
     layout, params, summary = project
-    model_dir = tmp_path / "model"  # the project's model with hostile class names (meta.json is not hashed)
-    shutil.copytree(layout.model(params), model_dir)
-    meta = json.loads((model_dir / "meta.json").read_text())
-    (model_dir / "meta.json").write_text(json.dumps(meta | {"class_names": HOSTILE_NAMES}))
-    model = local_model(params, layout)
-    manifest = build_manifest(params, summary, "v1", layout, model)
-    sources = CardSources(manifest, "s3://b/datasets/card-digits/v1/", [Path(p) for p in summary["shard_files"]],
-                          layout.prepared(params), model_dir, read_curves(layout.plots), "cc-by-4.0", params.gate)
-    readme, _, report = write_card(tmp_path / "card", sources)
+    copy = Layout(tmp_path / "project")  # the project with hostile class names in its model's meta.json (not hashed)
+    for path in (layout.model(params), layout.plots):
+        shutil.copytree(path, copy.root / path.relative_to(layout.root))
+    for path in (layout.prepared(params), layout.metrics):
+        (copy.root / path.relative_to(layout.root)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, copy.root / path.relative_to(layout.root))
+    meta = json.loads((copy.model(params) / "meta.json").read_text())
+    (copy.model(params) / "meta.json").write_text(json.dumps(meta | {"class_names": HOSTILE_NAMES}))
+    shards = tmp_path / "shards"
+    run_publish(params, copy_shards(summary, shards), "hostile-names", s3_env.bucket, copy)
+    readme, report = shards / "_card" / "README.md", shards / "_card" / "report.html"
     body = readme.read_text().split("\n---\n", 1)[1]
     tokens = MarkdownIt("commonmark").enable("table").parse(body)
     inline = [child for token in tokens if token.children for child in token.children]
@@ -323,10 +328,8 @@ def test_a_fetched_models_card_uses_its_own_curves_and_no_data_it_was_not_traine
     checkout.plots.mkdir(parents=True)
     (checkout.plots / "selection.csv").write_text("step,fd_validation\n1,999\n2,998\n")
     (checkout.plots / "losses.csv").write_text("step,d_loss,g_loss,d_real,d_fake\n1,9,9,0,0\n2,9,9,0,0\n")
-    shards = tmp_path / "shards"  # a copy: the card is written beside the shards
-    shutil.copytree(Path(summary["shard_files"][0]).parent, shards, ignore=shutil.ignore_patterns("_*"))
-    copied = {**summary, "shard_files": [str(shards / Path(p).name) for p in summary["shard_files"]]}
-    run_publish(params, copied, version, s3_env.bucket, checkout, model=model)
+    shards = tmp_path / "shards"
+    run_publish(params, copy_shards(summary, shards), version, s3_env.bucket, checkout, model=model)
     page = (shards / "_card" / "report.html").read_text()
     own = pd.read_csv(layout.plots / "selection.csv")
     assert f"step: {own['step'].iloc[0]:g} to {own['step'].iloc[-1]:g}" in page and "step: 1 to 2" not in page
