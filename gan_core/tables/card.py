@@ -124,8 +124,10 @@ def table_report_html(sources: CardSources, generated: pd.DataFrame, real: Prepa
 
 
 def _rows_html(frame: pd.DataFrame) -> str:
-    # to_html escapes names and values (escape=True is its default; said here because it matters).
-    return frame.to_html(index=False, na_rep="(missing)", border=0, escape=True)
+    # One word for every kind of missing value (na_rep misses pd.NA of nullable dtypes); to_html escapes
+    # names and values (escape=True is its default: said here because it matters).
+    shown = frame.astype(object).where(frame.notna(), "(missing)")
+    return shown.to_html(index=False, border=0, escape=True)
 
 
 def _marginals(real: pd.DataFrame, generated: pd.DataFrame, kinds: dict[str, str]) -> str:
