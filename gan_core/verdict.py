@@ -46,7 +46,9 @@ class Check:
 
     @property
     def goal(self) -> str:
-        return "not checked" if self.threshold is None else f"{'<=' if self.bound == 'max' else '>='} {self.threshold:g}"
+        if self.threshold is None:
+            return "not checked"
+        return f"{'<=' if self.bound == 'max' else '>='} {self.threshold:g}"
 
     @property
     def shown_value(self) -> str:

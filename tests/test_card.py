@@ -340,21 +340,57 @@ def test_a_fetched_models_card_uses_its_own_curves_and_no_data_it_was_not_traine
     assert page.count("is not the data this model was trained on") == 2 and page.count("<img") == 10
 
 
-def test_evaluate_logs_each_threshold_then_the_verdict(project, monkeypatch, capsys):
+def expected_verdict_lines(metrics: dict, params) -> list[str]:
+    """Each image threshold of the tiny params' gate, met or missed as registry.check_gate says, then the verdict."""
+    gated = registry.check_gate(metrics, params.gate)
+    lines = [f"gate: {metric} {metrics[metric]:.4g} (goal {goal}, gate.{key}): "
+             f"{'missed' if any(m.startswith(metric + ' ') for m in gated.misses) else 'met'}"
+             for metric, goal, key in [("fd_ratio", "<= 1000", "fd_ratio_max"), ("utility", ">= 0", "utility_min"),
+                                       ("label_consistency", ">= 0", "label_consistency_min"),
+                                       ("memorisation", "<= 1", "memorisation_max")]]
+    return lines + ["verdict: passed the quality gate: 4 of 4 thresholds met" if gated.passed else
+                    f"verdict: missed the quality gate: {len(gated.misses)} of 4 thresholds missed"]
+
+
+@pytest.fixture
+def in_project(project, monkeypatch):
     import yaml
 
     layout, params, _ = project
     (layout.root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
     monkeypatch.chdir(layout.root)
+    return layout, params
+
+
+def test_ganforge_evaluate_logs_each_threshold_then_the_verdict(in_project, capsys):
+    layout, params = in_project
     assert main(["evaluate", "--params", "params.yaml"]) == 0
-    metrics = json.loads(layout.metrics.read_text())
     lines = capsys.readouterr().err.strip().splitlines()
-    gated = registry.check_gate(metrics, params.gate)
-    expected = [f"gate: {metric} {metrics[metric]:.4g} (goal {goal}, gate.{key}): "
-                f"{'missed' if any(m.startswith(metric + ' ') for m in gated.misses) else 'met'}"
-                for metric, goal, key in [("fd_ratio", "<= 1000", "fd_ratio_max"), ("utility", ">= 0", "utility_min"),
-                                          ("label_consistency", ">= 0", "label_consistency_min"),
-                                          ("memorisation", "<= 1", "memorisation_max")]]
-    verdict = ("verdict: passed the quality gate: 4 of 4 thresholds met" if gated.passed else
-               f"verdict: missed the quality gate: {len(gated.misses)} of 4 thresholds missed")
-    assert lines[-5:-1] == expected and lines[-1].startswith(verdict)
+    expected = expected_verdict_lines(json.loads(layout.metrics.read_text()), params)
+    assert lines[-5:-1] == expected[:4] and lines[-1].startswith(expected[4])
+
+
+def test_the_evaluate_flow_logs_each_threshold_then_the_verdict(in_project, prefect_api_url):
+    import logging
+
+    from flows.evaluate import evaluate_flow
+
+    class Lines(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.INFO)
+            self.lines: list[str] = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    # On the flow-run logger itself: the stage reconfigures logging on the way (caplog's root handler is gone).
+    layout, params = in_project
+    handler, logger = Lines(), logging.getLogger("prefect.flow_runs")
+    logger.addHandler(handler)
+    try:
+        metrics = evaluate_flow("params.yaml")
+    finally:
+        logger.removeHandler(handler)
+    expected = expected_verdict_lines(metrics, params)
+    lines = [line for line in handler.lines if line.startswith(("gate: ", "verdict: "))]
+    assert lines[:4] == expected[:4] and lines[4].startswith(expected[4]) and len(lines) == 5
