@@ -18,10 +18,10 @@ import numpy as np
 from gan_core.checkpoint import read_metrics
 from gan_core.config import GateConfig
 from gan_core.fingerprint import data_fingerprint
+from gan_core.storage import MANIFEST
 from gan_core.verdict import DESCRIPTIONS, MET, MISSED, Verdict
 
 CURVE_FILES = ("losses.csv", "selection.csv")  # a model's training curves (plots/), published in its manifest
-MODEL_MANIFEST = "_manifest.json"  # beside a fetched model's files (gan_core.storage.MANIFEST)
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def read_curves(plots_dir: Path) -> dict[str, str]:
 
 def published_curves(model_dir: Path) -> dict[str, str]:
     """The curves a fetched model was published with (its manifest's `curves`); {} when it has none."""
-    curves = read_metrics(Path(model_dir) / MODEL_MANIFEST).get("curves") or {}
+    curves = read_metrics(Path(model_dir) / MANIFEST).get("curves") or {}  # the manifest beside its files
     return {name: text for name, text in curves.items() if name in CURVE_FILES and isinstance(text, str)}
 
 
