@@ -9,6 +9,7 @@ from flows.tasks import fetch_model
 from gan_core.config import load_params
 from gan_core.layout import Layout, bucket_from_env
 from gan_core.stages.evaluate import run_evaluate
+from gan_core.verdict import verdict
 
 
 @flow(name="evaluate")
@@ -34,7 +35,10 @@ def evaluate_flow(params_path: str = "params.yaml", checkpoint: str | None = Non
     # metrics/eval.json describes the local model, and local generation stamps it into manifests.
     out_dir = Layout().evaluation(model.directory.parent.name, model.version) if model else None
     metrics = run_evaluate(params, layout, model_dir=model.directory if model else local, out_dir=out_dir)
-    get_run_logger().info("discriminator AUC %.3f", metrics.get("d_auc", float("nan")))
+    logger = get_run_logger()
+    logger.info("discriminator AUC %.3f", metrics.get("d_auc", float("nan")))
+    for line in verdict(metrics, params.gate).lines():  # each gate threshold, then the verdict
+        logger.info(line)
     report("evaluate", params.prepare.dataset,
            {"model": model.uri if model else str(local), "metrics": metrics})
     return metrics

@@ -34,7 +34,12 @@ def cmd_train(args) -> object:
 @command
 def cmd_evaluate(args) -> object:
     from gan_core.stages.evaluate import run_evaluate
-    return run_evaluate(load_params(args.params))
+    from gan_core.verdict import verdict
+    params = load_params(args.params)
+    metrics = run_evaluate(params)
+    # The verdict on stderr, first to be read; the metrics as JSON on stdout, for a pipe.
+    print("\n".join(verdict(metrics, params.gate).lines()), file=sys.stderr)
+    return metrics
 
 
 @command

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gan_core.checkpoint import read_metrics, sha256_file
+
+from gan_core.card import read_curves
 from gan_core.config import GateConfig, Params
 from gan_core.layout import Layout, model_cache_dir
 from gan_core.provenance import GENERATOR, TABLE_GENERATOR, ModelSource, generator_file, provenance, training_inputs
@@ -326,9 +328,11 @@ def run_publish_model(params: Params, version: str, bucket: str, metrics: dict, 
                       prefix: str = MODELS_PREFIX) -> str:
     """Publish models/<dataset>/ as s3://BUCKET/models/<dataset>/VERSION/ with its evaluation metrics."""
     require_measured(metrics, layout.model(params))  # before any upload
-    manifest = {**provenance(params, layout), "metrics": metrics, "inputs": training_inputs(params)}
+    # Its training curves travel with it: a card made from the fetched model shows them (gan_core.card).
+    manifest = {**provenance(params, layout), "metrics": metrics, "inputs": training_inputs(params),
+                "curves": read_curves(layout.plots)}
     return publish_model(layout.model(params), bucket=bucket, name=params.prepare.dataset,
-                         version=version, manifest=manifest, prefix=prefix)
+                                 version=version, manifest=manifest, prefix=prefix)
 
 
 def parse_checkpoint(checkpoint: str, bucket: str, name: str) -> tuple[str, str, str, str]:

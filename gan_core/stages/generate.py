@@ -6,7 +6,8 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from gan_core.card import CardSources
+
+from gan_core.card import CardSources, published_curves, read_curves
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params
 from gan_core.images.card import write_card
@@ -93,8 +94,10 @@ def run_publish(params: Params, summary: dict, version: str, bucket: str, layout
     model = model or local_model(params, layout)
     manifest = build_manifest(params, summary, version, layout, model)
     shards = [Path(p) for p in summary["shard_files"]]
+    # A fetched model's card shows the curves it was published with, never the checkout's plots/.
+    curves = published_curves(model.directory) if model.uri else read_curves(layout.plots)
     sources = CardSources(manifest, version_uri(bucket, prefix, params.generate.name, version), shards,
-                          layout.prepared(params), model.directory, layout.plots, params.generate.license)
+                          layout.prepared(params), model.directory, curves, params.generate.license, params.gate)
     write = write_table_card if summary.get("kind") == "table" else write_card
     card = write(shards[0].parent / EXTRA_FOLDER, sources)
     uri = publish_dataset(shards, bucket=bucket, name=params.generate.name, version=version,
