@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from gan_core import fingerprint, provenance
+from gan_core import fingerprint
 from gan_core.checkpoint import write_json_atomic
 from gan_core.config import Params
 from gan_core.images.evaluate import build_context, evaluate, rejection_table
 from gan_core.images.sampling import load_model, pick_device
+from gan_core.kinds import Evaluator, Kind, kind_of
 from gan_core.layout import Layout, grid_file_names
 from gan_core.rejection import logit_to_score
 from gan_core.scores import score_summary, write_score_histogram
@@ -31,11 +32,23 @@ def run_evaluate(params: Params, layout: Layout = Layout(), model_dir: Path | No
     metrics_path, plots = (out_dir / "eval.json", out_dir / "plots") if out_dir else (layout.metrics, layout.plots)
     for folder in PLOT_FOLDERS:
         (plots / folder).mkdir(parents=True, exist_ok=True)
-    if provenance.model_kind(directory) == "table":
-        return evaluate_table_model(directory, layout.prepared(params), params, metrics_path, plots)
-    model = load_model(directory, pick_device(params.train.device))
-    return evaluate(model, layout.prepared(params), params, metrics_path, plots, layout.feature_cache,
-                    layout.baseline_cache)
+    return PLUGINS[kind_of(directory)].evaluate(params, layout, directory, metrics_path, plots)
+
+
+class ImageEvaluator:
+    """The image evaluators (gan_core.images.evaluate): Frechet distance, KID, PRDC, utility, ..."""
+
+    def evaluate(self, params: Params, layout: Layout, model_dir: Path, metrics_path: Path, plots: Path) -> dict:
+        model = load_model(model_dir, pick_device(params.train.device))
+        return evaluate(model, layout.prepared(params), params, metrics_path, plots, layout.feature_cache,
+                        layout.baseline_cache)
+
+
+class TableEvaluator:
+    """The row GAN's discriminator scores and the table evaluators (gan_core.tables.evaluate)."""
+
+    def evaluate(self, params: Params, layout: Layout, model_dir: Path, metrics_path: Path, plots: Path) -> dict:
+        return evaluate_table_model(model_dir, layout.prepared(params), params, metrics_path, plots)
 
 
 def run_rejection_table(params: Params, targets: list[float], layout: Layout = Layout()) -> list[dict]:
@@ -84,3 +97,6 @@ def evaluate_table_model(model_dir: Path, prepared: Path, params: Params, metric
                               seed=params.evaluate.seed)
     write_json_atomic(Path(metrics_path), metrics)
     return metrics
+
+
+PLUGINS: dict[Kind, Evaluator] = {"image": ImageEvaluator(), "table": TableEvaluator()}
