@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -71,7 +70,8 @@ def test_a_saved_table_synthesizer_is_a_model_the_generate_stage_samples(no_s3, 
     assert kind_of(model_dir) == "table"
     params = Params(generate=GenerateConfig(num_samples=30, shard_size=30, seed=5))
     planned = plan_generation(params, model_dir, tmp_path / "out")
-    results = [run_shard(params, model_dir, i, quota, planned["rule"], tmp_path / "out") for i, quota in planned["shards"]]
+    results = [run_shard(params, model_dir, i, quota, planned["rule"], tmp_path / "out")
+               for i, quota in planned["shards"]]
     summary = summarize_shards(params, results, planned["rule"])
     shard = pq.read_table(summary["shard_files"][0]).to_pandas()
     # The stage's rows are the library's for the same seed, plus the seed and d_score columns.
@@ -110,6 +110,17 @@ def test_image_synthesizer_refuses_float_images(no_s3):
 
     with pytest.raises(DataError, match=r"fit: expected uint8 images .* \(got float64 \(4, 8, 8\)\)"):
         tiny_image_synthesizer().fit(np.zeros((4, 8, 8)), [0, 1, 0, 1])
+
+
+def test_a_bad_setting_is_one_line_naming_its_key():
+    from gan_core import ImageSynthesizer, TableSynthesizer
+    from gan_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^TableSynthesizer: unknown key table.step \(did you mean table.steps\?\)$"):
+        TableSynthesizer(step=100)
+    with pytest.raises(ConfigError, match=r"^ImageSynthesizer: train.epochs: input should be greater than or equal "
+                                          r"to 1 \(got 0\)$"):
+        ImageSynthesizer(epochs=0)
 
 
 def test_the_library_api_imports_neither_boto3_nor_prefect():
@@ -154,4 +165,4 @@ def test_the_generate_stage_without_s3_writes_local_shards_and_says_how_to_publi
     why = "generate.publish is false" if publish is False else "no S3 endpoint set"
     said = [line for line in (done.stdout + done.stderr).splitlines() if "not published" in line]
     assert len(said) == 1 and f"120 samples (acceptance 1.00) -> data/generated/digits/ (not published: {why}; " \
-                               "to publish: `source .ganforge/s3.env`" in said[0], said
+                               "to publish: configure S3 (`source .ganforge/s3.env`" in said[0], said

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gan_core.config import FeaturesConfig, ModelConfig, Params, PrepareConfig, TrainConfig
+from gan_core.config import FeaturesConfig, ModelConfig, TrainConfig, parse_params
 from gan_core.errors import DataError
 from gan_core.images.data import prepare_dataset
 from gan_core.images.sampling import TrainedModel, load_model, pick_device, sample_images
@@ -52,12 +52,13 @@ class ImageSynthesizer:
                  features: FeaturesConfig | None = None, *, epochs: int | None = None,
                  resolution: int | str = "auto", transform: str = "pad", validation_fraction: float = 0.15,
                  progress: bool = True):
-        train = train or TrainConfig()
-        if epochs is not None:
-            train = TrainConfig(**(train.model_dump() | {"epochs": epochs}))
-        self.params = Params(model=model or ModelConfig(), train=train, features=features or FeaturesConfig(),
-                             prepare=PrepareConfig(resolution=resolution, transform=transform,
-                                                   validation_fraction=validation_fraction, seed=train.seed))
+        train = (train or TrainConfig()).model_dump(mode="json") | ({} if epochs is None else {"epochs": epochs})
+        # Validated as params.yaml's sections: a bad value is one line naming its key (train.epochs: ...)
+        self.params = parse_params({
+            "model": (model or ModelConfig()).model_dump(mode="json"), "train": train,
+            "features": (features or FeaturesConfig()).model_dump(mode="json"),
+            "prepare": {"resolution": resolution, "transform": transform, "validation_fraction": validation_fraction,
+                        "seed": train["seed"]}}, source="ImageSynthesizer")
         self.progress = progress
         self.model: TrainedModel | None = None
         self.summary: dict | None = None  # training's steps, seconds and selected step, after fit

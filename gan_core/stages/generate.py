@@ -132,9 +132,9 @@ def unpublished_note(params: Params, summary: dict) -> str:
     """Where a run that publishes nothing left its shards, and how to publish them (one line)."""
     folder = Path(summary["shard_files"][0]).parent
     why = "no S3 endpoint set" if params.generate.publish == "auto" else "generate.publish is false"
-    return (f"{folder}/ (not published: {why}; to publish: `source .ganforge/s3.env` after `ganforge s3 start`, "
-            "or set AWS_ENDPOINT_URL and keys, then `ganforge generate`; or set generate.publish: true in "
-            "params.yaml and run `dvc repro`)")
+    return (f"{folder}/ (not published: {why}; to publish: configure S3 (`source .ganforge/s3.env` after "
+            "`ganforge s3 start`, or set AWS_ENDPOINT_URL and keys), then run `ganforge generate`, or set "
+            "generate.publish: true in params.yaml and run `dvc repro`)")
 
 
 def publication_version(version: str | None) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from gan_core.checkpoint import read_meta, write_json_atomic
-from gan_core.config import TableConfig
+from gan_core.config import TableConfig, parse_params
 from gan_core.shards import class_seeds, shard_seeds
 from gan_core.tables.data import arrow_schema_text, condition_names
 from gan_core.tables.sampling import TableModel, load_table_model, sample_rows
@@ -38,8 +38,9 @@ class TableSynthesizer:
 
     def __init__(self, config: TableConfig | None = None, *, seed: int = 0, device: str = "cpu",
                  threads: int | None = 1, progress: bool = True, **overrides):
-        base = (config or TableConfig(steps=LIBRARY_STEPS)).model_dump()
-        self.config = TableConfig(**(base | overrides))
+        base = (config or TableConfig(steps=LIBRARY_STEPS)).model_dump(mode="json")
+        # Validated as params.yaml's `table:` section: a typo is one line naming the key (table.step: did you mean ...)
+        self.config = parse_params({"table": base | overrides}, source="TableSynthesizer").table
         self.seed, self.device, self.threads, self.progress = seed, device, threads, progress
         self.model: TableModel | None = None
         self.history: dict | None = None  # training's losses and selection scores, after fit
