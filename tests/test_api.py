@@ -79,6 +79,20 @@ def test_a_saved_table_synthesizer_is_a_model_the_generate_stage_samples(no_s3, 
     assert summary["kind"] == "table" and summary["sample_count"] == 30
 
 
+def test_kind_of_reads_params_prepared_data_and_models(tmp_path, tiny_model_dir):
+    from gan_core.images.data import prepare_dataset
+    from gan_core.kinds import kind_of
+    from gan_core.tables.data import prepare_table
+
+    small_table().to_csv(tmp_path / "people.csv", index=False)
+    assert kind_of(Params(prepare={"source": str(tmp_path / "people.csv")})) == "table"
+    assert kind_of(Params()) == "image"  # the bundled digits
+    prepare_table(str(tmp_path / "people.csv"), tmp_path / "people.npz", 0.15, 0.15, 0)
+    prepare_dataset("bundled:digits", tmp_path / "digits.npz", 0.15, 0.15, 0)
+    assert (kind_of(tmp_path / "people.npz"), kind_of(tmp_path / "digits.npz")) == ("table", "image")
+    assert kind_of(tiny_model_dir) == "image"
+
+
 def tiny_image_synthesizer():
     from gan_core import ImageSynthesizer
 
