@@ -18,10 +18,12 @@ from gan_core.publication.s3 import validate_name
 from gan_core.stages.generate import (
     card_uri,
     plan_generation,
+    publishes,
     run_publish,
     run_shard,
     sample_overrides,
     summarize_shards,
+    unpublished_note,
 )
 
 # A local Dask cluster: worker processes with one thread each, and one torch thread each
@@ -78,12 +80,13 @@ def generate_shards(params: Params, model_dir: Path, out_dir: Path) -> dict:
 
 
 @flow(name="generate", task_runner=task_runner_from_env())
-def generate_flow(params_path: str = "params.yaml", version: str | None = None, publish_to_s3: bool = True,
+def generate_flow(params_path: str = "params.yaml", version: str | None = None, publish_to_s3: bool | None = None,
                   bucket: str | None = None, prefix: str = "datasets", dataset_name: str | None = None,
                   num_samples: int | None = None, rejection: bool | None = None, checkpoint: str | None = None,
                   keep_last: int | None = None, class_counts: dict[str, int] | None = None,
                   truncation: float | None = None) -> str | None:
-    """checkpoint: None for the local models/<dataset>/ (the DVC stage), else "production" (the scheduled
+    """publish_to_s3: None follows params' generate.publish (true, false, or auto: when an S3 endpoint is set).
+    checkpoint: None for the local models/<dataset>/ (the DVC stage), else "production" (the scheduled
     deployment's: the model the quality gate promoted), "latest", a version or an s3:// URI of one.
 
     version: by default the run's scheduled time, so that rerunning a scheduled run publishes nothing new.
@@ -96,6 +99,7 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
         **sample_overrides(num_samples, class_counts)})
     name, bucket, version = params.generate.name, bucket or bucket_from_env(), version or scheduled_version()
     prefix, layout = experiment_prefix(prefix), run_layout()
+    publish_to_s3 = publishes(params) if publish_to_s3 is None else publish_to_s3
     model = fetch_model(checkpoint, bucket, params.prepare.dataset) if checkpoint else local_model(params)
     if publish_to_s3 and (uri := published(bucket, prefix, name, version, generation_inputs(params, model))):
         report("generate", name, {"dataset": uri, "note": "already published by an earlier run of this schedule"})
@@ -108,8 +112,8 @@ def generate_flow(params_path: str = "params.yaml", version: str | None = None, 
         remove_run_folder(layout)
     if uri and keep_last:
         prune(bucket, prefix, name, keep_last)
-    get_run_logger().info("%d samples (acceptance %.2f) -> %s",
-                          summary["sample_count"], summary["acceptance_rate"], uri)
+    get_run_logger().info("%d samples (acceptance %.2f) -> %s", summary["sample_count"], summary["acceptance_rate"],
+                          uri or unpublished_note(params, summary))
     report("generate", name, {"dataset": uri, "card": uri and card_uri(uri), "version": version, "model": model.uri or str(model.directory),
                               **{k: summary[k] for k in ("sample_count", "acceptance_rate", "candidates", "truncation",
                                                          "class_counts")},

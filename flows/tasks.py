@@ -13,7 +13,14 @@ from gan_core.config import ConfigError, GateConfig
 from gan_core.provenance import ModelSource
 from gan_core.publication.read import read_manifest
 from gan_core.publication.retention import apply_retention
-from gan_core.publication.s3 import MODELS_PREFIX, StorageError, VersionBusyError, VersionExistsError, VersionNotFoundError, version_uri
+from gan_core.publication.s3 import (
+    MODELS_PREFIX,
+    StorageError,
+    VersionBusyError,
+    VersionExistsError,
+    VersionNotFoundError,
+    version_uri,
+)
 from gan_core.registry import fetch_published_model
 
 

@@ -1,7 +1,12 @@
-"""ganforge library: two kinds of data (images/, tables/) through one pipeline (stages/), publication and registry on S3."""
+"""ganforge library: two kinds of data (images/, tables/) through one pipeline (stages/), publication and registry on S3.
 
-# The loader is re-exported lazily: `import gan_core` stays free of torch and boto3.
-_LAZY = {"load_dataframe": "gan_core.loader", "SyntheticImageDataset": "gan_core.loader"}
+The library API, no S3, DVC or Prefect needed: `TableSynthesizer().fit(df).sample(100)`, and
+`ImageSynthesizer(epochs=...).fit(images, labels).sample(100)`; `save(path)` / `load(path)` a model folder.
+"""
+
+# Re-exported lazily: `import gan_core` stays free of torch and boto3, and each name imports only its own module.
+_LAZY = {"load_dataframe": "gan_core.loader", "SyntheticImageDataset": "gan_core.loader",
+         "ImageSynthesizer": "gan_core.images.synthesizer", "TableSynthesizer": "gan_core.tables.synthesizer"}
 __all__ = sorted(_LAZY)
 
 

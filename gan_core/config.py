@@ -189,6 +189,9 @@ class GenerateConfig(Section):
     rejection: RejectionConfig = RejectionConfig()
     # The dataset card's license: a Hugging Face license id (cc-by-4.0, mit, ...); "other" until someone decides.
     license: str = Field("other", pattern=r"^[a-z0-9][a-z0-9.+-]*$")
+    # Publish the shards to S3 after writing them: true, false (local shards only), or auto: when an S3 endpoint
+    # is set (AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3, as `make run` and .ganforge/s3.env set it).
+    publish: bool | Literal["auto"] = "auto"
 
     @model_validator(mode="before")
     @classmethod

@@ -12,25 +12,13 @@ import yaml
 from gan_core.checkpoint import read_metrics, sha256_file
 from gan_core.config import Params
 from gan_core.images.data import BUNDLED_DIGITS, model_class_names
+from gan_core.kinds import GENERATOR_FILE, MODEL_SECTIONS, TRAINING_SECTIONS, kind_of, model_kind
 from gan_core.layout import Layout
-from gan_core.tables.data import is_table_source
-
-GENERATOR = "ema.safetensors"  # the weights generation samples from
-
-
-TABLE_GENERATOR = "generator.safetensors"  # a table model's (its EMA weights)
 
 
 def generator_file(model_dir: Path) -> str:
     """The file of a model folder that generation samples from: the EMA generator of either kind."""
-    return TABLE_GENERATOR if model_kind(model_dir) == "table" else GENERATOR
-
-
-def model_kind(model_dir: Path) -> str:
-    """"table" or "image", as the model's meta.json says (models exported before tables are images)."""
-    meta = read_metrics(Path(model_dir) / "meta.json")
-    return "table" if meta.get("kind") == "table" or str(meta.get("format", "")).startswith("ganforge-table") \
-        else "image"
+    return GENERATOR_FILE[model_kind(model_dir)]
 
 
 @dataclass(frozen=True)
@@ -125,21 +113,18 @@ def generator_sha256(model_dir: Path) -> str | None:
 
 def generation_inputs(params: Params, model: ModelSource) -> dict:
     """What makes a dataset publication this run's own: a version with other inputs is another run's."""
-    # A table model's shape is in its meta.json (and so in its sha256), not in params' `model`.
-    shape = ({"table": params.table.model_dump(mode="json")} if model_kind(model.directory) == "table"
-             else {"model": params.model.model_dump(mode="json")})
+    # The sections that shape the model: `model` for images, `table` for tables.
+    shape = {section: getattr(params, section).model_dump(mode="json")
+             for section in MODEL_SECTIONS[model_kind(model.directory)]}
     return {"model_sha256": generator_sha256(model.directory), **shape,
-            "generate": params.generate.model_dump(mode="json"), "sample_count": params.generate.num_samples}
+            # whether to publish is no input of what is published
+            "generate": params.generate.model_dump(mode="json", exclude={"publish"}),
+            "sample_count": params.generate.num_samples}
 
 
 def training_inputs(params: Params) -> dict:
     """What makes a model publication this run's own: the data and every setting that trains it."""
-    sections = ("prepare", "table", "train") if is_table_params(params) else ("prepare", "model", "train", "features")
-    return {section: getattr(params, section).model_dump(mode="json") for section in sections}
-
-
-def is_table_params(params: Params) -> bool:
-    return is_table_source(params.prepare.source)
+    return {section: getattr(params, section).model_dump(mode="json") for section in TRAINING_SECTIONS[kind_of(params)]}
 
 
 def build_manifest(params: Params, summary: dict, version: str, layout: Layout = Layout(),

@@ -22,16 +22,29 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from gan_core.checkpoint import read_metrics, sha256_file
-
 from gan_core.card import read_curves
+from gan_core.checkpoint import read_metrics, sha256_file
 from gan_core.config import GateConfig, Params
+from gan_core.kinds import GENERATOR_FILE
 from gan_core.layout import Layout, model_cache_dir
-from gan_core.provenance import GENERATOR, TABLE_GENERATOR, ModelSource, generator_file, provenance, training_inputs
+from gan_core.provenance import ModelSource, generator_file, provenance, training_inputs
 from gan_core.publication.publish import publish_model
 from gan_core.publication.read import fetch_model, list_datasets, list_versions, read_manifest
 from gan_core.publication.retention import apply_retention
-from gan_core.publication.s3 import MANIFEST, MODELS_PREFIX, StorageError, VersionNotFoundError, put_if, read_object, read_object_tagged, require_conditional_writes, s3_client, validate_name, version_prefix, version_uri
+from gan_core.publication.s3 import (
+    MANIFEST,
+    MODELS_PREFIX,
+    StorageError,
+    VersionNotFoundError,
+    put_if,
+    read_object,
+    read_object_tagged,
+    require_conditional_writes,
+    s3_client,
+    validate_name,
+    version_prefix,
+    version_uri,
+)
 
 PRODUCTION = "production"
 ALIASES = "_aliases"  # '_': never a version name (s3.NAME_RE), so listing versions skips it
@@ -101,7 +114,7 @@ def published_generator_sha256(manifest: dict) -> str | None:
     """The sha256 a published model's manifest lists for its generator: an image model's ema.safetensors, else a
     table model's generator.safetensors (an image model's generator.safetensors holds the raw, non-EMA G)."""
     files = {entry["key"].rsplit("/", 1)[-1]: entry.get("sha256") for entry in manifest.get("files") or []}
-    return files.get(GENERATOR) or files.get(TABLE_GENERATOR)
+    return files.get(GENERATOR_FILE["image"]) or files.get(GENERATOR_FILE["table"])
 
 
 def _binding_miss(metrics: dict, model_sha256: str | None) -> str | None:

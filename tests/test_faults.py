@@ -43,8 +43,16 @@ from gan_core.publication.read import download_dataset, list_datasets, list_vers
 from gan_core.publication.s3 import MANIFEST, StorageError, VersionBusyError, VersionExistsError, s3_client, sizes_under
 from gan_core.s3server import SeaweedServer
 from tests.faultproxy import FaultProxy
-from tests.helpers import ROOT, committed_project, prepared_digits, run, tiny_params, tiny_project_params, use_aws_env
-from tests.helpers import bound_metrics
+from tests.helpers import (
+    ROOT,
+    bound_metrics,
+    committed_project,
+    prepared_digits,
+    run,
+    tiny_params,
+    tiny_project_params,
+    use_aws_env,
+)
 
 
 def sha256(path: Path) -> str:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gan_core.publication.publish import publish_model
 from gan_core import cli, registry
 from gan_core.checkpoint import sha256_file
 from gan_core.layout import Layout
+from gan_core.publication.publish import publish_model
 from tests.helpers import bound_metrics, committed_project, prepared_digits, run, tiny_params, tiny_project_params
 
 FAILING = {"fd_ratio_max": 1e-6}  # no model is that close to the real-real floor

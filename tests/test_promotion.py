@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from gan_core import cli, registry
-from gan_core.publication.read import list_versions, read_manifest
 from gan_core.config import load_params
+from gan_core.publication.read import list_versions, read_manifest
 from tests.helpers import ROOT, tiny_params
 
 NAME = "gated"

@@ -7,27 +7,40 @@ from pathlib import Path
 from gan_core.config import Params
 from gan_core.errors import DataError
 from gan_core.images.data import BUNDLED_DIGITS, prepare_dataset
+from gan_core.kinds import Kind, Preparer, kind_of
 from gan_core.layout import Layout
-from gan_core.tables.data import is_table_source, prepare_table
+from gan_core.tables.data import prepare_table
 
 
 def run_prepare(params: Params, layout: Layout = Layout()) -> dict:
-    cfg = params.prepare
-    for key, source in (("prepare.source", cfg.source), ("prepare.test_source", cfg.test_source)):
+    for key, source in (("prepare.source", params.prepare.source), ("prepare.test_source", params.prepare.test_source)):
         if source is not None:
             check_source_is_tracked(source, layout, key)
-    if is_table_source(cfg.source):
-        return prepare_table(cfg.source, layout.prepared(params), cfg.validation_fraction, cfg.test_fraction,
-                             cfg.seed, columns=cfg.columns, target=cfg.target, condition=cfg.condition,
+    return PLUGINS[kind_of(params)].prepare(params, layout.prepared(params))
+
+
+class ImagePreparer:
+    def prepare(self, params: Params, out_path: Path) -> dict:
+        cfg = params.prepare
+        table_keys = [key for key in ("columns", "target", "condition") if getattr(cfg, key)]
+        if table_keys:
+            key = table_keys[0]
+            raise DataError(f"prepare.{key} is for a table source (.csv, .parquet); prepare.source {cfg.source} "
+                            f"holds images: set prepare.{key}: {'{}' if key == 'columns' else 'null'}")
+        return prepare_dataset(cfg.source, out_path, cfg.validation_fraction, cfg.test_fraction, cfg.seed,
+                               resolution=cfg.resolution, transform=cfg.transform, test_source=cfg.test_source,
+                               class_names=cfg.class_names)
+
+
+class TablePreparer:
+    def prepare(self, params: Params, out_path: Path) -> dict:
+        cfg = params.prepare
+        return prepare_table(cfg.source, out_path, cfg.validation_fraction, cfg.test_fraction, cfg.seed,
+                             columns=cfg.columns, target=cfg.target, condition=cfg.condition,
                              test_source=cfg.test_source)
-    table_keys = [key for key in ("columns", "target", "condition") if getattr(cfg, key)]
-    if table_keys:
-        key = table_keys[0]
-        raise DataError(f"prepare.{key} is for a table source (.csv, .parquet); prepare.source {cfg.source} holds "
-                        f"images: set prepare.{key}: {'{}' if key == 'columns' else 'null'}")
-    return prepare_dataset(cfg.source, layout.prepared(params), cfg.validation_fraction, cfg.test_fraction,
-                           cfg.seed, resolution=cfg.resolution, transform=cfg.transform, test_source=cfg.test_source,
-                           class_names=cfg.class_names)
+
+
+PLUGINS: dict[Kind, Preparer] = {"image": ImagePreparer(), "table": TablePreparer()}
 
 
 def check_source_is_tracked(source: str, layout: Layout = Layout(), key: str = "prepare.source") -> None:
