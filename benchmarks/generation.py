@@ -152,7 +152,8 @@ def generate_memory(work: Path, samples: tuple[int, int] = MEMORY_SAMPLES) -> st
         thread.join()
     if len(results) != 2:
         raise RuntimeError("a generate_memory process failed")
-    info(f"peak RSS: {results[large] / 2**20:.0f} MiB at {large:,} samples, {results[small] / 2**20:.0f} MiB at {small:,}")
+    info(f"peak RSS: {results[large] / 2**20:.0f} MiB at {large:,} samples, "
+         f"{results[small] / 2**20:.0f} MiB at {small:,}")
     return report("generate_memory", results[large] / results[small], 1.2, higher_is_better=False)
 
 

@@ -280,13 +280,14 @@ def bench_table(name: str, table: BenchTable, epochs: int, steps: int | None, se
     splits, schema = split(table, seed)
     n = max(len(splits["train"]), 1000)
     score = ValidationScore(splits, schema, seed)
-    target = TARGET_SHARE * score(splits["train"])
+    real = score(splits["train"])  # the real training rows' own score: what a perfect generator would get
+    target = TARGET_SHARE * real
     # ganforge's standard run is its budget; CTGAN's is at least as long (its own run, or trained on to ganforge's).
     ours = run_ganforge(splits, schema, steps, n, seed)
     contenders = {"ctgan": run_ctgan(splits, schema, epochs, n, seed, score, target, ours.trained), "ganforge": ours}
     info(f"{name} (seed {seed}): {len(splits['train'])}/{len(splits['validation'])}/{len(splits['test'])} rows "
          f"train/validation/test, {len(schema.columns)} columns, target {table.target!r}, {n} rows generated; "
-         f"validation score target {target:.4f} ({TARGET_SHARE} of the real training rows' {score(splits['train']):.4f})")
+         f"validation score target {target:.4f} ({TARGET_SHARE} of the real training rows' {real:.4f})")
     out = {"target": target}
     for who, contender in contenders.items():
         m = evaluate_table(splits["train"], splits["test"], contender.rows, schema, seed=seed, evaluators=EVALUATORS)
@@ -306,7 +307,8 @@ def bench_table(name: str, table: BenchTable, epochs: int, steps: int | None, se
 
 def _spread(curve: list, points: int = 8) -> list:
     """A few points of a curve for the log, its last included."""
-    return [curve[i] for i in sorted({round(k * (len(curve) - 1) / (points - 1)) for k in range(points)})] if curve else []
+    picks = sorted({round(k * (len(curve) - 1) / (points - 1)) for k in range(points)}) if curve else []
+    return [curve[i] for i in picks]
 
 
 def time_to_quality(name: str, results: list[dict]) -> str:

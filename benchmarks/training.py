@@ -16,6 +16,7 @@ from gan_core.images.train import (autocast_dtype, batch_index, build_state, pic
                                    set_threads, train_step)
 
 MATMUL_SIZE = 2048  # large enough to reach the BLAS peak on a CPU, small enough for one-second rounds
+CUDA_MATMUL_SIZE = 8192  # a GPU's: one 2048^3 bf16 product takes microseconds, launch and sync then weigh in
 # A check that the suite runs, not figures: a tiny model and batch, few images, small matrix products.
 QUICK = {"rounds": 1, "matmul": 256, "rgb": {"count": 64, "resolution": 32},
          "model": ModelConfig(latent_dim=8, mapping_dim=16, g_channels=16, d_channels=8, d_hidden=16),
@@ -121,10 +122,10 @@ def run(rounds: int = 9, params: Params | None = None, quick: bool = False) -> l
     params = params or Params()
     if quick:
         params, rounds = quick_params(params), QUICK["rounds"]
-    matmul_size = QUICK["matmul"] if quick else MATMUL_SIZE
     set_threads(0)  # the free cores, for every contender alike (train.threads: 1 is for reproducibility)
     device = pick_device(params.train.device)
     sync = sync_for(device)
+    matmul_size = QUICK["matmul"] if quick else CUDA_MATMUL_SIZE if device.type == "cuda" else MATMUL_SIZE
     info(f"device {device.type}, {torch.get_num_threads()} torch threads, batch {params.train.batch_size}, "
          f"precision {params.train.precision}")
     digits = load_bundled_digits()
@@ -136,14 +137,14 @@ def run(rounds: int = 9, params: Params | None = None, quick: bool = False) -> l
     dtype = step_dtype(params, device)
     flops = step_flops(params, rgb, device)
     large = rates({"ganforge": ganforge_step(params, rgb, device), "reference": reference_step(params, rgb, device),
-                   **_bf16_contender(params, rgb, device), **matmuls(device, dtype, matmul_size)}, rounds=rounds, seconds=0,
-                  sync=sync)
-    lines.append(report("train_vs_reference_32x32", _versus_reference(f"{rgb.resolution}x{rgb.resolution} RGB", large),
-                        1.5))
+                   **_bf16_contender(params, rgb, device), **matmuls(device, dtype, matmul_size)},
+                  rounds=rounds, seconds=0, sync=sync)
+    size = f"{rgb.resolution}x{rgb.resolution}"
+    lines.append(report("train_vs_reference_32x32", _versus_reference(f"{size} RGB", large), 1.5))
     achieved = large["ganforge"].wall * flops
     products = {name.removeprefix("matmul_"): rate.wall for name, rate in large.items() if name.startswith("matmul")}
     # The peak of the precision the step runs in: bf16 tensor cores are several times float32's rate.
-    info(f"{rgb.resolution}x{rgb.resolution} step: {flops / 1e9:.2f} GFLOP at {achieved / 1e9:.1f} GFLOP/s; "
+    info(f"{size} step: {flops / 1e9:.2f} GFLOP at {achieved / 1e9:.1f} GFLOP/s; "
          f"{str(dtype).removeprefix('torch.')} {matmul_size}^3 matmul: "
          + ", ".join(f"{name} {rate / 1e9:.1f}" for name, rate in products.items()) + " GFLOP/s")
     lines.append(report("train_mfu", achieved / max(products.values()), 0.3))
