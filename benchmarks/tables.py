@@ -235,6 +235,7 @@ def run_ctgan(splits: dict, schema: TableSchema, epochs: int, n: int, seed: int,
     """CTGAN's `epochs` (its standard run: the rows scored on the test split), then on, as the same fit, until
     its validation score reaches `target` or it has trained `budget` CPU seconds."""
     every = max(1, SCORE_EVERY_STEPS // max(len(splits["train"]) // 500, 1))  # epochs per 25 steps of batch 500
+    most = epochs * MAX_EPOCHS_FACTOR
     curve, aside, standard = [], [0.0], {}  # aside: CPU seconds spent scoring and sampling, off CTGAN's clock
 
     def on_epoch(baseline: CtganBaseline, epoch: int) -> None:
@@ -245,12 +246,12 @@ def run_ctgan(splits: dict, schema: TableSchema, epochs: int, n: int, seed: int,
         if epoch == epochs:
             standard.update(seconds=seconds, rows=baseline.sample_aside(n, seed), wall=time.perf_counter() - wall)
         aside[0] += time.process_time() - now
-        if epoch >= epochs and (curve[-1][1] >= target or seconds >= budget):
+        if epoch >= epochs and (curve[-1][1] >= target or seconds >= budget or epoch == most):
             standard["trained"], standard["epochs"] = seconds, epoch
             raise TrainedEnough
 
     wall, cpu = time.perf_counter(), time.process_time()
-    CtganBaseline(schema, epochs * MAX_EPOCHS_FACTOR, seed, on_epoch).fit(splits["train"])
+    CtganBaseline(schema, most, seed, on_epoch).fit(splits["train"])
     more = f"; trained on to epoch {standard['epochs']}" if standard["epochs"] > epochs else ""
     return Contender(standard["seconds"], standard["rows"], f"{epochs} epochs, {standard['wall']:.0f} s wall{more}",
                      curve, standard["trained"])
