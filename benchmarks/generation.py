@@ -22,23 +22,27 @@ from benchmarks.harness import info, rates, report
 from benchmarks.training import sync_for
 from gan_core.config import GenerateConfig, ModelConfig, Params
 from gan_core.images.generate import generate_dataset, row_schema
-from gan_core.images.models import DataShape, Discriminator, Generator
-from gan_core.images.sampling import TrainedModel
-from gan_core.images.train import pick_device, set_threads
+from gan_core.images.models import DataShape
+from gan_core.images.sampling import TrainedModel, load_model
+from gan_core.images.train import build_state, export_model, pick_device, set_threads
 from gan_core.publication.publish import publish_dataset
 from gan_core.s3server import SeaweedServer
 
 DIGITS = DataShape(8, 1, 10)
 TINY_MODEL = ModelConfig(latent_dim=8, mapping_dim=16, g_channels=16, d_channels=8, d_hidden=16)
 PUBLISH_FILES, PUBLISH_FILE_MB = 4, 32
+MEMORY_SAMPLES = (100_000, 1_000_000)
+# A check that the suite runs, not figures: a tiny model, few samples, small files.
+QUICK = {"rounds": 1, "num_samples": 1000, "publish": (2, 1), "memory": (2_000, 20_000)}
 
 
-def untrained_model(cfg: ModelConfig, shape: DataShape = DIGITS, device: str | torch.device = "cpu") -> TrainedModel:
-    """Speed and memory do not depend on what the weights learned."""
-    torch.manual_seed(0)
-    layout = {"device": device, "memory_format": torch.channels_last}  # as gan_core.images.sampling.load_model
-    return TrainedModel(Generator(cfg, shape).to(**layout).eval(), Discriminator(cfg, shape).to(**layout).eval(),
-                        shape, {})
+def untrained_model(cfg: ModelConfig, folder: Path, shape: DataShape = DIGITS,
+                    device: str | torch.device = "cpu") -> TrainedModel:
+    """Speed and memory do not depend on what the weights learned. Exported and loaded as the train and
+    generate stages do, so the model carries whatever meta.json generation reads."""
+    params = Params(model=cfg)
+    export_model(folder, params, shape, build_state(params, shape, torch.device("cpu")), {})
+    return load_model(folder, device)
 
 
 def generate_and_publish(model: TrainedModel, cfg: GenerateConfig, work: Path, bucket: str):
@@ -66,11 +70,14 @@ def forward_alone(model: TrainedModel, cfg: GenerateConfig):
     return run
 
 
-def generate_vs_forward(work: Path, bucket: str, rounds: int) -> str:
+def generate_vs_forward(work: Path, bucket: str, rounds: int, quick: bool = False) -> str:
     params = Params()
+    if quick:
+        params = params.model_copy(update={"model": TINY_MODEL, "generate": params.generate.model_copy(
+            update={"num_samples": QUICK["num_samples"]})})
     set_threads(0)  # the free cores, for every contender alike (train.threads: 1 is for reproducibility)
     device = pick_device(params.train.device)
-    model = untrained_model(params.model, device=device)
+    model = untrained_model(params.model, work / "model", device=device)
     cfg = params.generate
     measured = {name: rate.wall for name, rate in rates(
         {"path": generate_and_publish(model, cfg, work, bucket), "forward": forward_alone(model, cfg)},
@@ -96,8 +103,9 @@ def shard_like_files(folder: Path, count: int = PUBLISH_FILES, megabytes: int = 
     return paths
 
 
-def publish_vs_awscli(work: Path, server: SeaweedServer, rounds: int) -> str:
-    files = shard_like_files(work / "upload")
+def publish_vs_awscli(work: Path, server: SeaweedServer, rounds: int, count: int = PUBLISH_FILES,
+                      megabytes: int = PUBLISH_FILE_MB) -> str:
+    files = shard_like_files(work / "upload", count, megabytes)
     size = float(sum(p.stat().st_size for p in files))
     versions = itertools.count()
     aws_config = work / "aws-config"
@@ -119,7 +127,7 @@ def publish_vs_awscli(work: Path, server: SeaweedServer, rounds: int) -> str:
 
     measured = {name: rate.wall for name, rate in rates({"publish": ours, "awscli": awscli}, rounds=rounds,
                                                          seconds=0).items()}
-    info(f"{len(files)} files of {PUBLISH_FILE_MB} MiB: publish {measured['publish'] / 2**20:.0f} MiB/s "
+    info(f"{len(files)} files of {megabytes} MiB: publish {measured['publish'] / 2**20:.0f} MiB/s "
          f"(sha256 of each file and the manifest included), aws s3 cp --recursive "
          f"{measured['awscli'] / 2**20:.0f} MiB/s")
     return report("publish_vs_awscli", measured["publish"] / measured["awscli"], 1.0)
@@ -132,26 +140,27 @@ def peak_rss_generating(samples: int, work: Path) -> int:
     return int(done.stdout.split()[-1])
 
 
-def generate_memory(work: Path) -> str:
+def generate_memory(work: Path, samples: tuple[int, int] = MEMORY_SAMPLES) -> str:
     # Memory, not time: the two processes run at once.
     results: dict[int, int] = {}
+    small, large = samples
     threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, peak_rss_generating(n, work / str(n))))
-               for n in (100_000, 1_000_000)]
+               for n in samples]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if len(results) != 2:
         raise RuntimeError("a generate_memory process failed")
-    info(f"peak RSS: {results[1_000_000] / 2**20:.0f} MiB at 1,000,000 samples, "
-         f"{results[100_000] / 2**20:.0f} MiB at 100,000")
-    return report("generate_memory", results[1_000_000] / results[100_000], 1.2, higher_is_better=False)
+    info(f"peak RSS: {results[large] / 2**20:.0f} MiB at {large:,} samples, "
+         f"{results[small] / 2**20:.0f} MiB at {small:,}")
+    return report("generate_memory", results[large] / results[small], 1.2, higher_is_better=False)
 
 
 def _memory_main(samples: int, work: Path) -> None:
     torch.set_num_threads(1)
     cfg = GenerateConfig(num_samples=samples)
-    summary = generate_dataset(untrained_model(TINY_MODEL), cfg, work)
+    summary = generate_dataset(untrained_model(TINY_MODEL, work / "model"), cfg, work / "generated")
     assert summary["sample_count"] == samples
     print(peak_rss())
 
@@ -167,7 +176,8 @@ def peak_rss() -> int:
         return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
-def run(rounds: int = 3) -> list[str]:
+def run(rounds: int = 3, quick: bool = False) -> list[str]:
+    rounds = QUICK["rounds"] if quick else rounds
     with tempfile.TemporaryDirectory(prefix="ganforge-bench-") as tmp:
         work = Path(tmp)
         server = SeaweedServer(data_dir=work / "seaweedfs", bucket="bench", access_key="BENCH" + secrets.token_hex(6),
@@ -175,11 +185,12 @@ def run(rounds: int = 3) -> list[str]:
         os.environ.update(server.env() | {"AWS_CONFIG_FILE": str(work / "no-config"),
                                           "AWS_SHARED_CREDENTIALS_FILE": str(work / "no-credentials")})
         try:
-            lines = [generate_vs_forward(work, server.bucket, rounds), publish_vs_awscli(work, server, rounds)]
+            lines = [generate_vs_forward(work, server.bucket, rounds, quick),
+                     publish_vs_awscli(work, server, rounds, *(QUICK["publish"] if quick else ()))]
         finally:
             stopping = threading.Thread(target=server.stop)  # SIGTERM takes weed ~14 s: overlap it
             stopping.start()
-        lines.append(generate_memory(work / "memory"))
+        lines.append(generate_memory(work / "memory", QUICK["memory"] if quick else MEMORY_SAMPLES))
         stopping.join()
     return lines
 

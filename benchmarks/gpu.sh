@@ -2,7 +2,8 @@
 # The figures of `make bench` on a machine with an NVIDIA GPU, in under 5 minutes: training steps
 # of the default 8x8 config and of a 32x32 RGB config with bf16 autocast (train.precision: auto),
 # side by side with the plain-PyTorch reference (float32, DataLoader with 2 workers), the model FLOP
-# utilisation against a float32 matmul on the same GPU, and the generation figures.
+# utilisation against a matmul in the precision the step runs in (bf16 under autocast) on the same GPU,
+# and the generation figures.
 #   bash benchmarks/gpu.sh            # PYTHON=/path/to/python to choose the interpreter
 # Without a CUDA device it says so and runs one round of the training figures on the CPU, which
 # checks the script, not the GPU.

@@ -44,8 +44,10 @@ def _one_round(work: Callable[[], float], seconds: float, sync: Callable[[], Non
             return units / elapsed, units / max(time.process_time() - cpu_start, 1e-9)
 
 
-def report(name: str, value: float, goal: float, higher_is_better: bool = True) -> str:
+def report(name: str, value: float, goal: float, higher_is_better: bool = True, note: str = "") -> str:
+    """One figure: `bench: NAME value=V goal>=G` (or <=), and a note in brackets when the value needs one."""
     line = f"bench: {name} value={value:.3g} goal{'>=' if higher_is_better else '<='}{goal:g}"
+    line += f" ({note})" if note else ""
     print(line, flush=True)
     return line
 

@@ -9,12 +9,25 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.harness import Rate, info, rates, report
 from benchmarks.reference import ReferenceGan
-from gan_core.config import Params
+from gan_core.config import ModelConfig, Params
 from gan_core.images.data import ImageSet, load_bundled_digits
 from gan_core.images.models import DataShape
-from gan_core.images.train import batch_index, build_state, pick_device, resident_dataset, set_threads, train_step
+from gan_core.images.train import (
+    autocast_dtype,
+    batch_index,
+    build_state,
+    pick_device,
+    resident_dataset,
+    set_threads,
+    train_step,
+)
 
 MATMUL_SIZE = 2048  # large enough to reach the BLAS peak on a CPU, small enough for one-second rounds
+CUDA_MATMUL_SIZE = 8192  # a GPU's: one 2048^3 bf16 product takes microseconds, launch and sync then weigh in
+# A check that the suite runs, not figures: a tiny model and batch, few images, small matrix products.
+QUICK = {"rounds": 1, "matmul": 256, "rgb": {"count": 64, "resolution": 32},
+         "model": ModelConfig(latent_dim=8, mapping_dim=16, g_channels=16, d_channels=8, d_hidden=16),
+         "batch_size": 16}
 
 
 def random_rgb(count: int = 2048, resolution: int = 32, seed: int = 0) -> ImageSet:
@@ -60,16 +73,21 @@ def step_flops(params: Params, data: ImageSet, device: torch.device) -> int:
     return counter.get_total_flops()
 
 
-def matmuls(device: torch.device, size: int = MATMUL_SIZE) -> dict:
-    """float32 matrix products by each path torch has on the device; the fastest is the peak.
+def step_dtype(params: Params, device: torch.device) -> torch.dtype:
+    """The precision the training step's products run in: bf16 under autocast (CUDA by default), else float32."""
+    return autocast_dtype(params.train.precision, device) or torch.float32
+
+
+def matmuls(device: torch.device, dtype: torch.dtype = torch.float32, size: int = MATMUL_SIZE) -> dict:
+    """Matrix products in `dtype` by each path torch has on the device; the fastest is the peak.
 
     On a CPU both BLAS (MKL) and oneDNN: MKL's sgemm reached about half of oneDNN's rate on an
     AMD EPYC, whose convolutions (oneDNN) would otherwise appear to beat the machine's limit.
     """
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     paths = {"matmul_blas": lambda: torch.mm(a, b)}
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+    if device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available():
         a_dnn, b_dnn = a.to_mkldnn(), b.to_mkldnn()
         paths["matmul_onednn"] = lambda: F.linear(a_dnn, b_dnn)
 
@@ -100,13 +118,21 @@ def _versus_reference(label: str, measured: dict[str, Rate]) -> float:
     return ours.wall / ref.wall
 
 
-def run(rounds: int = 9, params: Params | None = None) -> list[str]:
+def quick_params(params: Params) -> Params:
+    train = params.train.model_copy(update={"batch_size": QUICK["batch_size"]})
+    return params.model_copy(update={"model": QUICK["model"], "train": train})
+
+
+def run(rounds: int = 9, params: Params | None = None, quick: bool = False) -> list[str]:
     """One step of each contender per round, interleaved: load from other processes that comes and
     goes over seconds then falls on all of them alike. 8x8 steps are short: four times the rounds."""
     params = params or Params()
+    if quick:
+        params, rounds = quick_params(params), QUICK["rounds"]
     set_threads(0)  # the free cores, for every contender alike (train.threads: 1 is for reproducibility)
     device = pick_device(params.train.device)
     sync = sync_for(device)
+    matmul_size = QUICK["matmul"] if quick else CUDA_MATMUL_SIZE if device.type == "cuda" else MATMUL_SIZE
     info(f"device {device.type}, {torch.get_num_threads()} torch threads, batch {params.train.batch_size}, "
          f"precision {params.train.precision}")
     digits = load_bundled_digits()
@@ -114,14 +140,19 @@ def run(rounds: int = 9, params: Params | None = None) -> list[str]:
                    **_bf16_contender(params, digits, device)}, rounds=4 * rounds, seconds=0, sync=sync)
     lines = [report("train_vs_reference_8x8", _versus_reference("8x8 digits", small), 3.0)]
 
-    rgb = random_rgb()
+    rgb = random_rgb(**QUICK["rgb"]) if quick else random_rgb()
+    dtype = step_dtype(params, device)
     flops = step_flops(params, rgb, device)
     large = rates({"ganforge": ganforge_step(params, rgb, device), "reference": reference_step(params, rgb, device),
-                   **_bf16_contender(params, rgb, device), **matmuls(device)}, rounds=rounds, seconds=0, sync=sync)
-    lines.append(report("train_vs_reference_32x32", _versus_reference("32x32 RGB", large), 1.5))
+                   **_bf16_contender(params, rgb, device), **matmuls(device, dtype, matmul_size)},
+                  rounds=rounds, seconds=0, sync=sync)
+    size = f"{rgb.resolution}x{rgb.resolution}"
+    lines.append(report("train_vs_reference_32x32", _versus_reference(f"{size} RGB", large), 1.5))
     achieved = large["ganforge"].wall * flops
     products = {name.removeprefix("matmul_"): rate.wall for name, rate in large.items() if name.startswith("matmul")}
-    info(f"32x32 step: {flops / 1e9:.1f} GFLOP at {achieved / 1e9:.1f} GFLOP/s; float32 {MATMUL_SIZE}^3 matmul: "
+    # The peak of the precision the step runs in: bf16 tensor cores are several times float32's rate.
+    info(f"{size} step: {flops / 1e9:.2f} GFLOP at {achieved / 1e9:.1f} GFLOP/s; "
+         f"{str(dtype).removeprefix('torch.')} {matmul_size}^3 matmul: "
          + ", ".join(f"{name} {rate / 1e9:.1f}" for name, rate in products.items()) + " GFLOP/s")
     lines.append(report("train_mfu", achieved / max(products.values()), 0.3))
     return lines

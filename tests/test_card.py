@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -247,9 +248,39 @@ def _chromium(*args: str, timeout: int = 120) -> str:
     return done.stdout
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="no browser: /usr/bin/chromium is missing "
-                                                   "(apt-get install chromium; .ci/run does it in CI)")
-def test_report_opens_in_a_real_browser_with_every_image_loaded(project, published, tmp_path):
+def browser_required(env) -> bool:
+    """CI (CI=true) and `make test` (GANFORGE_REQUIRE_BROWSER=1, after installing chromium) test the report in
+    a browser: there a missing one is a failure, not a skip."""
+    return any(env.get(name, "").lower() in ("1", "true", "yes") for name in ("CI", "GANFORGE_REQUIRE_BROWSER"))
+
+
+def browser_or_skip(path: Path, env) -> Path:
+    if path.exists():
+        return path
+    message = f"no browser: {path} is missing (apt-get install chromium; `make test` installs it)"
+    if browser_required(env):
+        pytest.fail(f"{message}; CI and `make test` require it", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """First in the test's arguments, so that a missing browser stops it before the project is trained."""
+    return browser_or_skip(CHROMIUM, os.environ)
+
+
+def test_a_missing_browser_fails_where_one_is_required(tmp_path):
+    missing = tmp_path / "no-chromium"
+    with pytest.raises(pytest.fail.Exception, match="no browser: .*no-chromium is missing.*require it"):
+        browser_or_skip(missing, {"CI": "true"})
+    with pytest.raises(pytest.fail.Exception):
+        browser_or_skip(missing, {"GANFORGE_REQUIRE_BROWSER": "1"})
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
+        browser_or_skip(missing, {"CI": "false"})
+    assert browser_or_skip(tmp_path, {"CI": "true"}) == tmp_path
+
+
+def test_report_opens_in_a_real_browser_with_every_image_loaded(chromium, project, published, tmp_path):
     layout, params, _ = project
     report = tmp_path / "report.html"  # outside the project folder, as a user who fetched it would open it
     page = (layout.generated(params) / "_card" / "report.html").read_text()

@@ -1,0 +1,65 @@
+"""Every benchmark suite runs: `python -m benchmarks --quick` on each `make test`, so a change that breaks one
+fails here instead of in the next person's `make bench`."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.__main__ import SUITE_HEADER, SUITES, run_suite
+from tests.helpers import ROOT
+
+BENCH_LINE = re.compile(r"^bench: (?P<name>\w+) value=(?P<value>\S+) goal(>=|<=)(?P<goal>\S+)")
+
+
+def suite_sections(stdout: str) -> dict[str, list[str]]:
+    """Each suite's output lines, keyed by the suite named in the `== suite NAME` line before them."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in stdout.splitlines():
+        if line.startswith(SUITE_HEADER):
+            current = line.removeprefix(SUITE_HEADER).strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return sections
+
+
+def bench_env(tmp_path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PREFECT_", "DVC_"))}
+    return env | {"PATH": f"{os.path.dirname(sys.executable)}:{env['PATH']}", "PYTHONPATH": str(ROOT),
+                  "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                  "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_HOME": str(tmp_path / "prefect"),
+                  "AWS_CONFIG_FILE": str(tmp_path / "aws-config"),
+                  "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "aws-credentials")}
+
+
+@pytest.mark.slow
+def test_every_suite_prints_its_figures_in_quick_mode(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick"], cwd=ROOT, env=bench_env(tmp_path),
+                          capture_output=True, text=True, timeout=900)
+    output = f"{done.stdout[-6000:]}\n{done.stderr[-6000:]}"
+    sections = suite_sections(done.stdout)
+    for suite in SUITES:
+        lines = [m for m in map(BENCH_LINE.match, sections.get(suite, [])) if m]
+        assert lines, f"benchmark suite {suite!r} printed no bench: line\n{output}"
+        for m in lines:  # a number, or inf / nan where a figure says a contender never got there
+            float(m["value"]), float(m["goal"])
+    assert done.returncode == 0, output
+    names = [m["name"] for lines in sections.values() for m in map(BENCH_LINE.match, lines) if m]
+    assert len(names) == len(set(names)), f"a figure printed twice: {names}"
+    # The honest figures: time to the same validation score, MFU against the peak of the precision used.
+    assert "tabular_time_to_quality_vs_ctgan_penguins" in names and "train_mfu" in names
+    assert not any(name.startswith("tabular_train_time_vs_ctgan") for name in names)
+    assert math.isfinite(float(next(m["value"] for m in map(BENCH_LINE.match, sections["training"])
+                                    if m and m["name"] == "train_mfu")))
+
+
+def test_a_suite_that_raises_is_reported_as_failed(capsys):
+    assert not run_suite("no_such_suite", {})
+    assert "suite no_such_suite: FAILED" in capsys.readouterr().out
