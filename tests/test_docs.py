@@ -1,5 +1,6 @@
 """The docs cannot drift from the tree: docs/layout.md names every module and only paths that exist,
-README.md stays a front page (under 250 lines), and every relative link in README.md and docs/ resolves.
+README.md stays a front page (under 250 lines), and every relative link in README.md, docs/ and results/
+resolves (to a file, and to a heading where it names one).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def broken_links(page: Path) -> list[str]:
 
 
 def doc_pages() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "results").glob("**/README.md"))]
 
 
 def test_layout_names_every_module():
