@@ -14,7 +14,7 @@ README_MAX_LINES = 250
 # Where modules live: a module here that docs/layout.md does not name fails the test.
 MODULE_GLOBS = ("gan_core/**/*.py", "flows/**/*.py", "benchmarks/**/*.py", "benchmarks/*.sh",
                 "scripts/*.py", "scripts/*.sh")
-FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
 CODE = re.compile(r"`([^`\n]+)`")
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 PATH_END = re.compile(r"(/|\.\w+)$")
@@ -60,7 +60,7 @@ def github_anchor(heading: str) -> str:
 
 def anchors(markdown: str) -> set[str]:
     text = FENCE.sub("", markdown)
-    return {github_anchor(m) for m in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", text, re.M)}
+    return {github_anchor(m) for m in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", text, re.MULTILINE)}
 
 
 def broken_links(page: Path) -> list[str]:
