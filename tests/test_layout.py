@@ -134,7 +134,7 @@ def test_image_training_fingerprint_covers_only_what_training_runs():
     closure = {path.relative_to(PACKAGE).as_posix() for path in module_closure("images.train")}
     assert "images/train.py" in closure and "images/models.py" in closure
     outside = sorted(p for p in closure if p.startswith("tables/") or p in {
-        "provenance.py", "layout.py", "storage.py", "registry.py", "card.py", "images/card.py",
+        "provenance.py", "layout.py", "registry.py", "publish.py", "read.py", "retention.py", "card.py", "images/card.py",
         "images/generate.py", "images/evaluate.py"})
     assert outside == []
 
@@ -145,6 +145,6 @@ def test_train_stage_runs_no_publication_code():
 
     closure = import_closure("flows.train")
     assert "gan_core/images/train.py" in closure
-    publication = sorted(p for p in closure if Path(p).name in {"provenance.py", "storage.py", "registry.py",
+    publication = sorted(p for p in closure if Path(p).name in {"provenance.py", "publish.py", "read.py", "retention.py", "registry.py",
                                                                 "card.py", "generate.py", "lineage.py"})
     assert publication == []
