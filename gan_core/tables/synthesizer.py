@@ -67,7 +67,8 @@ class TableSynthesizer:
         if self.threads:
             torch.set_num_threads(self.threads)
         self.history = train_table_gan(data, validation, schema, self.config, out_dir, seed=self.seed,
-                                       checkpoint_dir=checkpoint_dir, resume=resume, progress=self.progress, device=self.device)
+                                       checkpoint_dir=checkpoint_dir, resume=resume, progress=self.progress,
+                                       device=self.device)
         names = class_names if class_names is not None else condition_names(data, schema.condition)
         # Beside what training wrote: what generation needs (kind, the condition's values, the rows' dtypes).
         write_json_atomic(out_dir / "meta.json", read_meta(out_dir) | {
