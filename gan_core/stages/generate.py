@@ -97,7 +97,7 @@ def run_generate(params: Params, out_dir: Path, layout: Layout = Layout()) -> di
 def plan_generation(params: Params, model_dir: Path, out_dir: Path) -> dict:
     """Empty `out_dir`; fit the rejection rule once; list each shard's (index, quota: [(class, rows)])."""
     shutil.rmtree(out_dir, ignore_errors=True)
-    Path(out_dir).mkdir(parents=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)  # emptied: a mount point itself stays
     plugin = PLUGINS[kind_of(model_dir)]
     model = plugin.load(model_dir, params)
     rule, quotas = plugin.rule(model, params.generate), plugin.plan(model, params.generate)

@@ -113,7 +113,9 @@ def table_report_html(sources: CardSources, generated: pd.DataFrame, real: Prepa
         real_rows = charts = f"<p>{html.escape(not_the_training_data(sources.prepared))}</p>"
     else:
         test = real.test
-        real_rows = _rows_html(test.sample(min(SHOWN_ROWS, len(test)), random_state=SAMPLE_SEED)[columns])
+        # Personal-data columns are generated, never prepared: the real rows show only what was modelled.
+        real_rows = _rows_html(test.sample(min(SHOWN_ROWS, len(test)), random_state=SAMPLE_SEED)[
+            [c for c in columns if c in test.columns]])
         charts = _marginals(test, generated, {c.name: c.kind for c in real.schema.columns})
     body = [summary_line(m, "rows"), verdict_html(result),
             f"<h2>Real beside generated: {SHOWN_ROWS} rows of each, sampled</h2>",
