@@ -128,9 +128,12 @@ def leaks(blob: bytes, key: str, wanted: set[bytes]) -> list[str]:
     return found
 
 
-def search_bucket(client, bucket: str, wanted: set[bytes]) -> tuple[dict[str, list[str]], int]:
+def search_bucket(client, bucket: str, wanted: set[bytes], prefixes: tuple[str, ...]) -> tuple[dict[str, list[str]], int]:
+    """Every object under PREFIXES (what one test published: other tests share the bucket) searched for WANTED."""
     found, count = {}, 0
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+    pages = (page for prefix in prefixes
+             for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix))
+    for page in pages:
         for entry in page.get("Contents", []):
             count += 1
             blob = client.get_object(Bucket=bucket, Key=entry["Key"])["Body"].read()
@@ -163,7 +166,8 @@ def test_no_real_personal_value_is_published_or_logged(s3_env, tmp_path, caplog,
     registry.run_publish_model(params, "v1", s3_env.bucket, metrics, layout)
     wanted = needles(real)
     assert len(wanted) > 600 and b"CUST-00940" in wanted  # the values searched for
-    found, objects = search_bucket(s3_env.client, s3_env.bucket, wanted)
+    found, objects = search_bucket(s3_env.client, s3_env.bucket, wanted,
+                                   (f"datasets/{params.generate.name}/", f"models/{params.prepare.dataset}/"))
     assert objects >= 8 and {key: len(hits) for key, hits in found.items()} == {}
     assert summaries[0]["personal_columns"] == {"customer id": "id (the column name says id)",
                                                 "name": "name (the column name says name)",

@@ -222,7 +222,7 @@ def test_repro_publishes_and_logs_no_real_personal_value(project, pipeline_env, 
 
     published = run(["ganforge", "models", "publish", "--version", "v1"], project, pipeline_env)
     wanted = needles(hostile_table())
-    found, objects = search_bucket(s3_server.client(), s3_server.bucket, wanted)
+    found, objects = search_bucket(s3_server.client(), s3_server.bucket, wanted, (f"datasets/{NAME}/", "models/hostile/"))
     assert objects >= 10 and found == {}
     logs = "".join(REPRO_OUTPUT) + published.stdout + published.stderr
     assert "personal_columns" in logs and [n for n in wanted if n.decode() in logs] == []
