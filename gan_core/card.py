@@ -18,7 +18,7 @@ import numpy as np
 from gan_core.checkpoint import read_metrics
 from gan_core.config import GateConfig
 from gan_core.fingerprint import data_fingerprint
-from gan_core.storage import MANIFEST
+from gan_core.publication.s3 import MANIFEST
 from gan_core.verdict import DESCRIPTIONS, MET, MISSED, Verdict
 
 CURVE_FILES = ("losses.csv", "selection.csv")  # a model's training curves (plots/), published in its manifest
