@@ -112,6 +112,12 @@ def test_kid_cas_and_near_twins_on_real_images_as_generated(split, net, tmp_path
     twins = EVALUATORS["near_twins"](context(split, net, split.test, tmp_path))  # the test split against itself
     assert twins["near_twins"] == twins["near_twins_real"] and twins["near_twins_ratio"] == 1.0
     assert sorted(twins["near_twins_by_class"], key=int) == [str(k) for k in range(10)]
+    against_train = EVALUATORS["near_twins"](as_train)  # the training split against itself
+    assert against_train["near_twins_train"] == against_train["near_twins_train_real"]
+    assert against_train["near_twins_train_ratio"] == 1.0
+    # More real rows per class than the test split: the real rate's interval is narrower.
+    assert (against_train["near_twins_train_real_high"] - against_train["near_twins_train_real_low"]
+            < twins["near_twins_real_high"] - twins["near_twins_real_low"])
 
 
 def test_kid_cas_and_near_twins_see_bad_samples(split, net, tmp_path):
@@ -123,6 +129,7 @@ def test_kid_cas_and_near_twins_see_bad_samples(split, net, tmp_path):
     assert kid["kid_low"] > 10 * max(kid["kid_floor"], 1e-3)
     twins = EVALUATORS["near_twins"](blank)  # every blank image is its class's twin
     assert twins["near_twins"] == 1.0 and twins["near_twins_ratio"] > 5
+    assert twins["near_twins_train"] == 1.0 and twins["near_twins_train_ratio"] > 5
 
 
 def test_evaluator_network_is_cached_by_data_hash(split, tmp_path):
