@@ -1,5 +1,5 @@
-"""`python -m benchmarks [--quick] [--rounds N] [training] [generation] [pipeline] [tables]`: every figure, one
-`bench:` line each.
+"""`python -m benchmarks [--quick] [--rounds N] [training] [generation] [pipeline] [tables] [quality]`: every figure,
+one `bench:` line each.
 
 --quick runs every suite at tiny sizes (seconds each): a check that the suites still run, which
 tests/test_benchmarks.py makes on every `make test`; its figures are not to be quoted. A suite that raises
@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 
-SUITES = ("training", "generation", "pipeline", "tables")
+SUITES = ("training", "generation", "pipeline", "tables", "quality")
 SUITE_HEADER = "== suite "  # `== suite NAME`: the lines after it, up to the next, are that suite's
 
 

@@ -10,8 +10,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from benchmarks.__main__ import SUITE_HEADER, SUITES, run_suite
+from benchmarks.dcgan import NZ, Dcgan
 from tests.helpers import ROOT
 
 BENCH_LINE = re.compile(r"^bench: (?P<name>\w+) value=(?P<value>\S+) goal(>=|<=)(?P<goal>\S+)")
@@ -55,6 +57,8 @@ def test_every_suite_prints_its_figures_in_quick_mode(tmp_path):
     assert len(names) == len(set(names)), f"a figure printed twice: {names}"
     # The honest figures: time to the same validation score, MFU against the peak of the precision used.
     assert "tabular_time_to_quality_vs_ctgan_penguins" in names and "train_mfu" in names
+    assert {f"quality{kind}_vs_dcgan_fashion_{budget}" for kind in ("", "_precision", "_recall")
+            for budget in (1500, 6000)} <= set(names)
     assert not any(name.startswith("tabular_train_time_vs_ctgan") for name in names)
     assert math.isfinite(float(next(m["value"] for m in map(BENCH_LINE.match, sections["training"])
                                     if m and m["name"] == "train_mfu")))
@@ -63,3 +67,19 @@ def test_every_suite_prints_its_figures_in_quick_mode(tmp_path):
 def test_a_suite_that_raises_is_reported_as_failed(capsys):
     assert not run_suite("no_such_suite", {})
     assert "suite no_such_suite: FAILED" in capsys.readouterr().out
+
+
+def test_dcgan_samples_do_not_depend_on_their_batch():
+    # Scored in eval mode with BatchNorm statistics recomputed for the EMA weights: a sample is the same alone
+    # or among others, and the networks have the recipe's shapes at 32x32.
+    gan = Dcgan(32, 1, 10, seed=0)
+    real, labels = torch.rand(8, 1, 32, 32) * 2 - 1, torch.arange(8)
+    stats = gan.step(real, labels)
+    assert gan.steps == 1 and all(math.isfinite(v) for v in stats.values())
+    assert gan.D(real, labels).shape == (8,)
+    generator = gan.standing_statistics(seed=0)
+    z = torch.randn(8, NZ, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        batch, alone = generator(z, labels), generator(z[:1], labels[:1])
+    assert batch.shape == (8, 1, 32, 32) and batch.abs().max() <= 1
+    torch.testing.assert_close(alone, batch[:1], rtol=0, atol=1e-5)
