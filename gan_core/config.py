@@ -110,12 +110,12 @@ class ModelConfig(Section):
     g_channels: int = Field(128, ge=1)  # width of the first decoder block; halves per block
     d_channels: int = Field(64, ge=1)  # width of the first feature layer; doubles per layer
     d_hidden: int = Field(128, ge=1)
-    minibatch_std: bool = False  # D sees the spread of the batch's samples of each class (see models.MinibatchStd)
+    minibatch_std: bool = True  # D sees the spread of the batch's samples of each class (see models.MinibatchStd)
     conditional: bool = True
 
 
 class TrainConfig(Section):
-    epochs: int = Field(320, ge=1)
+    epochs: int = Field(160, ge=1)
     batch_size: int = Field(64, ge=1)
     lr_g: float = Field(2e-4, gt=0.0)
     lr_d: float = Field(2e-4, gt=0.0)
@@ -126,9 +126,10 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.1, ge=0.0, lt=0.5)
     augment: bool = True
     cutout: float = Field(0.25, ge=0.0, lt=1.0)  # side of DiffAugment's cutout square, as a share of the image's
-    mode_seeking: float = Field(0.02, ge=0.0)  # weight of the MSGAN diversity term in the G loss; 0: off
+    mode_seeking: float = Field(0.05, ge=0.0)  # weight of the MSGAN diversity term in the G loss; 0: off
     checkpoint_every: int = Field(1000, ge=1)  # steps
     select_every: int = Field(250, ge=0)  # steps between checkpoint-selection evaluations; 0: keep the last step
+    select_samples: int = Field(10000, ge=2)  # most generated samples per selection score (at most the training images)
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int = Field(1, ge=0)  # torch CPU threads; 0: the cores this process may use that are not busy

@@ -168,6 +168,11 @@ def test_selection_measures_against_the_validation_split(prepared):
     batched = selector.score(counting, batch_size=500)
     n = len(selector.z)
     assert calls == [n, 500, 500, n - 1000] and 1000 < n < 1500 and batched == pytest.approx(whole, rel=1e-6)
+    # train.select_samples caps the samples (as many as training images otherwise), classes still cycling.
+    capped = build_selector(tiny_params(train__select_samples=300), data, DataShape(8, 1, 10), torch.device("cpu"), None)
+    assert len(capped.z) == 300 and n == len(data.train.labels)
+    assert np.bincount(capped.labels.numpy()).tolist() == [30] * 10
+    assert (capped.z == selector.z[:300]).all()  # the first samples of the uncapped selection
 
 
 def test_a_minibatch_std_discriminator_exports_its_real_spread(prepared, tmp_path):
