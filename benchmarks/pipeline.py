@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
