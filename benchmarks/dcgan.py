@@ -69,21 +69,21 @@ def weights_init(module: nn.Module) -> None:
 class Dcgan:
     """Networks, optimizers and EMA; `step(real, labels)` is one D step and one G step, as dcgan/main.py runs them."""
 
-    def __init__(self, resolution: int, channels: int, classes: int, seed: int):
+    def __init__(self, resolution: int, channels: int, classes: int, seed: int, device: str = "cpu"):
         torch.manual_seed(seed)
-        self.G = DcganGenerator(resolution, channels, classes)
-        self.D = DcganDiscriminator(resolution, channels, classes)
+        self.G = DcganGenerator(resolution, channels, classes).to(device)
+        self.D = DcganDiscriminator(resolution, channels, classes).to(device)
         self.G.apply(weights_init)
         self.D.apply(weights_init)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=LR, betas=BETAS)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=LR, betas=BETAS)
-        self.noise = torch.Generator().manual_seed(seed + 1)
+        self.noise = torch.Generator(device).manual_seed(seed + 1)
         self.steps = 0
 
     def step(self, real: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         # (1) D step: maximise log D(x) + log(1 - D(G(z)))
-        fake = self.G(torch.randn(len(real), NZ, generator=self.noise), labels)
+        fake = self.G(torch.randn(len(real), NZ, generator=self.noise, device=real.device), labels)
         logits_real, logits_fake = self.D(real, labels), self.D(fake.detach(), labels)
         loss_d = (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
                   + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
@@ -113,13 +113,14 @@ class Dcgan:
         would make each sample depend on its batch. So (BigGAN's standing statistics) the EMA weights run
         STANDING_BATCHES training-size batches with the statistics averaged over all of them, then eval mode.
         """
-        noise = torch.Generator().manual_seed(seed)
+        device = next(self.G_ema.parameters()).device
+        noise = torch.Generator(device).manual_seed(seed)
         for module in self.G_ema.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.reset_running_stats()
                 module.momentum = None  # a cumulative average over the batches
         self.G_ema.train()
         for _ in range(STANDING_BATCHES):
-            self.G_ema(torch.randn(BATCH_SIZE, NZ, generator=noise),
-                       torch.randint(self.G_ema.classes, (BATCH_SIZE,), generator=noise))
+            self.G_ema(torch.randn(BATCH_SIZE, NZ, generator=noise, device=device),
+                       torch.randint(self.G_ema.classes, (BATCH_SIZE,), generator=noise, device=device))
         return self.G_ema.eval()

@@ -108,7 +108,10 @@ class ModelConfig(Section):
     mapping_layers: int = Field(2, ge=1)
     mapping_dim: int = Field(128, ge=1)
     g_channels: int = Field(128, ge=1)  # width of the first decoder block; halves per block
+    grow_kernel: Literal[1, 3] = 3  # the decoder blocks' upsample-and-convolve path: 3x3, or 1x1 (a quarter of the cost)
+    refine: bool = True  # a 3x3 convolution after each decoder block's sum
     d_channels: int = Field(64, ge=1)  # width of the first feature layer; doubles per layer
+    d_stem: bool = True  # D's first feature layer: a full-resolution 3x3; false: the first strided layer
     d_hidden: int = Field(128, ge=1)
     minibatch_std: bool = True  # D sees the spread of the batch's samples of each class (see models.MinibatchStd)
     conditional: bool = True
@@ -127,6 +130,7 @@ class TrainConfig(Section):
     augment: bool = True
     cutout: float = Field(0.25, ge=0.0, lt=1.0)  # side of DiffAugment's cutout square, as a share of the image's
     mode_seeking: float = Field(0.05, ge=0.0)  # weight of the MSGAN diversity term in the G loss; 0: off
+    reuse_fake: bool = False  # the G step trains on the D step's generated batch: one G forward a step, not two
     checkpoint_every: int = Field(1000, ge=1)  # steps
     select_every: int = Field(250, ge=0)  # steps between checkpoint-selection evaluations; 0: keep the last step
     select_samples: int = Field(10000, ge=2)  # most generated samples per selection score (at most the training images)

@@ -90,3 +90,23 @@ def test_minibatch_std_learns_each_class_real_spread_only_from_real_batches():
     alone = torch.cat([D(images[i:i + 1], labels[i:i + 1]) for i in range(8)])
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
     assert D.minibatch_std.real_spread.equal(learnt)
+
+
+def test_light_blocks_a_1x1_grow_path_equals_upsampling_then_the_same_convolution():
+    cfg = ModelConfig(latent_dim=8, mapping_dim=16, g_channels=16, grow_kernel=1, refine=False)
+    block = Generator(cfg, DataShape(8, 1, 10)).decoder[0]
+    conv = block.grow[0]
+    x = torch.randn(3, 16, 4, 4)
+    upsampled_first = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2), conv.weight,
+                                                 conv.bias)
+    torch.testing.assert_close(block.grow(x), upsampled_first, rtol=1e-5, atol=1e-6)
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in block.refine)  # no refine convolution
+
+
+def test_without_a_stem_the_first_strided_layer_reads_the_image():
+    shape = DataShape(32, 1, 10)
+    D = Discriminator(ModelConfig(d_channels=64, d_stem=False), shape)
+    convs = [m for m in D.features if isinstance(m, torch.nn.Conv2d)]
+    # DCGAN's discriminator widths: 64 at 16x16, 128 at 8x8, 256 at 4x4
+    assert [(c.in_channels, c.out_channels, c.stride[0]) for c in convs] == [(1, 64, 2), (64, 128, 2), (128, 256, 2)]
+    assert D(torch.randn(4, 1, 32, 32), torch.arange(4)).shape == (4,)

@@ -185,3 +185,31 @@ def test_a_minibatch_std_discriminator_exports_its_real_spread(prepared, tmp_pat
     one_by_one = sample_images(model, class_counts={0: 3, 7: 3}, seed=0, batch_size=1)
     assert batched.d_scores.shape == (6,) and ((0 < batched.d_scores) & (batched.d_scores < 1)).all()
     np.testing.assert_allclose(batched.d_scores, one_by_one.d_scores, rtol=1e-4)
+
+
+@pytest.mark.parametrize("reuse_fake, g_forwards", [(False, 2), (True, 1)])
+def test_reuse_fake_runs_the_generator_once_a_step(reuse_fake, g_forwards):
+    from gan_core.images.models import DataShape
+    from gan_core.images.train import build_state, train_step
+
+    params = tiny_params(train__reuse_fake=reuse_fake, train__augment=False)
+    state = build_state(params, DataShape(8, 1, 10), torch.device("cpu"))
+    calls = []
+    state.G.register_forward_hook(lambda module, args, out: calls.append(args[1].clone()))
+    d_inputs = []
+    state.D.register_forward_hook(lambda module, args, out: d_inputs.append(args[0].detach().clone()))
+    real, labels = torch.rand(16, 1, 8, 8) * 2 - 1, torch.arange(16) % 10
+    stats = train_step(state, real, labels, params.train)
+    assert len(calls) == g_forwards and np.isfinite(stats["train/d_loss"])
+    # D judges the real batch, a generated one in its own step, then one in G's step: the same one when reused
+    assert len(d_inputs) == 3 and d_inputs[1].equal(d_inputs[2]) == reuse_fake
+
+
+def test_a_light_model_trains_exports_and_samples(prepared, tmp_path):
+    params = tiny_params(model__d_stem=False, model__grow_kernel=1, model__refine=False, train__reuse_fake=True,
+                         train__epochs=1)
+    train(params, prepared, tmp_path / "model", progress=False)
+    model = load_model(tmp_path / "model")
+    assert model.generator.decoder[0].grow[0].kernel_size == (1, 1)
+    samples = sample_images(model, class_counts={2: 4}, seed=0)
+    assert samples.images.shape == (4, 1, 8, 8) and (samples.labels == 2).all()

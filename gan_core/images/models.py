@@ -65,13 +65,19 @@ class MappingNetwork(nn.Module):
 class DecoderBlock(nn.Module):
     """Doubles resolution: a transposed convolution plus the seed's "growing" upsample-and-convolve path."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, grow_kernel: int = 3, refine: bool = True):
         super().__init__()
         self.deconv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
-        self.grow = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                                  nn.Conv2d(in_channels, out_channels, 3, padding=1))
-        self.refine = nn.Sequential(_act(), PixelNorm(), nn.Conv2d(out_channels, out_channels, 3, padding=1),
-                                    _act(), PixelNorm())
+        upsample = nn.Upsample(scale_factor=2, mode="nearest")
+        if grow_kernel == 1:  # a 1x1 convolution commutes with nearest upsampling: run it on the small map
+            self.grow = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), upsample)
+        else:
+            self.grow = nn.Sequential(upsample, nn.Conv2d(in_channels, out_channels, grow_kernel,
+                                                          padding=grow_kernel // 2))
+        layers: list[nn.Module] = [_act(), PixelNorm()]
+        if refine:
+            layers += [nn.Conv2d(out_channels, out_channels, 3, padding=1), _act(), PixelNorm()]
+        self.refine = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Summing the learned deconvolution with nearest upsampling damps checkerboard artefacts.
@@ -93,7 +99,8 @@ class Generator(nn.Module):
         self.mapping = MappingNetwork(cfg, self.num_classes)
         self.project = nn.Linear(cfg.mapping_dim, widths[0] * BASE_RESOLUTION**2)
         self.first = nn.Sequential(_act(), PixelNorm())
-        self.decoder = nn.Sequential(*(DecoderBlock(a, b) for a, b in zip(widths, widths[1:])))
+        self.decoder = nn.Sequential(*(DecoderBlock(a, b, cfg.grow_kernel, cfg.refine)
+                                       for a, b in zip(widths, widths[1:])))
         self.to_image = nn.Conv2d(widths[-1], shape.channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -152,7 +159,10 @@ class Discriminator(nn.Module):
         super().__init__()
         self.num_classes = shape.num_classes if cfg.conditional else 0
         widths = _block_widths(cfg.d_channels, shape.num_blocks, shrink=False)
-        layers: list[nn.Module] = [spectral_norm(nn.Conv2d(shape.channels, widths[0], 3, padding=1)), _act()]
+        if cfg.d_stem:  # a full-resolution 3x3 layer before the strided ones
+            layers: list[nn.Module] = [spectral_norm(nn.Conv2d(shape.channels, widths[0], 3, padding=1)), _act()]
+        else:  # the first strided layer reads the image, as DCGAN's does
+            layers, widths = [], [shape.channels, *widths[:-1]]
         for a, b in zip(widths, widths[1:]):
             layers += [spectral_norm(nn.Conv2d(a, b, 4, stride=2, padding=1)), _act()]
         self.features = nn.Sequential(*layers)

@@ -128,14 +128,40 @@ def _latents(state: GanState, count: int, device: torch.device) -> torch.Tensor:
     return state.shard.local(z) if state.shard else z
 
 
-def d_step(state: GanState, real: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig) -> dict[str, float]:
-    """Discriminator update: cross-entropy with 1 = real (one-sided label smoothing) and 0 = generated."""
-    z = _latents(state, len(real), real.device)
-    with torch.no_grad():
-        fake = state.G(z, labels)
+@dataclass
+class Generated:
+    """A generated batch with its latents and labels (pairs of one label under mode seeking)."""
+
+    images: torch.Tensor
+    z: torch.Tensor
+    labels: torch.Tensor | None
+
+
+def generate_batch(state: GanState, labels: torch.Tensor | None, batch_size: int, cfg: TrainConfig) -> Generated:
+    """G's batch for a step. With train.mode_seeking > 0 (MSGAN, Mao et al. 2019) samples 2i and 2i+1 of the
+    global batch form a pair with the same label and different z (see _inverse_spread)."""
+    device = next(state.G.parameters()).device
+    count = 2 * (batch_size // 2) if cfg.mode_seeking else batch_size
+    if cfg.mode_seeking and labels is not None:
+        labels = labels[:count:2].repeat_interleave(2)
+    z = _latents(state, count, device)
+    return Generated(state.G(z, labels), z, labels)
+
+
+def d_step(state: GanState, real: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig,
+           generated: Generated | None = None) -> dict[str, float]:
+    """Discriminator update: cross-entropy with 1 = real (one-sided label smoothing) and 0 = generated.
+
+    On `generated` (the batch the G step then trains on) when given, else on a batch of its own."""
+    if generated is None:
+        z = _latents(state, len(real), real.device)
+        with torch.no_grad():
+            fake, fake_labels = state.G(z, labels), labels
+    else:
+        fake, fake_labels = generated.images.detach(), generated.labels
     with state.D.observing_real():
         logits_real = state.D(_maybe_augment(real, state, cfg), labels)
-    logits_fake = state.D(_maybe_augment(fake, state, cfg), labels)
+    logits_fake = state.D(_maybe_augment(fake, state, cfg), fake_labels)
     loss = (F.binary_cross_entropy_with_logits(logits_real, torch.full_like(logits_real, 1 - cfg.label_smoothing))
             + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
     state.opt_d.zero_grad(set_to_none=True)
@@ -145,24 +171,19 @@ def d_step(state: GanState, real: torch.Tensor, labels: torch.Tensor | None, cfg
             "train/d_fake": torch.sigmoid(logits_fake).mean().item()}
 
 
-def g_step(state: GanState, labels: torch.Tensor | None, batch_size: int, cfg: TrainConfig) -> dict[str, float]:
+def g_step(state: GanState, labels: torch.Tensor | None, batch_size: int, cfg: TrainConfig,
+           generated: Generated | None = None) -> dict[str, float]:
     """Generator update with the non-saturating loss: make D call generated samples real.
 
-    With train.mode_seeking > 0 (MSGAN, Mao et al. 2019) samples 2i and 2i+1 of the global batch form a
-    pair with the same label and different z, and the loss also rewards pairs for differing: D judges
+    With train.mode_seeking > 0 the loss also rewards the pairs of the batch for differing: D judges
     one sample at a time, so it cannot see a generator that maps every z of a class to the same digit.
     """
-    device = next(state.G.parameters()).device
-    count = 2 * (batch_size // 2) if cfg.mode_seeking else batch_size
-    if cfg.mode_seeking and labels is not None:
-        labels = labels[:count:2].repeat_interleave(2)
-    z = _latents(state, count, device)
-    fake = state.G(z, labels)
-    logits = state.D(_maybe_augment(fake, state, cfg), labels)
+    generated = generated or generate_batch(state, labels, batch_size, cfg)
+    logits = state.D(_maybe_augment(generated.images, state, cfg), generated.labels)
     loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
     stats = {"train/g_loss": loss.item()}
     if cfg.mode_seeking:
-        loss = loss + cfg.mode_seeking * _inverse_spread(state, fake, z)
+        loss = loss + cfg.mode_seeking * _inverse_spread(state, generated.images, generated.z)
     state.opt_g.zero_grad(set_to_none=True)
     loss.backward()
     state.opt_g.step()
@@ -205,8 +226,9 @@ def set_learning_rates(state: GanState, cfg: TrainConfig, total_steps: int) -> N
 def train_step(state: GanState, real: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig) -> dict[str, float]:
     """One D step, one G step and the EMA update; forward passes under autocast where the state asks."""
     with torch.autocast(real.device.type, dtype=state.autocast or torch.bfloat16, enabled=state.autocast is not None):
-        stats = d_step(state, real, labels, cfg)
-        stats |= g_step(state, labels, len(real), cfg)
+        generated = generate_batch(state, labels, len(real), cfg) if cfg.reuse_fake else None
+        stats = d_step(state, real, labels, cfg, generated)
+        stats |= g_step(state, labels, len(real), cfg, generated)
     update_ema(state, cfg.ema_decay)
     state.step += 1
     return stats

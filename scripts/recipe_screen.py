@@ -1,0 +1,166 @@
+"""Screen training recipes for Fashion-MNIST at equal CPU budgets: CPU cost per step here, quality on a GPU.
+
+Two halves, because a CPU-second budget is what the quality benchmark compares but a 2-core machine trains one
+recipe at a time:
+
+    python scripts/recipe_screen.py cost > cost.json           # CPU-s per step of each recipe and of DCGAN, here
+    python scripts/recipe_screen.py screen cost.json 1500 OUT [RECIPE ...]  # on a GPU: 1500 / cost steps each
+
+`screen` trains every recipe (fp32, TF32 off) in a process of its own, all at once, for as many steps as the
+budget buys it on one CPU thread, the learning-rate decay planned to end there; then scores its EMA generator on
+10,000 samples, quantised as published, against the VALIDATION split (choosing settings never looks at the test
+split) with the evaluator network. It needs `PREPARED` (the example's prepared .npz) and `FEATURES` (the cached
+evaluator's folder) in its environment; `SCREEN_DEADLINE` caps each job's training in wall seconds, and a job
+cut short says how many of its steps it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.dcgan import BATCH_SIZE, Dcgan  # noqa: E402
+from gan_core import checkpoint as ckpt  # noqa: E402
+from gan_core.config import Params, load_params, override_params  # noqa: E402
+from gan_core.images import metrics as m  # noqa: E402
+from gan_core.images.features import FeatureNet  # noqa: E402
+from gan_core.images.models import DataShape  # noqa: E402
+from gan_core.images.pixels import quantise, to_unit_range  # noqa: E402
+from gan_core.images.sampling import latents_for_seeds  # noqa: E402
+from gan_core.images.train import batch_index, build_state, set_learning_rates, train_step  # noqa: E402
+
+EXAMPLE = ROOT / "examples" / "fashion-mnist" / "params.yaml"
+SHAPE = DataShape(32, 1, 10)
+SAMPLES = 10_000
+# The example's architecture before this screen; every recipe is a change of it.
+BEFORE = {"model.grow_kernel": 3, "model.refine": True, "model.d_stem": True, "train.reuse_fake": False}
+LIGHT = {"train.reuse_fake": True, "model.d_stem": False, "model.grow_kernel": 1, "model.refine": False}
+RECIPES = {
+    "before": {},
+    "reuse": {"train.reuse_fake": True},
+    "nostem": {"model.d_stem": False},
+    "grow1": {"model.grow_kernel": 1},
+    "norefine": {"model.refine": False},
+    "light": LIGHT,
+    "light_noaug": LIGHT | {"train.augment": False},
+    "light_d64": LIGHT | {"model.d_channels": 64},
+    "light_d64_noaug": LIGHT | {"model.d_channels": 64, "train.augment": False},
+    "light_g256": LIGHT | {"model.g_channels": 256},
+    "light_g256_d64": LIGHT | {"model.g_channels": 256, "model.d_channels": 64},
+    "light_refine": LIGHT | {"model.refine": True},
+    "light_lr4": LIGHT | {"train.lr_g": 4e-4, "train.lr_d": 4e-4},
+    "light_ms0": LIGHT | {"train.mode_seeking": 0.0},
+    "light_ls0": LIGHT | {"train.label_smoothing": 0.0},
+    "light_mbstd": LIGHT | {"model.minibatch_std": True},
+}
+
+def recipe_params(name: str, seed: int, device: str) -> Params:
+    changes = BEFORE | RECIPES[name] | {"train.seed": seed, "train.precision": "fp32", "train.device": device}
+    return override_params(load_params(EXAMPLE), changes)
+
+
+def cost(rounds: int = 2, steps: int = 12) -> dict[str, float]:
+    """The least CPU-s per step over `rounds` timings of each recipe, one thread, random batches."""
+    torch.set_num_threads(1)
+    real, labels = torch.rand(BATCH_SIZE, 1, 32, 32) * 2 - 1, torch.randint(0, 10, (BATCH_SIZE,))
+    steppers = {"dcgan": Dcgan(32, 1, 10, 0).step}
+    for name in RECIPES:
+        params = recipe_params(name, 0, "cpu")
+        state = build_state(params, SHAPE, torch.device("cpu"))
+        steppers[name] = lambda r, l, state=state, cfg=params.train: train_step(state, r, l, cfg)
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, step in steppers.items():
+            for _ in range(3):
+                step(real, labels)
+            started = time.process_time()
+            for _ in range(steps):
+                step(real, labels)
+            best[name] = min(best.get(name, float("inf")), (time.process_time() - started) / steps)
+    return best
+
+
+def train_recipe(name: str, seed: int, steps: int, images: torch.Tensor, labels: torch.Tensor,
+                 deadline: float) -> tuple[torch.nn.Module, int]:
+    started, device = time.time(), images.device
+    if name == "dcgan":
+        gan = Dcgan(32, 1, 10, seed, device=str(device))
+        shuffle, batches = torch.Generator().manual_seed(seed), len(labels) // BATCH_SIZE
+        while gan.steps < steps and time.time() - started < deadline:
+            if gan.steps % batches == 0:
+                order = torch.randperm(len(labels), generator=shuffle).to(device)
+            index = order[gan.steps % batches * BATCH_SIZE:][:BATCH_SIZE]
+            gan.step(images[index], labels[index])
+        return gan.standing_statistics(seed), gan.steps
+    params = recipe_params(name, seed, device.type)
+    state, cfg = build_state(params, SHAPE, device), params.train
+    while state.step < steps and time.time() - started < deadline:
+        set_learning_rates(state, cfg, steps)
+        index = batch_index(state, cfg, len(images)).to(device)
+        train_step(state, images[index], labels[index], cfg)
+    return state.G_ema, state.step
+
+
+@torch.no_grad()
+def embed(net: FeatureNet, images: np.ndarray, device: torch.device) -> np.ndarray:
+    return np.concatenate([net.embed(to_unit_range(images[s:s + 2000]).to(device))[0]
+                           for s in range(0, len(images), 2000)])
+
+
+def job(name: str, seed: int, steps: int, out: Path) -> None:
+    torch.set_num_threads(1)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with np.load(os.environ["PREPARED"]) as data:
+        train_images, train_labels, validation = data["train_images"], data["train_labels"], data["validation_images"]
+    images, labels = to_unit_range(train_images).to(device), torch.as_tensor(train_labels).long().to(device)
+    started = time.time()
+    generator, done = train_recipe(name, seed, steps, images, labels, float(os.environ.get("SCREEN_DEADLINE", "1e9")))
+    seconds = time.time() - started
+    z, sample_labels, _ = latents_for_seeds(np.arange(SAMPLES, dtype=np.int64), generator.latent_dim, 10)
+    with torch.no_grad():
+        samples = torch.cat([quantise(generator(z[s:s + 1000].to(device), sample_labels[s:s + 1000].to(device))).cpu()
+                             for s in range(0, SAMPLES, 1000)]).numpy()
+    net = FeatureNet(1, 10, load_params(EXAMPLE).features)
+    net.load_state_dict(ckpt.load_tensors(Path(os.environ["FEATURES"]), "features"))
+    net = net.eval().to(device)
+    real, fake = embed(net, validation, device), embed(net, samples, device)
+    quality = m.prdc(real, fake[:len(real)], 5)
+    out.write_text(json.dumps({"name": name, "seed": seed, "steps": steps, "done": done,
+                               "fd": m.frechet_distance(fake, real), "precision": quality["precision"],
+                               "recall": quality["recall"], "train_seconds": round(seconds, 1)}))
+
+
+def screen(costs: dict[str, float], budget: float, out: Path, seeds: dict[str, int]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(name, seed, int(budget / cpu)) for name, cpu in costs.items() for seed in range(seeds.get(name, 1))]
+    processes = [subprocess.Popen([sys.executable, __file__, "job", name, str(seed), str(steps),
+                                   str(out / f"{name}-s{seed}.json")]) for name, seed, steps in jobs]
+    for process in processes:
+        process.wait()
+    rows = sorted((json.loads(f.read_text()) for f in out.glob("*-s*.json")), key=lambda r: r["fd"])
+    for r in rows:
+        print(f"{r['name']:18s} seed {r['seed']} steps {r['done']:6d} of {r['steps']:6d}  FD {r['fd']:.3f}  "
+              f"precision {r['precision']:.3f}  recall {r['recall']:.3f}  ({r['train_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    command, *args = sys.argv[1:]
+    if command == "cost":
+        print(json.dumps(cost(), indent=1))
+    elif command == "job":
+        job(args[0], int(args[1]), int(args[2]), Path(args[3]))
+    else:
+        costs = json.loads(Path(args[0]).read_text())
+        chosen = {name: costs[name] for name in (args[3:] or costs)}
+        screen(chosen, float(args[1]), Path(args[2]), seeds={"dcgan": 2, "light": 2, "light_d64": 2})
