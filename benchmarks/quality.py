@@ -72,15 +72,16 @@ def train_ganforge(params: Params, data: ImageSet, budget: float,
     state = build_state(params, shape, torch.device("cpu"))
     images, labels = resident_dataset(data, shape, torch.device("cpu"))
     warmup, timed = calibration
-    total = None  # planned steps, once the calibration steps are timed
+    total = None  # planned steps, re-planned each step once the calibration steps have run
     while (spent := time.process_time() - started) < budget and state.step != total:
         if state.step == warmup:
             timed_from = spent
-        elif state.step == warmup + timed:
+        elif state.step >= warmup + timed:
             # The linear LR decay (train.lr_decay) needs the run's length in steps: as many as the rest of the
-            # budget holds at the timed steps' rate, so that the schedule ends when the budget does. A run that
-            # gets faster stops at `total` (rates at 0), one that gets slower at the budget (rates not quite 0).
-            total = state.step + int((budget - spent) * timed / (spent - timed_from))
+            # budget holds at the rate since the warm-up, re-planned every step so that the schedule ends when
+            # the budget does even if the machine's load changes half-way.
+            rate = (state.step - warmup) / (spent - timed_from)
+            total = state.step + int((budget - spent) * rate)
         if total is not None:
             set_learning_rates(state, cfg, total)
         index = batch_index(state, cfg, len(images))
