@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,26 +94,36 @@ def train_ganforge(params: Params, data: ImageSet, budget: float,
 def train_dcgan(data: ImageSet, budget: float, seed: int) -> tuple[DcganGenerator, dict]:
     """DCGAN steps over shuffled epochs until this process has trained `budget` CPU seconds."""
     started, wall = time.process_time(), time.perf_counter()
-    gan = Dcgan(data.resolution, data.channels, data.num_classes, seed)
     images, labels = to_unit_range(data.images), torch.as_tensor(data.labels)
-    shuffle, batches = torch.Generator().manual_seed(seed), len(labels) // BATCH_SIZE
-    while time.process_time() - started < budget:
-        within = gan.steps % batches
-        if within == 0:
-            order = torch.randperm(len(labels), generator=shuffle)
-        index = order[within * BATCH_SIZE:(within + 1) * BATCH_SIZE]
-        gan.step(images[index], labels[index])
-    generator = gan.standing_statistics(seed)
-    return generator, {"steps": gan.steps, "planned_steps": gan.steps, "cpu_seconds": time.process_time() - started,
+    generator, steps = dcgan_steps(images, labels, data.num_classes, seed,
+                                   lambda _: time.process_time() - started < budget)
+    return generator, {"steps": steps, "planned_steps": steps, "cpu_seconds": time.process_time() - started,
                        "wall_seconds": time.perf_counter() - wall}
 
 
+def dcgan_steps(images: torch.Tensor, labels: torch.Tensor, classes: int, seed: int,
+                keep_going: Callable[[int], bool]) -> tuple[DcganGenerator, int]:
+    """DCGAN steps over shuffled epochs, on the images' device, while `keep_going(steps so far)`; its EMA
+    generator with standing BatchNorm statistics, and the steps taken."""
+    gan = Dcgan(images.shape[-1], images.shape[1], classes, seed, device=str(images.device))
+    shuffle, batches = torch.Generator().manual_seed(seed), len(labels) // BATCH_SIZE
+    while keep_going(gan.steps):
+        within = gan.steps % batches
+        if within == 0:
+            order = torch.randperm(len(labels), generator=shuffle).to(images.device)
+        index = order[within * BATCH_SIZE:(within + 1) * BATCH_SIZE]
+        gan.step(images[index], labels[index])
+    return gan.standing_statistics(seed), gan.steps
+
+
 @torch.inference_mode()
-def published_samples(generator: torch.nn.Module, classes: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+def published_samples(generator: torch.nn.Module, classes: int, count: int,
+                      device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """`count` samples from seeds 0.. as the generate stage draws them (labels cycling through the classes),
-    as the uint8 pixels their PNGs would hold."""
+    as the uint8 pixels their PNGs would hold; generated on `device`, returned on the CPU."""
     z, labels, _ = latents_for_seeds(np.arange(count, dtype=np.int64), generator.latent_dim, classes)
-    images = [quantise(generator(z[start:start + GENERATE_BATCH], labels[start:start + GENERATE_BATCH]))
+    images = [quantise(generator(z[start:start + GENERATE_BATCH].to(device),
+                                 labels[start:start + GENERATE_BATCH].to(device))).cpu()
               for start in range(0, count, GENERATE_BATCH)]
     return torch.cat(images).numpy(), labels.numpy()
 

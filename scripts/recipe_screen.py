@@ -30,14 +30,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.dcgan import BATCH_SIZE, Dcgan  # noqa: E402
+from benchmarks.quality import dcgan_steps, published_samples  # noqa: E402
 from gan_core import checkpoint as ckpt  # noqa: E402
 from gan_core.config import Params, load_params, override_params  # noqa: E402
 from gan_core.images import metrics as m  # noqa: E402
 from gan_core.images.features import FeatureNet  # noqa: E402
 from gan_core.images.models import DataShape  # noqa: E402
-from gan_core.images.pixels import quantise, to_unit_range  # noqa: E402
-from gan_core.images.sampling import latents_for_seeds  # noqa: E402
-from gan_core.images.train import batch_index, build_state, set_learning_rates, train_step  # noqa: E402
+from gan_core.images.pixels import to_unit_range  # noqa: E402
+from gan_core.images.train import (  # noqa: E402
+    batch_index,
+    build_state,
+    set_learning_rates,
+    train_step,
+)
 
 EXAMPLE = ROOT / "examples" / "fashion-mnist" / "params.yaml"
 SHAPE = DataShape(32, 1, 10)
@@ -94,14 +99,8 @@ def train_recipe(name: str, seed: int, steps: int, images: torch.Tensor, labels:
                  deadline: float) -> tuple[torch.nn.Module, int]:
     started, device = time.time(), images.device
     if name == "dcgan":
-        gan = Dcgan(32, 1, 10, seed, device=str(device))
-        shuffle, batches = torch.Generator().manual_seed(seed), len(labels) // BATCH_SIZE
-        while gan.steps < steps and time.time() - started < deadline:
-            if gan.steps % batches == 0:
-                order = torch.randperm(len(labels), generator=shuffle).to(device)
-            index = order[gan.steps % batches * BATCH_SIZE:][:BATCH_SIZE]
-            gan.step(images[index], labels[index])
-        return gan.standing_statistics(seed), gan.steps
+        return dcgan_steps(images, labels, SHAPE.num_classes, seed,
+                           lambda done: done < steps and time.time() - started < deadline)
     params = recipe_params(name, seed, device.type)
     state, cfg = build_state(params, SHAPE, device), params.train
     while state.step < steps and time.time() - started < deadline:
@@ -127,10 +126,7 @@ def job(name: str, seed: int, steps: int, out: Path) -> None:
     started = time.time()
     generator, done = train_recipe(name, seed, steps, images, labels, float(os.environ.get("SCREEN_DEADLINE", "1e9")))
     seconds = time.time() - started
-    z, sample_labels, _ = latents_for_seeds(np.arange(SAMPLES, dtype=np.int64), generator.latent_dim, 10)
-    with torch.no_grad():
-        samples = torch.cat([quantise(generator(z[s:s + 1000].to(device), sample_labels[s:s + 1000].to(device))).cpu()
-                             for s in range(0, SAMPLES, 1000)]).numpy()
+    samples, _ = published_samples(generator, SHAPE.num_classes, SAMPLES, device)
     net = FeatureNet(1, 10, load_params(EXAMPLE).features)
     net.load_state_dict(ckpt.load_tensors(Path(os.environ["FEATURES"]), "features"))
     net = net.eval().to(device)
