@@ -2,6 +2,7 @@
 # `make stop`: end what `make serve` and `make run` started, by the pids they recorded; nothing else.
 set -uo pipefail
 STATE=.ganforge
+PATH="${VENV:-.venv}/bin:$PATH"  # `ganforge s3 stop` below, when run as `bash scripts/stop.sh` outside make
 
 stop() {  # stop NAME: its process group (a worker's flow runs too), TERM first, KILL after 30 s
   local pid_file="$STATE/$1.pid" pid

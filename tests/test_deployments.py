@@ -125,8 +125,7 @@ def first_scheduled_run(client, deployment_id, timeout: float = 60):
 
 def test_a_scheduled_generation_publishes_once(deployed, server_env, s3_server):
     from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, DeploymentFilter
-    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with SyncPrefectClient(server_env["PREFECT_API_URL"]) as client:
         training = client.read_deployment_by_name("train-and-publish/training")
