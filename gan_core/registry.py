@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,12 @@ from gan_core.kinds import GENERATOR_FILE
 from gan_core.layout import Layout, model_cache_dir
 from gan_core.provenance import ModelSource, generator_file, provenance, training_inputs
 from gan_core.publication.publish import publish_model
-from gan_core.publication.read import fetch_model, list_datasets, list_versions, read_manifest
+from gan_core.publication.read import (
+    fetch_model,
+    list_datasets,
+    list_versions,
+    read_manifest,
+)
 from gan_core.publication.retention import apply_retention
 from gan_core.publication.s3 import (
     MANIFEST,
@@ -45,6 +49,8 @@ from gan_core.publication.s3 import (
     version_prefix,
     version_uri,
 )
+from gan_core.verdict import Check
+from gan_core.verdict import verdict as judge
 
 PRODUCTION = "production"
 ALIASES = "_aliases"  # '_': never a version name (s3.NAME_RE), so listing versions skips it
@@ -68,30 +74,21 @@ class GateResult:
     def markdown(self, name: str, version: str, metrics: dict, gate: GateConfig) -> str:
         verdict = "passed: promoted to production" if self.passed else "FAILED: not promoted"
         lines = [f"### quality gate: {name} {version} {verdict}", "", "| metric | value | threshold |", "|---|---|---|"]
-        for key, metric, bound, threshold in _thresholds(gate, metrics.get("kind", "image")):
-            lines.append(f"| {metric} | {metrics.get(metric, 'missing')} | {bound} {threshold} |")
+        for check in judge(metrics, gate).checks:
+            lines.append(f"| {check.metric} | {metrics.get(check.metric, 'missing')} | {check.bound} {check.threshold} |")
         return "\n".join(lines + [""] + [f"- {miss}" for miss in self.misses])
 
 
-def _thresholds(gate: GateConfig, kind: str = "image") -> list[tuple[str, str, str, float | None]]:
-    """(key, metric, "min" or "max", threshold) of each gate setting for a model of `kind` (the evaluation's
-    `kind`: "table", else images): `fd_ratio_max` bounds `fd_ratio` from above."""
-    return [(key, *key.rsplit("_", 1), threshold) for key, threshold in gate.applies_to(kind).items()]
-
-
 def check_gate(metrics: dict, gate: GateConfig) -> GateResult:
-    """Each threshold of `gate` for the evaluated kind against `metrics`; a missing or non-numeric metric misses
-    unless its threshold is null."""
-    misses = []
-    for key, metric, bound, threshold in _thresholds(gate, metrics.get("kind", "image")):
-        if threshold is None:
-            continue
-        value = metrics.get(metric)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-            misses.append(f"{metric} is missing from the evaluation (gate.{key}: {threshold})")
-        elif (value > threshold) if bound == "max" else (value < threshold):
-            misses.append(f"{metric} {value:.4g} {'>' if bound == 'max' else '<'} {threshold} (gate.{key})")
-    return GateResult(misses)
+    """Each threshold of `gate` for the evaluated kind against `metrics` (gan_core.verdict, which the card and the
+    evaluate stage's log show); a missing or non-numeric metric misses unless its threshold is null."""
+    return GateResult([_miss(check) for check in judge(metrics, gate).missed])
+
+
+def _miss(check: Check) -> str:
+    if check.value is None:
+        return f"{check.metric} is missing from the evaluation (gate.{check.key}: {check.threshold})"
+    return f"{check.metric} {check.value:.4g} {'>' if check.bound == 'max' else '<'} {check.threshold} (gate.{check.key})"
 
 
 def gate_error(name: str, version: str, result: GateResult) -> GateError:
