@@ -29,12 +29,12 @@ def publish_model(params: Params, version: str, bucket: str, metrics: dict, layo
 
 @task(**S3_RETRIES)
 def promote(bucket: str, name: str, version: str) -> dict:
-    return registry.promote(bucket, name, version)
+    return registry.promote(bucket, name, version, forward_only=True)
 
 
 def gate(params: Params, bucket: str, version: str) -> None:
-    """Move `production` to published VERSION when its own metrics (bound to its generator) pass params' gate;
-    else fail the run, production unchanged."""
+    """Move `production` to published VERSION when its own metrics (bound to its generator) pass params' gate
+    and production holds no later slot's model; else fail the run, production unchanged."""
     name = params.prepare.dataset
     result, metrics = gate_published(bucket, name, version, params.gate)
     create_markdown_artifact(result.markdown(name, version, metrics, params.gate),
@@ -42,8 +42,12 @@ def gate(params: Params, bucket: str, version: str) -> None:
                              description=f"quality gate {name} {version}")
     if not result.passed:
         raise registry.gate_error(name, version, result)
-    promote(bucket, name, version)
-    get_run_logger().info("model %s %s passed the gate: now production", name, version)
+    alias = promote(bucket, name, version)
+    if alias["version"] == version:
+        get_run_logger().info("model %s %s passed the gate: now production", name, version)
+    else:
+        get_run_logger().info("model %s %s passed the gate; production stays %s, a later slot's model", name, version,
+                              alias["version"])
 
 
 def gate_once(params: Params, bucket: str, version: str) -> None:

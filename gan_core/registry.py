@@ -28,12 +28,7 @@ from gan_core.kinds import GENERATOR_FILE
 from gan_core.layout import Layout, model_cache_dir
 from gan_core.provenance import ModelSource, generator_file, provenance, training_inputs
 from gan_core.publication.publish import publish_model
-from gan_core.publication.read import (
-    fetch_model,
-    list_datasets,
-    list_versions,
-    read_manifest,
-)
+from gan_core.publication.read import fetch_model, list_datasets, list_versions, read_manifest, version_order
 from gan_core.publication.retention import apply_retention
 from gan_core.publication.s3 import (
     MANIFEST,
@@ -49,8 +44,7 @@ from gan_core.publication.s3 import (
     version_prefix,
     version_uri,
 )
-from gan_core.verdict import Check
-from gan_core.verdict import verdict as judge
+from gan_core.verdict import Check, verdict as judge
 
 PRODUCTION = "production"
 ALIASES = "_aliases"  # '_': never a version name (s3.NAME_RE), so listing versions skips it
@@ -75,7 +69,8 @@ class GateResult:
         verdict = "passed: promoted to production" if self.passed else "FAILED: not promoted"
         lines = [f"### quality gate: {name} {version} {verdict}", "", "| metric | value | threshold |", "|---|---|---|"]
         for check in judge(metrics, gate).checks:
-            lines.append(f"| {check.metric} | {metrics.get(check.metric, 'missing')} | {check.bound} {check.threshold} |")
+            value = metrics.get(check.metric, "missing")
+            lines.append(f"| {check.metric} | {value} | {check.bound} {check.threshold} |")
         return "\n".join(lines + [""] + [f"- {miss}" for miss in self.misses])
 
 
@@ -88,7 +83,8 @@ def check_gate(metrics: dict, gate: GateConfig) -> GateResult:
 def _miss(check: Check) -> str:
     if check.value is None:
         return f"{check.metric} is missing from the evaluation (gate.{check.key}: {check.threshold})"
-    return f"{check.metric} {check.value:.4g} {'>' if check.bound == 'max' else '<'} {check.threshold} (gate.{check.key})"
+    beyond = ">" if check.bound == "max" else "<"
+    return f"{check.metric} {check.value:.4g} {beyond} {check.threshold} (gate.{check.key})"
 
 
 def gate_error(name: str, version: str, result: GateResult) -> GateError:
@@ -247,30 +243,44 @@ def _undo_swap(bucket: str, key: str, ours: bytes, before: bytes | None, client)
 
 def _swap(bucket: str, name: str, prefix: str, client, change) -> dict:
     """Read the alias, change(current alias) -> (version, previous, action), write it back unless another
-    promotion came in between; then read again and retry."""
+    promotion came in between; then read again and retry. change() -> None: the alias stays as it is."""
     require_conditional_writes(client, bucket)  # the swap is an If-Match write: last-writer-wins without it
     for _ in range(5):
         raw, etag = read_object_tagged(bucket, _alias_key(name, prefix=prefix), client)
         current = json.loads(raw) if raw is not None else None
+        if (proposal := change(current)) is None:
+            return current
         try:
-            return _set_production(bucket, name, *change(current), prefix, client, etag, raw)
+            return _set_production(bucket, name, *proposal, prefix, client, etag, raw)
         except _AliasChanged:
             continue
     raise StorageError(f"the production alias of model '{name}' kept changing under this promotion: retry")
 
 
 def promote(bucket: str, name: str, version: str, prefix: str = MODELS_PREFIX, client=None,
-            forced: bool = False) -> dict:
-    """Make complete VERSION the production model of NAME; the one it replaces can be rolled back to.
+            forced: bool = False, forward_only: bool = False) -> dict:
+    """Make complete VERSION the production model of NAME; the one it replaces can be rolled back to. Returns
+    the alias as it now is.
 
-    No gate here (promote_if_passing gates); forced: a person promoted it past the gate, as the alias records."""
-    def change(current: dict | None) -> tuple[str, list[str], str]:
+    No gate here (promote_if_passing gates); forced: a person promoted it past the gate, as the alias records.
+    forward_only: production stays as it is when it holds a version for a later time (read.version_order), so
+    that a rerun of an old schedule slot never moves production back."""
+    client = client or s3_client()
+
+    def change(current: dict | None) -> tuple[str, list[str], str] | None:
+        if forward_only and current is not None and _later(bucket, name, prefix, client, current["version"], version):
+            return None
         previous = [] if current is None else current["previous"]
         if current is not None and current["version"] != version:
             previous = [v for v in previous if v != current["version"]] + [current["version"]]
         return version, previous, "promote --force" if forced else "promote"
 
-    return _swap(bucket, name, prefix, client or s3_client(), change)
+    return _swap(bucket, name, prefix, client, change)
+
+
+def _later(bucket: str, name: str, prefix: str, client, version: str, than: str) -> bool:
+    return version_order(read_manifest(bucket, name, version, prefix, client)) > version_order(
+        read_manifest(bucket, name, than, prefix, client))
 
 
 def rollback(bucket: str, name: str, prefix: str = MODELS_PREFIX, client=None) -> dict:

@@ -83,7 +83,8 @@ def test_a_model_that_fails_the_gate_never_reaches_nightly_generation(s3_env, pr
 
 
 def test_a_rerun_after_a_crash_before_the_gate_runs_the_gate(s3_env, prefect_api_url, tmp_path, monkeypatch):
-    """Finding 3: the model was published, then the run died before its gate; the rerun must gate it."""
+    """The model was published, then the run died before its gate; the rerun must gate it, and never move
+    production back to it from a later slot's model."""
     import flows.training
     from flows.training import training_flow
 
@@ -104,14 +105,19 @@ def test_a_rerun_after_a_crash_before_the_gate_runs_the_gate(s3_env, prefect_api
     assert [m["version"] for m in registry.list_models(bucket, name)] == [version]
     assert registry.read_alias(bucket, name) is None
 
+    # The next slot's run trains and promotes its own model meanwhile.
+    later = "20261205T020000Z"
+    training_flow(passing, publish=True, bucket=bucket, version=later)
+    assert registry.production_version(bucket, name) == later
+
     # The rerun trains nothing (the version is published) but runs the gate: a stricter one fails it visibly...
     state = training_flow(failing, publish=True, bucket=bucket, version=version, return_state=True)
     assert state.is_failed() and "quality gate failed: fd_ratio" in state.message, state.message
-    assert registry.read_alias(bucket, name) is None
-    # ...and the one it was trained under promotes it.
+    # ...and the one it was trained under passes it, but production keeps the later slot's model.
     assert training_flow(passing, publish=True, bucket=bucket, version=version)["model_uri"].endswith(f"/{version}/")
-    assert registry.production_version(bucket, name) == version
+    assert registry.production_version(bucket, name) == later
     history = f"models/{name}/_aliases/production-history/"
     assert s3_env.client.list_objects_v2(Bucket=bucket, Prefix=history)["KeyCount"] == 1
-    training_flow(failing, publish=True, bucket=bucket, version=version)  # gated once: left as it is
+    training_flow(failing, publish=True, bucket=bucket, version=later)  # gated once: left as it is
     assert s3_env.client.list_objects_v2(Bucket=bucket, Prefix=history)["KeyCount"] == 1
+    assert registry.production_version(bucket, name) == later

@@ -83,6 +83,11 @@ def test_promote_rollback_and_list_move_one_alias(tiny_model_dir, s3_env, tmp_pa
     actions = [json.loads(read_object(bucket, o["Key"]))["action"] for o in history["Contents"]]
     assert actions == ["promote"] * 3 + ["rollback"] * 2 + ["promote", "rollback"]
     assert [m["version"] for m in list_versions(bucket, name, "models")][0] == "20250101T020000Z"
+    # A scheduled run's promotion only moves production forward in time; a person's may go anywhere.
+    assert registry.promote(bucket, name, "20250103T020000Z")["version"] == "20250103T020000Z"
+    assert registry.promote(bucket, name, "20250102T020000Z", forward_only=True)["version"] == "20250103T020000Z"
+    assert registry.read_alias(bucket, name)["action"] == "promote"
+    assert registry.promote(bucket, name, "20250102T020000Z")["version"] == "20250102T020000Z"
 
 
 def test_latest_and_retention_follow_the_slot_not_the_upload_time(s3_env, tmp_path):
