@@ -1,17 +1,19 @@
-"""Screen training recipes for Fashion-MNIST at equal CPU budgets: CPU cost per step here, quality on a GPU.
+"""Screen training recipes for Fashion-MNIST at equal CPU budgets: CPU cost per step here, quality on a GPU or here.
 
-Two halves, because a CPU-second budget is what the quality benchmark compares but a 2-core machine trains one
-recipe at a time:
+A CPU-second budget is what the quality benchmark compares, but a 2-core machine trains two recipes at a time,
+hence the GPU path:
 
     python scripts/recipe_screen.py cost > cost.json           # CPU-s per step of each recipe and of DCGAN, here
     python scripts/recipe_screen.py screen cost.json 1500 OUT [RECIPE ...]  # on a GPU: 1500 / cost steps each
+    python scripts/recipe_screen.py cpu 1500 OUT RECIPE[:SEED] ...  # here: 1500 CPU-s each, a core each
 
 `screen` trains every recipe (fp32, TF32 off) in a process of its own, all at once, for as many steps as the
 budget buys it on one CPU thread, the learning-rate decay planned to end there; then scores its EMA generator on
 10,000 samples, quantised as published, against the VALIDATION split (choosing settings never looks at the test
 split) with the evaluator network. It needs `PREPARED` (the example's prepared .npz) and `FEATURES` (the cached
 evaluator's folder) in its environment; `SCREEN_DEADLINE` caps each job's training in wall seconds, and a job
-cut short says how many of its steps it ran.
+cut short says how many of its steps it ran. `cpu` trains each recipe as the quality benchmark does (until its
+process has used the budget) and scores it in the same way.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.dcgan import BATCH_SIZE, Dcgan  # noqa: E402
-from benchmarks.quality import dcgan_steps, published_samples  # noqa: E402
+from benchmarks.quality import CALIBRATION, dcgan_steps, published_samples, train_dcgan, train_ganforge  # noqa: E402
 from gan_core import checkpoint as ckpt  # noqa: E402
 from gan_core.config import Params, load_params, override_params  # noqa: E402
 from gan_core.images import metrics as m  # noqa: E402
+from gan_core.images.data import load_prepared  # noqa: E402
 from gan_core.images.features import FeatureNet  # noqa: E402
 from gan_core.images.models import DataShape  # noqa: E402
 from gan_core.images.pixels import to_unit_range  # noqa: E402
@@ -67,6 +70,9 @@ RECIPES = {
     "light_ms0": LIGHT | {"train.mode_seeking": 0.0},
     "light_ls0": LIGHT | {"train.label_smoothing": 0.0},
     "light_mbstd": LIGHT | {"model.minibatch_std": True},
+    "light_const": LIGHT | {"train.lr_decay": 0.0},  # rates never decay: the EMA alone averages
+    "light_decay50": LIGHT | {"train.lr_decay": 0.5},
+    "light_ms02": LIGHT | {"train.mode_seeking": 0.2},
 }
 
 def recipe_params(name: str, seed: int, device: str) -> Params:
@@ -117,6 +123,7 @@ def embed(net: FeatureNet, images: np.ndarray, device: torch.device) -> np.ndarr
 
 
 def job(name: str, seed: int, steps: int, out: Path) -> None:
+    """On the GPU if there is one: the recipe trains `steps` steps; its EMA generator scored on validation."""
     torch.set_num_threads(1)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -125,16 +132,35 @@ def job(name: str, seed: int, steps: int, out: Path) -> None:
     images, labels = to_unit_range(train_images).to(device), torch.as_tensor(train_labels).long().to(device)
     started = time.time()
     generator, done = train_recipe(name, seed, steps, images, labels, float(os.environ.get("SCREEN_DEADLINE", "1e9")))
-    seconds = time.time() - started
+    write_score(out, {"name": name, "seed": seed, "steps": steps, "done": done,
+                      "train_seconds": round(time.time() - started, 1)}, generator, validation, device)
+
+
+def cpu_job(name: str, seed: int, budget: float, out: Path) -> None:
+    """Here, on one thread: the recipe trains until its process has used `budget` CPU seconds, as the quality
+    benchmark trains it (the learning-rate decay re-planned to end there); scored on validation like job()."""
+    torch.set_num_threads(1)
+    prepared = load_prepared(Path(os.environ["PREPARED"]))
+    if name == "dcgan":
+        generator, stats = train_dcgan(prepared.train, budget, seed)
+    else:
+        generator, stats = train_ganforge(recipe_params(name, seed, "cpu"), prepared.train, budget, CALIBRATION)
+    write_score(out, {"name": name, "seed": seed, "steps": int(stats["planned_steps"]), "done": int(stats["steps"]),
+                      "train_seconds": round(stats["wall_seconds"], 1)}, generator, prepared.validation.images,
+                torch.device("cpu"))
+
+
+def write_score(out: Path, row: dict, generator: torch.nn.Module, validation: np.ndarray,
+                device: torch.device) -> None:
+    """ROW plus the FD, precision and recall of 10,000 published-as samples against the validation images."""
     samples, _ = published_samples(generator, SHAPE.num_classes, SAMPLES, device)
     net = FeatureNet(1, 10, load_params(EXAMPLE).features)
     net.load_state_dict(ckpt.load_tensors(Path(os.environ["FEATURES"]), "features"))
     net = net.eval().to(device)
     real, fake = embed(net, validation, device), embed(net, samples, device)
     quality = m.prdc(real, fake[:len(real)], 5)
-    out.write_text(json.dumps({"name": name, "seed": seed, "steps": steps, "done": done,
-                               "fd": m.frechet_distance(fake, real), "precision": quality["precision"],
-                               "recall": quality["recall"], "train_seconds": round(seconds, 1)}))
+    out.write_text(json.dumps(row | {"fd": m.frechet_distance(fake, real), "precision": quality["precision"],
+                                     "recall": quality["recall"]}))
 
 
 def screen(costs: dict[str, float], budget: float, out: Path, seeds: dict[str, int]) -> None:
@@ -144,6 +170,25 @@ def screen(costs: dict[str, float], budget: float, out: Path, seeds: dict[str, i
                                    str(out / f"{name}-s{seed}.json")]) for name, seed, steps in jobs]
     for process in processes:
         process.wait()
+    print_scores(out)
+
+
+def cpu_screen(budget: float, out: Path, recipes: list[str]) -> None:
+    """Each NAME[:SEED] in turn, as many at once as there are cores, `budget` CPU seconds each."""
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(*recipe.split(":"), "0")[:2] for recipe in recipes]
+    running: list[subprocess.Popen] = []
+    for name, seed in jobs:
+        if len(running) == (os.cpu_count() or 1):
+            running.pop(0).wait()
+        running.append(subprocess.Popen([sys.executable, __file__, "cpu-job", name, seed, str(budget),
+                                         str(out / f"{name}-s{seed}.json")]))
+    for process in running:
+        process.wait()
+    print_scores(out)
+
+
+def print_scores(out: Path) -> None:
     rows = sorted((json.loads(f.read_text()) for f in out.glob("*-s*.json")), key=lambda r: r["fd"])
     for r in rows:
         print(f"{r['name']:18s} seed {r['seed']} steps {r['done']:6d} of {r['steps']:6d}  FD {r['fd']:.3f}  "
@@ -156,6 +201,10 @@ if __name__ == "__main__":
         print(json.dumps(cost(), indent=1))
     elif command == "job":
         job(args[0], int(args[1]), int(args[2]), Path(args[3]))
+    elif command == "cpu-job":
+        cpu_job(args[0], int(args[1]), float(args[2]), Path(args[3]))
+    elif command == "cpu":
+        cpu_screen(float(args[0]), Path(args[1]), args[2:])
     else:
         costs = json.loads(Path(args[0]).read_text())
         chosen = {name: costs[name] for name in (args[3:] or costs)}
