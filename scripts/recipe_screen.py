@@ -40,12 +40,7 @@ from gan_core.images.data import load_prepared  # noqa: E402
 from gan_core.images.features import FeatureNet  # noqa: E402
 from gan_core.images.models import DataShape  # noqa: E402
 from gan_core.images.pixels import to_unit_range  # noqa: E402
-from gan_core.images.train import (  # noqa: E402
-    batch_index,
-    build_state,
-    set_learning_rates,
-    train_step,
-)
+from gan_core.images.train import batch_index, build_state, set_learning_rates, train_step  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "fashion-mnist" / "params.yaml"
 SHAPE = DataShape(32, 1, 10)
