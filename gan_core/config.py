@@ -113,6 +113,7 @@ class ModelConfig(Section):
     d_channels: int = Field(64, ge=1)  # width of the first feature layer; doubles per layer
     d_stem: bool = True  # D's first feature layer: a full-resolution 3x3; false: the first strided layer
     d_hidden: int = Field(128, ge=1)
+    d_spectral_norm: bool = True  # spectral norm on every D layer; false: plain layers, as DCGAN's
     minibatch_std: bool = True  # D sees the spread of the batch's samples of each class (see models.MinibatchStd)
     conditional: bool = True
 

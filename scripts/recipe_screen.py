@@ -68,6 +68,9 @@ RECIPES = {
     "light_const": LIGHT | {"train.lr_decay": 0.0},  # rates never decay: the EMA alone averages
     "light_decay50": LIGHT | {"train.lr_decay": 0.5},
     "light_ms02": LIGHT | {"train.mode_seeking": 0.2},
+    "light_const_nosn": LIGHT | {"train.lr_decay": 0.0, "model.d_spectral_norm": False},
+    "light_const_noaug": LIGHT | {"train.lr_decay": 0.0, "train.augment": False},
+    "wide_const": LIGHT | {"model.g_channels": 256, "model.d_channels": 64, "train.lr_decay": 0.0},
 }
 
 def recipe_params(name: str, seed: int, device: str) -> Params:

@@ -110,3 +110,14 @@ def test_without_a_stem_the_first_strided_layer_reads_the_image():
     # DCGAN's discriminator widths: 64 at 16x16, 128 at 8x8, 256 at 4x4
     assert [(c.in_channels, c.out_channels, c.stride[0]) for c in convs] == [(1, 64, 2), (64, 128, 2), (128, 256, 2)]
     assert D(torch.randn(4, 1, 32, 32), torch.arange(4)).shape == (4,)
+
+
+def test_without_spectral_norm_no_layer_of_d_is_reparametrised_and_the_projection_starts_small():
+    from torch.nn.utils import parametrize
+    shape = DataShape(32, 1, 10)
+    plain = Discriminator(ModelConfig(d_spectral_norm=False, d_hidden=64), shape)
+    normed = Discriminator(ModelConfig(d_hidden=64), shape)
+    assert not any(parametrize.is_parametrized(m) for m in plain.modules())
+    assert sum(parametrize.is_parametrized(m) for m in normed.modules()) == 7  # 4 convs, hidden, output, embed
+    # rows of N(0, 1/d_hidden), not nn.Embedding's N(0, 1): the class term is as large as a linear layer's output
+    assert 0.8 < plain.embed.weight.std().item() * 64**0.5 < 1.2

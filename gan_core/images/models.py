@@ -159,19 +159,22 @@ class Discriminator(nn.Module):
         super().__init__()
         self.num_classes = shape.num_classes if cfg.conditional else 0
         widths = _block_widths(cfg.d_channels, shape.num_blocks, shrink=False)
+        sn = spectral_norm if cfg.d_spectral_norm else (lambda layer: layer)
         if cfg.d_stem:  # a full-resolution 3x3 layer before the strided ones
-            layers: list[nn.Module] = [spectral_norm(nn.Conv2d(shape.channels, widths[0], 3, padding=1)), _act()]
+            layers: list[nn.Module] = [sn(nn.Conv2d(shape.channels, widths[0], 3, padding=1)), _act()]
         else:  # the first strided layer reads the image, as DCGAN's does
             layers, widths = [], [shape.channels, *widths[:-1]]
         for a, b in zip(widths, widths[1:]):
-            layers += [spectral_norm(nn.Conv2d(a, b, 4, stride=2, padding=1)), _act()]
+            layers += [sn(nn.Conv2d(a, b, 4, stride=2, padding=1)), _act()]
         self.features = nn.Sequential(*layers)
         self.minibatch_std = MinibatchStd(self.num_classes) if cfg.minibatch_std else None
         in_hidden = (widths[-1] + bool(cfg.minibatch_std)) * BASE_RESOLUTION**2
-        self.hidden = nn.Sequential(spectral_norm(nn.Linear(in_hidden, cfg.d_hidden)), _act())
-        self.output = spectral_norm(nn.Linear(cfg.d_hidden, 1))
+        self.hidden = nn.Sequential(sn(nn.Linear(in_hidden, cfg.d_hidden)), _act())
+        self.output = sn(nn.Linear(cfg.d_hidden, 1))
         # Projection discriminator (Miyato & Koyama 2018): the class enters as an inner product.
-        self.embed = spectral_norm(nn.Embedding(self.num_classes, cfg.d_hidden)) if self.num_classes else None
+        self.embed = sn(nn.Embedding(self.num_classes, cfg.d_hidden)) if self.num_classes else None
+        if self.embed is not None and not cfg.d_spectral_norm:  # N(0, 1) rows would swamp the logit at the start
+            nn.init.normal_(self.embed.weight, 0.0, cfg.d_hidden**-0.5)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(images)
