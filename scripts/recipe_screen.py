@@ -48,6 +48,7 @@ SAMPLES = 10_000
 # The example's architecture before this screen; every recipe is a change of it.
 BEFORE = {"model.grow_kernel": 3, "model.refine": True, "model.d_stem": True, "train.reuse_fake": False}
 LIGHT = {"train.reuse_fake": True, "model.d_stem": False, "model.grow_kernel": 1, "model.refine": False}
+LIGHT_CONST = LIGHT | {"train.lr_decay": 0.0}  # rates never decay: the EMA alone averages
 RECIPES = {
     "before": {},
     "reuse": {"train.reuse_fake": True},
@@ -65,12 +66,12 @@ RECIPES = {
     "light_ms0": LIGHT | {"train.mode_seeking": 0.0},
     "light_ls0": LIGHT | {"train.label_smoothing": 0.0},
     "light_mbstd": LIGHT | {"model.minibatch_std": True},
-    "light_const": LIGHT | {"train.lr_decay": 0.0},  # rates never decay: the EMA alone averages
+    "light_const": LIGHT_CONST,
     "light_decay50": LIGHT | {"train.lr_decay": 0.5},
     "light_ms02": LIGHT | {"train.mode_seeking": 0.2},
-    "light_const_nosn": LIGHT | {"train.lr_decay": 0.0, "model.d_spectral_norm": False},
-    "light_const_noaug": LIGHT | {"train.lr_decay": 0.0, "train.augment": False},
-    "wide_const": LIGHT | {"model.g_channels": 256, "model.d_channels": 64, "train.lr_decay": 0.0},
+    "light_const_nosn": LIGHT_CONST | {"model.d_spectral_norm": False},
+    "light_const_noaug": LIGHT_CONST | {"train.augment": False},
+    "wide_const": LIGHT_CONST | {"model.g_channels": 256, "model.d_channels": 64},
 }
 
 def recipe_params(name: str, seed: int, device: str) -> Params:

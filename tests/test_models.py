@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.nn.utils import parametrize
 
 from gan_core.config import ModelConfig
 from gan_core.images.models import DataShape, Discriminator, Generator, MinibatchStd, count_parameters
@@ -113,7 +114,6 @@ def test_without_a_stem_the_first_strided_layer_reads_the_image():
 
 
 def test_without_spectral_norm_no_layer_of_d_is_reparametrised_and_the_projection_starts_small():
-    from torch.nn.utils import parametrize
     shape = DataShape(32, 1, 10)
     plain = Discriminator(ModelConfig(d_spectral_norm=False, d_hidden=64), shape)
     normed = Discriminator(ModelConfig(d_hidden=64), shape)
