@@ -5,8 +5,8 @@ images are the test split), from the IDX files of Debian's dataset-fashion-mnist
 two contenders train at once, each in its own process on one thread, so that both see the same machine load,
 until that process has used the budget in CPU seconds (time.process_time, counted from building the models):
 
-- ganforge: the example's params and ganforge's own loop functions (gan_core.images.train), its linear
-  learning-rate decay planned to end at the budget; no checkpoint selection: the final EMA generator is scored;
+- ganforge: the example's params and ganforge's own loop functions (gan_core.images.train), its learning-rate
+  schedule (train.lr_decay) planned to end at the budget; no checkpoint selection: the final EMA generator is scored;
 - DCGAN: pytorch/examples' dcgan/main.py recipe made class-conditional (benchmarks/dcgan.py), with an EMA
   generator too, on the same training split held in memory as ganforge holds it.
 
