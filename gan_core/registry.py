@@ -60,24 +60,24 @@ class GateError(ValueError):
 @dataclass(frozen=True)
 class GateResult:
     misses: list[str]  # one readable line per metric that missed or is missing
+    checks: tuple[Check, ...] = ()  # every threshold judged; none when the metrics measured another model
 
     @property
     def passed(self) -> bool:
         return not self.misses
 
-    def markdown(self, name: str, version: str, metrics: dict, gate: GateConfig) -> str:
+    def markdown(self, name: str, version: str) -> str:
         verdict = "passed: promoted to production" if self.passed else "FAILED: not promoted"
-        lines = [f"### quality gate: {name} {version} {verdict}", "", "| metric | value | threshold |", "|---|---|---|"]
-        for check in judge(metrics, gate).checks:
-            value = metrics.get(check.metric, "missing")
-            lines.append(f"| {check.metric} | {value} | {check.bound} {check.threshold} |")
+        lines = [f"### quality gate: {name} {version} {verdict}", "", "| metric | value | goal | |", "|---|---|---|---|"]
+        lines += [f"| {c.metric} | {c.shown_value} | {c.goal} | {c.status} |" for c in self.checks]
         return "\n".join(lines + [""] + [f"- {miss}" for miss in self.misses])
 
 
 def check_gate(metrics: dict, gate: GateConfig) -> GateResult:
     """Each threshold of `gate` for the evaluated kind against `metrics` (gan_core.verdict, which the card and the
     evaluate stage's log show); a missing or non-numeric metric misses unless its threshold is null."""
-    return GateResult([_miss(check) for check in judge(metrics, gate).missed])
+    verdict = judge(metrics, gate)
+    return GateResult([_miss(check) for check in verdict.missed], verdict.checks)
 
 
 def _miss(check: Check) -> str:

@@ -37,6 +37,19 @@ def test_the_gate_names_each_metric_that_misses_or_is_missing():
     assert registry.check_gate({**GOOD, "utility": 0.9}, gate).passed  # a threshold itself passes
 
 
+def test_the_gate_artifact_has_a_row_per_threshold_and_lists_the_misses():
+    gate = GateConfig(fd_ratio_max=2.0, utility_min=0.9, label_consistency_min=0.9, memorisation_max=None)
+    text = registry.check_gate({"fd_ratio": 2.5, "utility": 0.97}, gate).markdown("digits", "v7")
+    assert text.splitlines()[0] == "### quality gate: digits v7 FAILED: not promoted"
+    assert "| fd_ratio | 2.5 | <= 2 | missed |" in text and "| utility | 0.97 | >= 0.9 | met |" in text
+    assert "| label_consistency | missing | >= 0.9 | missed |" in text
+    assert "| memorisation | missing | not checked | not checked |" in text
+    assert text.splitlines()[-2:] == ["- fd_ratio 2.5 > 2.0 (gate.fd_ratio_max)",
+                                      "- label_consistency is missing from the evaluation (gate.label_consistency_min: 0.9)"]
+    assert registry.check_gate(GOOD, gate).markdown("digits", "v8").startswith(
+        "### quality gate: digits v8 passed: promoted to production")
+
+
 def test_gate_thresholds_are_validated():
     from gan_core.config import ConfigError, parse_params
 
