@@ -87,7 +87,7 @@ def prune(bucket: str, prefix: str, name: str, keep_last: int) -> list[str]:
 
 
 @task(**S3_RETRIES)
-def gate_published(bucket: str, name: str, version: str, gate: GateConfig) -> tuple[registry.GateResult, dict]:
+def gate_published(bucket: str, name: str, version: str, gate: GateConfig) -> registry.GateResult:
     return registry.gate_published(bucket, name, version, gate)
 
 

@@ -36,7 +36,7 @@ def gate(params: Params, bucket: str, version: str) -> None:
     """Move `production` to published VERSION when its own metrics (bound to its generator) pass params' gate
     and production holds no later slot's model; else fail the run, production unchanged."""
     name = params.prepare.dataset
-    result, _ = gate_published(bucket, name, version, params.gate)
+    result = gate_published(bucket, name, version, params.gate)
     create_markdown_artifact(result.markdown(name, version),
                              key=artifact_key(f"gate-{name}"),
                              description=f"quality gate {name} {version}")

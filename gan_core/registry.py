@@ -133,17 +133,16 @@ def require_measured(metrics: dict, model_dir: Path) -> None:
 
 
 def gate_published(bucket: str, name: str, version: str, gate: GateConfig, prefix: str = MODELS_PREFIX,
-                   client=None) -> tuple[GateResult, dict]:
-    """The gate on published VERSION: its manifest's metrics, bound to the generator S3 holds; and those metrics."""
+                   client=None) -> GateResult:
+    """The gate on published VERSION: its manifest's metrics, bound to the generator S3 holds."""
     manifest = read_manifest(bucket, name, version, prefix, client)
-    metrics = manifest.get("metrics") or {}
-    return check_model_gate(metrics, gate, published_generator_sha256(manifest)), metrics
+    return check_model_gate(manifest.get("metrics") or {}, gate, published_generator_sha256(manifest))
 
 
 def promote_if_passing(bucket: str, name: str, version: str, gate: GateConfig, prefix: str = MODELS_PREFIX,
                        client=None) -> dict:
     """promote() when published VERSION's own metrics pass GATE; otherwise GateError naming what missed."""
-    result, _ = gate_published(bucket, name, version, gate, prefix, client)
+    result = gate_published(bucket, name, version, gate, prefix, client)
     if not result.passed:
         raise gate_error(name, version, result)
     return promote(bucket, name, version, prefix, client)

@@ -46,9 +46,11 @@ EXAMPLE = ROOT / "examples" / "fashion-mnist" / "params.yaml"
 SHAPE = DataShape(32, 1, 10)
 SAMPLES = 10_000
 # The example's architecture before this screen; every recipe is a change of it.
-BEFORE = {"model.grow_kernel": 3, "model.refine": True, "model.d_stem": True, "train.reuse_fake": False}
+BEFORE = {"model.grow_kernel": 3, "model.refine": True, "model.d_stem": True, "train.reuse_fake": False,
+          "model.d_spectral_norm": True, "train.lr_decay": 1.0}
 LIGHT = {"train.reuse_fake": True, "model.d_stem": False, "model.grow_kernel": 1, "model.refine": False}
 LIGHT_CONST = LIGHT | {"train.lr_decay": 0.0}  # rates never decay: the EMA alone averages
+NOSN = LIGHT_CONST | {"model.d_spectral_norm": False}  # the example since 0444cf8
 RECIPES = {
     "before": {},
     "reuse": {"train.reuse_fake": True},
@@ -72,6 +74,10 @@ RECIPES = {
     "light_const_nosn": LIGHT_CONST | {"model.d_spectral_norm": False},
     "light_const_noaug": LIGHT_CONST | {"train.augment": False},
     "wide_const": LIGHT_CONST | {"model.g_channels": 256, "model.d_channels": 64},
+    "nosn_ms02": NOSN | {"train.mode_seeking": 0.2},
+    "nosn_mbstd": NOSN | {"model.minibatch_std": True},
+    "nosn_ls0": NOSN | {"train.label_smoothing": 0.0},
+    "nosn_g192_d48": NOSN | {"model.g_channels": 192, "model.d_channels": 48},
 }
 
 def recipe_params(name: str, seed: int, device: str) -> Params:
