@@ -43,7 +43,7 @@ from gan_core.config import Params, load_params
 from gan_core.images import metrics as m
 from gan_core.images.data import BUNDLED_DIGITS, ImageSet, PreparedData, load_prepared, prepare_dataset
 from gan_core.images.features import FeatureNet, load_or_train_feature_net
-from gan_core.images.models import DataShape, Generator
+from gan_core.images.models import DataShape, Generator, standing_statistics
 from gan_core.images.pixels import quantise, to_unit_range
 from gan_core.images.sampling import latents_for_seeds
 from gan_core.images.train import batch_index, build_state, resident_dataset, set_learning_rates, train_step
@@ -87,6 +87,7 @@ def train_ganforge(params: Params, data: ImageSet, budget: float,
             set_learning_rates(state, cfg, total)
         index = batch_index(state, cfg, len(images))
         train_step(state, images[index], labels[index] if labels is not None else None, cfg)
+    standing_statistics(state.G_ema, state.step)
     return state.G_ema, {"steps": state.step, "planned_steps": total or state.step,
                          "cpu_seconds": time.process_time() - started, "wall_seconds": time.perf_counter() - wall}
 

@@ -108,6 +108,7 @@ class ModelConfig(Section):
     mapping_layers: int = Field(2, ge=1)
     mapping_dim: int = Field(128, ge=1)
     g_channels: int = Field(128, ge=1)  # width of the first decoder block; halves per block
+    g_norm: Literal["pixel", "batch"] = "pixel"  # G's normalisation: per sample, or BatchNorm as DCGAN's
     grow_kernel: Literal[1, 3] = 3  # the decoder blocks' upsample-and-convolve path: 3x3, or 1x1 (a quarter of the cost)
     refine: bool = True  # a 3x3 convolution after each decoder block's sum
     d_channels: int = Field(64, ge=1)  # width of the first feature layer; doubles per layer

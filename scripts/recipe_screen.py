@@ -78,6 +78,7 @@ RECIPES = {
     "nosn_mbstd": NOSN | {"model.minibatch_std": True},
     "nosn_ls0": NOSN | {"train.label_smoothing": 0.0},
     "nosn_g192_d48": NOSN | {"model.g_channels": 192, "model.d_channels": 48},
+    "nosn_gbn": NOSN | {"model.g_norm": "batch"},
 }
 
 def recipe_params(name: str, seed: int, device: str) -> Params:

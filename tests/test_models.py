@@ -5,7 +5,8 @@ import torch
 from torch.nn.utils import parametrize
 
 from gan_core.config import ModelConfig
-from gan_core.images.models import DataShape, Discriminator, Generator, MinibatchStd, count_parameters
+from gan_core.images.models import (DataShape, Discriminator, Generator, MinibatchStd, count_parameters,
+                                    standing_statistics)
 
 
 @pytest.mark.parametrize("resolution, blocks", [(8, 1), (16, 2), (32, 3), (64, 4)])
@@ -37,6 +38,24 @@ def test_a_sample_does_not_depend_on_its_batch():
     together = G(z, labels)
     alone = torch.cat([G(z[i:i + 1], labels[i:i + 1]) for i in range(6)])
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_standing_statistics_describe_the_generators_own_batches():
+    cfg = ModelConfig(latent_dim=8, mapping_dim=16, g_channels=16, g_norm="batch")
+    G = Generator(cfg, DataShape(8, 1, 10)).eval()
+    first = G.first[0]
+    assert isinstance(first, torch.nn.BatchNorm2d) and first.running_mean.abs().max() == 0  # untouched
+    standing_statistics(G, seed=3, batches=4, batch_size=20)
+    assert not G.training and first.momentum == 0.1
+    # The running mean is the average over the 4 batches of the projection's per-channel means.
+    noise, labels = torch.Generator().manual_seed(3), torch.arange(20) % 10
+    with torch.no_grad():
+        means = [G.project(G.mapping(torch.randn(20, 8, generator=noise), labels)).view(20, 16, 16).mean(dim=(0, 2))
+                 for _ in range(4)]
+    torch.testing.assert_close(first.running_mean, torch.stack(means).mean(dim=0), rtol=1e-4, atol=1e-5)
+    z = torch.randn(5, 8)  # in eval mode a sample no longer depends on its batch-mates
+    torch.testing.assert_close(G(z, labels[:5]), torch.cat([G(z[i:i + 1], labels[i:i + 1]) for i in range(5)]),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_bad_resolution_is_refused():

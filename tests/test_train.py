@@ -213,3 +213,16 @@ def test_a_light_model_trains_exports_and_samples(prepared, tmp_path):
     assert model.generator.decoder[0].grow[0].kernel_size == (1, 1)
     samples = sample_images(model, class_counts={2: 4}, seed=0)
     assert samples.images.shape == (4, 1, 8, 8) and (samples.labels == 2).all()
+
+
+def test_a_batchnorm_generator_exports_the_statistics_of_its_ema_weights(prepared, tmp_path):
+    params = tiny_params(model__g_norm="batch", train__epochs=1, train__select_every=5)
+    train(params, prepared, tmp_path / "model", progress=False)
+    ema = load_file(tmp_path / "model" / "ema.safetensors")
+    # Recomputed for the EMA weights (standing statistics), not left at BatchNorm's initial 0 and 1.
+    assert ema["first.0.running_mean"].abs().max() > 0 and not torch.allclose(ema["first.0.running_var"],
+                                                                               torch.ones(16))
+    model = load_model(tmp_path / "model")
+    batched = sample_images(model, class_counts={0: 3, 7: 3}, seed=0)
+    one_by_one = sample_images(model, class_counts={0: 3, 7: 3}, seed=0, batch_size=1)
+    np.testing.assert_allclose(np.asarray(batched.images, float), np.asarray(one_by_one.images, float), atol=1)

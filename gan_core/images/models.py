@@ -43,6 +43,12 @@ def _act() -> nn.Module:
     return nn.LeakyReLU(0.2)
 
 
+def _normalised_act(channels: int, norm: str) -> list[nn.Module]:
+    """PixelNorm after the activation, or BatchNorm before it as in DCGAN (statistics of the batch in
+    training, running ones in eval mode: see standing_statistics)."""
+    return [nn.BatchNorm2d(channels), _act()] if norm == "batch" else [_act(), PixelNorm()]
+
+
 class MappingNetwork(nn.Module):
     """The seed's encoder and latent-space mapper: z (and a class embedding) -> latent code w."""
 
@@ -65,7 +71,8 @@ class MappingNetwork(nn.Module):
 class DecoderBlock(nn.Module):
     """Doubles resolution: a transposed convolution plus the seed's "growing" upsample-and-convolve path."""
 
-    def __init__(self, in_channels: int, out_channels: int, grow_kernel: int = 3, refine: bool = True):
+    def __init__(self, in_channels: int, out_channels: int, grow_kernel: int = 3, refine: bool = True,
+                 norm: str = "pixel"):
         super().__init__()
         self.deconv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
         upsample = nn.Upsample(scale_factor=2, mode="nearest")
@@ -74,9 +81,9 @@ class DecoderBlock(nn.Module):
         else:
             self.grow = nn.Sequential(upsample, nn.Conv2d(in_channels, out_channels, grow_kernel,
                                                           padding=grow_kernel // 2))
-        layers: list[nn.Module] = [_act(), PixelNorm()]
+        layers = _normalised_act(out_channels, norm)
         if refine:
-            layers += [nn.Conv2d(out_channels, out_channels, 3, padding=1), _act(), PixelNorm()]
+            layers += [nn.Conv2d(out_channels, out_channels, 3, padding=1), *_normalised_act(out_channels, norm)]
         self.refine = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,8 +105,8 @@ class Generator(nn.Module):
         widths = _block_widths(cfg.g_channels, shape.num_blocks, shrink=True)
         self.mapping = MappingNetwork(cfg, self.num_classes)
         self.project = nn.Linear(cfg.mapping_dim, widths[0] * BASE_RESOLUTION**2)
-        self.first = nn.Sequential(_act(), PixelNorm())
-        self.decoder = nn.Sequential(*(DecoderBlock(a, b, cfg.grow_kernel, cfg.refine)
+        self.first = nn.Sequential(*_normalised_act(widths[0], cfg.g_norm))
+        self.decoder = nn.Sequential(*(DecoderBlock(a, b, cfg.grow_kernel, cfg.refine, cfg.g_norm)
                                        for a, b in zip(widths, widths[1:])))
         self.to_image = nn.Conv2d(widths[-1], shape.channels, 3, padding=1)
 
@@ -113,6 +120,28 @@ class Generator(nn.Module):
         # upsample ran 20x faster than one on a contiguous map fed to channels-last convolutions.
         x = x.contiguous(memory_format=memory_format_of(self.to_image.weight))
         return torch.tanh(self.to_image(self.decoder(self.first(x))))
+
+
+@torch.no_grad()
+def standing_statistics(generator: Generator, seed: int, batches: int = 100, batch_size: int = 64) -> None:
+    """BigGAN's standing statistics: a generator's BatchNorm running statistics recomputed for its own weights,
+    averaged over BATCHES training-size batches of fresh latents (classes cycling). An EMA generator needs them:
+    the live G's running statistics describe the live weights, not the average. Nothing to do without BatchNorm."""
+    norms = [module for module in generator.modules() if isinstance(module, nn.BatchNorm2d)]
+    if not norms:
+        return
+    device, training = generator.project.weight.device, generator.training
+    noise = torch.Generator(device).manual_seed(seed)
+    labels = torch.arange(batch_size, device=device) % generator.num_classes if generator.num_classes else None
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average over the batches below
+    generator.train()
+    for _ in range(batches):
+        generator(torch.randn(batch_size, generator.latent_dim, generator=noise, device=device), labels)
+    for module in norms:
+        module.momentum = 0.1
+    generator.train(training)
 
 
 class MinibatchStd(nn.Module):

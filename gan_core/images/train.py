@@ -24,7 +24,7 @@ from gan_core.images.augment import diff_augment
 from gan_core.images.data import ImageSet, PreparedData, default_class_names, load_prepared
 from gan_core.images.features import FeatureNet, load_or_train_feature_net
 from gan_core.images.metrics import frechet_distance
-from gan_core.images.models import DataShape, Discriminator, Generator, count_parameters
+from gan_core.images.models import DataShape, Discriminator, Generator, count_parameters, standing_statistics
 from gan_core.images.pixels import to_unit_range
 from gan_core.images.sampling import latents_for_seeds, pick_device
 from gan_core.progress import progress_bar
@@ -290,6 +290,7 @@ def build_selector(params: Params, data: PreparedData, shape: DataShape, device:
 
 def select(state: GanState, selector: Selector) -> None:
     """Evaluate the EMA generator now; keep a copy of G, D and EMA if it is the best so far."""
+    standing_statistics(state.G_ema, state.step)
     fd = selector.score(state.G_ema)
     state.selection.append({"step": state.step, "fd_validation": round(fd, 5)})
     if fd < state.best_fd:
@@ -390,6 +391,8 @@ def start_from_checkpoint(state: GanState, checkpoint_dir: Path | None, fingerpr
 
 def export_model(out_dir: Path, params: Params, shape: DataShape, state: GanState, extra: dict) -> None:
     """The published model: G, D and EMA weights of the selected step (else the last) plus meta.json."""
+    if not state.best:
+        standing_statistics(state.G_ema, state.step)
     weights = state.best or {name: module.state_dict() for name, module in state.modules().items()}
     meta = model_meta(params, shape, state) | {"step": state.best_step if state.best else state.step}
     ckpt.save_checkpoint(out_dir, weights, meta | extra)
