@@ -133,14 +133,15 @@ def standing_statistics(generator: Generator, seed: int, batches: int = 100, bat
     device, training = generator.project.weight.device, generator.training
     noise = torch.Generator(device).manual_seed(seed)
     labels = torch.arange(batch_size, device=device) % generator.num_classes if generator.num_classes else None
+    momenta = [module.momentum for module in norms]
     for module in norms:
         module.reset_running_stats()
         module.momentum = None  # a cumulative average over the batches below
     generator.train()
     for _ in range(batches):
         generator(torch.randn(batch_size, generator.latent_dim, generator=noise, device=device), labels)
-    for module in norms:
-        module.momentum = 0.1
+    for module, momentum in zip(norms, momenta):
+        module.momentum = momentum
     generator.train(training)
 
 
