@@ -79,6 +79,8 @@ RECIPES = {
     "nosn_ls0": NOSN | {"train.label_smoothing": 0.0},
     "nosn_g192_d48": NOSN | {"model.g_channels": 192, "model.d_channels": 48},
     "nosn_gbn": NOSN | {"model.g_norm": "batch"},
+    "nosn_d64": NOSN | {"model.d_channels": 64},  # DCGAN's discriminator widths
+    "nosn_wide": NOSN | {"model.g_channels": 256, "model.d_channels": 64},  # DCGAN's widths in both
 }
 
 def recipe_params(name: str, seed: int, device: str) -> Params:
