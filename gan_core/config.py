@@ -115,6 +115,7 @@ class ModelConfig(Section):
     d_stem: bool = True  # D's first feature layer: a full-resolution 3x3; false: the first strided layer
     d_hidden: int = Field(128, ge=1)
     d_spectral_norm: bool = True  # spectral norm on every D layer; false: plain layers, as DCGAN's
+    d_norm: Literal["none", "batch"] = "none"  # BatchNorm on D's strided layers but the first, as DCGAN's
     minibatch_std: bool = True  # D sees the spread of the batch's samples of each class (see models.MinibatchStd)
     conditional: bool = True
 

@@ -81,6 +81,8 @@ RECIPES = {
     "nosn_gbn": NOSN | {"model.g_norm": "batch"},
     "nosn_d64": NOSN | {"model.d_channels": 64},  # DCGAN's discriminator widths
     "nosn_wide": NOSN | {"model.g_channels": 256, "model.d_channels": 64},  # DCGAN's widths in both
+    "nosn_dbn": NOSN | {"model.d_norm": "batch"},  # BatchNorm in D, as DCGAN's
+    "nosn_dbn_ms0": NOSN | {"model.d_norm": "batch", "train.mode_seeking": 0.0},
 }
 
 def recipe_params(name: str, seed: int, device: str) -> Params:

@@ -140,3 +140,19 @@ def test_without_spectral_norm_no_layer_of_d_is_reparametrised_and_the_projectio
     assert sum(parametrize.is_parametrized(m) for m in normed.modules()) == 7  # 4 convs, hidden, output, embed
     # rows of N(0, 1/d_hidden), not nn.Embedding's N(0, 1): the class term is as large as a linear layer's output
     assert 0.8 < plain.embed.weight.std().item() * 64**0.5 < 1.2
+
+
+def test_a_batchnorm_discriminator_normalises_every_strided_layer_but_the_one_reading_the_image():
+    shape = DataShape(32, 1, 10)
+    D = Discriminator(ModelConfig(d_channels=8, d_hidden=16, d_stem=False, d_norm="batch", d_spectral_norm=False,
+                                  minibatch_std=False), shape)
+    kinds = [type(m).__name__ for m in D.features]
+    assert kinds == ["Conv2d", "LeakyReLU", "Conv2d", "BatchNorm2d", "LeakyReLU", "Conv2d", "BatchNorm2d", "LeakyReLU"]
+    with_stem = Discriminator(ModelConfig(d_channels=8, d_hidden=16, d_norm="batch", minibatch_std=False), shape)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in with_stem.features) == 3  # the stem reads the image
+    images, labels = torch.randn(6, 1, 32, 32), torch.arange(6)
+    D(images, labels)  # training mode: the batch's statistics, and the running ones move
+    assert D.features[3].running_mean.abs().max() > 0
+    D.eval()  # a score then depends on its image alone, as rejection sampling and d_score need
+    torch.testing.assert_close(D(images, labels), torch.cat([D(images[i:i + 1], labels[i:i + 1]) for i in range(6)]),
+                               rtol=1e-5, atol=1e-6)

@@ -226,3 +226,14 @@ def test_a_batchnorm_generator_exports_the_statistics_of_its_ema_weights(prepare
     batched = sample_images(model, class_counts={0: 3, 7: 3}, seed=0)
     one_by_one = sample_images(model, class_counts={0: 3, 7: 3}, seed=0, batch_size=1)
     np.testing.assert_allclose(np.asarray(batched.images, float), np.asarray(one_by_one.images, float), atol=1)
+
+
+def test_a_batchnorm_discriminator_exports_its_running_statistics_and_scores_rows_alone(prepared, tmp_path):
+    params = tiny_params(model__d_norm="batch", train__epochs=1)
+    train(params, prepared, tmp_path / "model", progress=False)
+    model = load_model(tmp_path / "model")
+    norms = [m for m in model.discriminator.features if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 1 and norms[0].num_batches_tracked > 0 and norms[0].running_mean.abs().max() > 0
+    batched = sample_images(model, class_counts={0: 3, 7: 3}, seed=0)
+    one_by_one = sample_images(model, class_counts={0: 3, 7: 3}, seed=0, batch_size=1)
+    np.testing.assert_allclose(batched.d_scores, one_by_one.d_scores, rtol=1e-4)

@@ -194,8 +194,12 @@ class Discriminator(nn.Module):
             layers: list[nn.Module] = [sn(nn.Conv2d(shape.channels, widths[0], 3, padding=1)), _act()]
         else:  # the first strided layer reads the image, as DCGAN's does
             layers, widths = [], [shape.channels, *widths[:-1]]
-        for a, b in zip(widths, widths[1:]):
-            layers += [sn(nn.Conv2d(a, b, 4, stride=2, padding=1)), _act()]
+        for index, (a, b) in enumerate(zip(widths, widths[1:])):
+            # BatchNorm as DCGAN's: on every layer but the one that reads the image. Real and generated
+            # batches go through D apart, so each layer sees its batch's statistics.
+            reads_image = index == 0 and not cfg.d_stem
+            norm = [nn.BatchNorm2d(b)] if cfg.d_norm == "batch" and not reads_image else []
+            layers += [sn(nn.Conv2d(a, b, 4, stride=2, padding=1)), *norm, _act()]
         self.features = nn.Sequential(*layers)
         self.minibatch_std = MinibatchStd(self.num_classes) if cfg.minibatch_std else None
         in_hidden = (widths[-1] + bool(cfg.minibatch_std)) * BASE_RESOLUTION**2
