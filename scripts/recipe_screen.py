@@ -83,6 +83,8 @@ RECIPES = {
     "nosn_wide": NOSN | {"model.g_channels": 256, "model.d_channels": 64},  # DCGAN's widths in both
     "nosn_dbn": NOSN | {"model.d_norm": "batch"},  # BatchNorm in D, as DCGAN's
     "nosn_dbn_ms0": NOSN | {"model.d_norm": "batch", "train.mode_seeking": 0.0},
+    "nosn_map01": NOSN | {"train.mapping_lr": 0.01},  # StyleGAN's mapping-network rate
+    "nosn_map01_ms0": NOSN | {"train.mapping_lr": 0.01, "train.mode_seeking": 0.0},
 }
 
 def recipe_params(name: str, seed: int, device: str) -> Params:

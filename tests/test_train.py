@@ -22,8 +22,9 @@ def prepared(tmp_path_factory):
 
 
 def test_resume_ends_with_the_same_weights(prepared, tmp_path):
-    # The stop falls inside the learning-rate decay: the resumed run must pick the schedule up.
-    params = tiny_params(train__epochs=3, train__checkpoint_every=25, train__lr_decay=0.9)
+    # The stop falls inside the learning-rate decay: the resumed run must pick the schedule up, in both of G's
+    # parameter groups (train.mapping_lr gives the mapping network its own).
+    params = tiny_params(train__epochs=3, train__checkpoint_every=25, train__lr_decay=0.9, train__mapping_lr=0.5)
     straight = train(params, prepared, tmp_path / "straight", progress=False)
     stopped = train(params, prepared, tmp_path / "resumed", checkpoint_dir=tmp_path / "ck",
                     stop_after=25, progress=False)
@@ -237,3 +238,22 @@ def test_a_batchnorm_discriminator_exports_its_running_statistics_and_scores_row
     batched = sample_images(model, class_counts={0: 3, 7: 3}, seed=0)
     one_by_one = sample_images(model, class_counts={0: 3, 7: 3}, seed=0, batch_size=1)
     np.testing.assert_allclose(batched.d_scores, one_by_one.d_scores, rtol=1e-4)
+
+
+def test_the_mapping_network_learns_at_its_own_share_of_the_rate_through_the_schedule():
+    from gan_core.images.models import DataShape
+    from gan_core.images.train import build_state, set_learning_rates, train_step
+
+    params = tiny_params(train__mapping_lr=0.01, train__lr_decay=1.0, train__augment=False)
+    state = build_state(params, DataShape(8, 1, 10), torch.device("cpu"))
+    before = {name: p.detach().clone() for name, p in state.G.named_parameters()}
+    set_learning_rates(state, params.train, total_steps=4)
+    real, labels = torch.rand(16, 1, 8, 8) * 2 - 1, torch.arange(16) % 10
+    train_step(state, real, labels, params.train)
+    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in state.G.named_parameters()}
+    # Adam's first step moves each weight by about its rate: 2e-4 for G, 2e-6 for the mapping network's layers
+    assert max(v for k, v in moved.items() if k.startswith("mapping.net.")) <= 2.1e-6
+    assert max(v for k, v in moved.items() if not k.startswith("mapping.net.")) > 1e-4
+    state.step = 3  # the decay scales both groups alike
+    set_learning_rates(state, params.train, total_steps=4)
+    assert [g["lr"] for g in state.opt_g.param_groups] == pytest.approx([0.25 * 2e-4, 0.25 * 2e-6])
