@@ -123,9 +123,9 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     epochs: int = Field(160, ge=1)
     batch_size: int = Field(64, ge=1)
-    lr_g: float = Field(2e-4, gt=0.0)
-    lr_d: float = Field(2e-4, gt=0.0)
-    mapping_lr: float = Field(1.0, gt=0.0, le=1.0)  # the mapping network's layers learn at this times lr_g
+    lr_g: float = Field(6e-4, gt=0.0)
+    lr_d: float = Field(6e-4, gt=0.0)
+    mapping_lr: float = Field(0.01, gt=0.0, le=1.0)  # the mapping network's layers learn at this times lr_g
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
     lr_decay: float = Field(1.0, ge=0.0, le=1.0)  # share of the run, at its end, over which both rates fall linearly to 0

@@ -107,7 +107,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings_or_data(prepared, tmp_pat
     # A fresh run with other settings: its checkpoints replace the earlier run's, never mix with them.
     train(other, prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck", stop_after=10, progress=False)
     assert latest_good_checkpoint(tmp_path / "ck") == tmp_path / "ck" / "step-000000010"
-    with pytest.raises(LineageError, match=r"step-000000010 was trained with train\.lr_g 0\.0004 vs 0\.0002 "
+    with pytest.raises(LineageError, match=r"step-000000010 was trained with train\.lr_g 0\.0004 vs 0\.0006 "
                                            r"\(checkpoint vs now\): delete it or rerun without --resume"):
         train(params, prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck", resume=True, progress=False)
     reshuffled = prepare_dataset("bundled:digits", tmp_path / "seed1.npz", 0.15, 0.15, seed=1)
@@ -244,7 +244,7 @@ def test_the_mapping_network_learns_at_its_own_share_of_the_rate_through_the_sch
     from gan_core.images.models import DataShape
     from gan_core.images.train import build_state, set_learning_rates, train_step
 
-    params = tiny_params(train__mapping_lr=0.01, train__lr_decay=1.0, train__augment=False)
+    params = tiny_params(train__lr_g=2e-4, train__mapping_lr=0.01, train__lr_decay=1.0, train__augment=False)
     state = build_state(params, DataShape(8, 1, 10), torch.device("cpu"))
     before = {name: p.detach().clone() for name, p in state.G.named_parameters()}
     set_learning_rates(state, params.train, total_steps=4)
