@@ -591,11 +591,12 @@ def edited(text: str, old: str, new: str) -> str:
 
 def test_malformed_params_stop_dvc_repro_before_any_work(dvc_project, pipeline_env, s3_server):
     good, lock = (dvc_project / "params.yaml").read_text(), (dvc_project / "dvc.lock").read_text()
+    lr_d = re.search(r"^  lr_d: \S+", good, re.MULTILINE).group()  # train's line, whatever the default
     cases = {  # params.yaml -> what the error must name
-        "syntax": (edited(good, "  lr_d: 0.0006", "    lr_d: 0.0006"), ["params.yaml"]),
+        "syntax": (edited(good, lr_d, "  " + lr_d), ["params.yaml"]),
         "missing": (edited(good, "  dataset: digits\n", ""), ["prepare.dataset"]),
-        "values": (edited(edited(edited(edited(good, "batch_size: 32", "batch_size: thirty-two"), "lr_d: 0.0006",
-                                        "lr_d: .nan"), "shard_size: 50", "shard_size: -50"),
+        "values": (edited(edited(edited(edited(good, "batch_size: 32", "batch_size: thirty-two"), lr_d,
+                                        "  lr_d: .nan"), "shard_size: 50", "shard_size: -50"),
                           "latent_dim: 8", "latent_dim: 8\n  latent_dims: 8"),
                    ["train.batch_size", "train.lr_d", "generate.shard_size", "unknown key model.latent_dims"]),
     }
