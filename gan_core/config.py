@@ -125,14 +125,14 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1)
     lr_g: float = Field(6e-4, gt=0.0)
     lr_d: float = Field(6e-4, gt=0.0)
-    mapping_lr: float = Field(0.003, gt=0.0, le=1.0)  # the mapping network's layers learn at this times lr_g
+    mapping_lr: float = Field(0.01, gt=0.0, le=1.0)  # the mapping network's layers learn at this times lr_g
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
     lr_decay: float = Field(1.0, ge=0.0, le=1.0)  # share of the run, at its end, over which both rates fall linearly to 0
-    ema_decay: float = Field(0.995, ge=0.0, lt=1.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=0.5)
     augment: bool = True
-    cutout: float = Field(0.0, ge=0.0, lt=1.0)  # side of DiffAugment's cutout square, as a share of the image's
+    cutout: float = Field(0.25, ge=0.0, lt=1.0)  # side of DiffAugment's cutout square, as a share of the image's
     mode_seeking: float = Field(0.05, ge=0.0)  # weight of the MSGAN diversity term in the G loss; 0: off
     reuse_fake: bool = False  # the G step trains on the D step's generated batch: one G forward a step, not two
     checkpoint_every: int = Field(1000, ge=1)  # steps
