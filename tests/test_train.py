@@ -101,7 +101,7 @@ def test_learning_rates_fall_linearly_to_zero_over_the_decay_share(prepared, tmp
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings_or_data(prepared, tmp_path):
-    params = tiny_params(train__epochs=1)
+    params = tiny_params(train__epochs=1, train__lr_g=6e-4)  # its own rate, so a new default cannot move the message
     other = tiny_params(train__epochs=1, train__lr_g=4e-4)
     train(params, prepared, tmp_path / "model", checkpoint_dir=tmp_path / "ck", stop_after=20, progress=False)
     # A fresh run with other settings: its checkpoints replace the earlier run's, never mix with them.
