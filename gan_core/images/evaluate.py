@@ -129,9 +129,14 @@ def frechet(ctx: EvalContext) -> dict:
 
 
 def chunked_fd(ctx: EvalContext, features: np.ndarray) -> float:
+    return float(np.mean([m.frechet_distance(chunk, ctx.held_out_features[0])
+                          for chunk in fake_chunks(ctx, features)]))
+
+
+def fake_chunks(ctx: EvalContext, features: np.ndarray) -> list[np.ndarray]:
+    """Generated features in whole chunks as large as the training split (what chunked_fd averages over)."""
     n = ctx.like_train
-    chunks = [features[start:start + n] for start in range(0, len(features) - n + 1, n)]
-    return float(np.mean([m.frechet_distance(chunk, ctx.held_out_features[0]) for chunk in chunks]))
+    return [features[start:start + n] for start in range(0, len(features) - n + 1, n)]
 
 
 @register("prdc")
