@@ -19,7 +19,7 @@ from gan_core.checkpoint import read_metrics
 from gan_core.config import GateConfig
 from gan_core.fingerprint import data_fingerprint
 from gan_core.publication.s3 import MANIFEST
-from gan_core.verdict import DESCRIPTIONS, MET, MISSED, Verdict
+from gan_core.verdict import DESCRIPTIONS, MET, MISSED, SPREAD_NOTE, Verdict
 
 CURVE_FILES = ("losses.csv", "selection.csv")  # a model's training curves (plots/), published in its manifest
 
@@ -107,7 +107,8 @@ def verdict_markdown(result: Verdict) -> list[str]:
     for check in result.checks:
         lines.append(f"| {marks.get(check.status, '–')} | {check.metric} ({DESCRIPTIONS.get(check.metric, '')}) | "
                      f"{check.shown_value} | {check.goal} (gate.{check.key}) | {check.status} |")
-    return lines + ["", "Thresholds: the `gate:` section of params.yaml, which also decides `production`.", ""]
+    spread = f" {SPREAD_NOTE}." if any(check.spread is not None for check in result.checks) else ""
+    return lines + ["", f"Thresholds: the `gate:` section of params.yaml, which also decides `production`.{spread}", ""]
 
 
 def verdict_html(result: Verdict) -> str:
@@ -119,9 +120,10 @@ def verdict_html(result: Verdict) -> str:
         f"</small></td><td>{html.escape(check.shown_value)}</td><td>{html.escape(check.goal)}</td></tr>"
         for check in result.checks) if result.evaluated else ""
     table = f"<table class='gate'><tr><th></th><th>metric</th><th>value</th><th>goal</th></tr>{rows}</table>"
+    spread = html.escape(f" {SPREAD_NOTE}.") if any(check.spread is not None for check in result.checks) else ""
     return (f"<section class='verdict {state}'><p class='headline'>This model {html.escape(result.headline)}.</p>"
             f"{table if rows else ''}<p><small>Thresholds: params.yaml <code>gate:</code>, which also decides "
-            "<code>production</code>.</small></p></section>")
+            f"<code>production</code>.{spread}</small></p></section>")
 
 
 # --- provenance and the full metrics ----------------------------------------------------------

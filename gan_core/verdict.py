@@ -21,6 +21,7 @@ DESCRIPTIONS = {
     "dcr_ratio": "distance to the closest training row over the test rows'",
 }
 MET, MISSED, NOT_CHECKED = "met", "missed", "not checked"
+SPREAD_NOTE = "± one standard deviation over other real test sets of the same size (the metric's _sd in eval.json)"
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Check:
     bound: str  # "min" or "max"
     threshold: float | None  # None: not checked
     value: float | None  # None: the evaluation lacks it (or it is not a number)
+    spread: float | None = None  # `<metric>_sd` where the evaluation has one: how far value moves by chance
 
     @property
     def key(self) -> str:
@@ -52,10 +54,12 @@ class Check:
 
     @property
     def shown_value(self) -> str:
-        return "missing" if self.value is None else f"{self.value:.4g}"
+        if self.value is None:
+            return "missing"
+        return f"{self.value:.4g}" + ("" if self.spread is None else f" ± {self.spread:.2g}")
 
     def line(self) -> str:
-        """'fd_ratio 1.274 (goal <= 2, gate.fd_ratio_max): met'"""
+        """'fd_ratio 1.274 ± 0.14 (goal <= 2, gate.fd_ratio_max): met'"""
         return f"{self.metric} {self.shown_value} (goal {self.goal}, gate.{self.key}): {self.status}"
 
 
@@ -102,5 +106,6 @@ def verdict(metrics: dict, gate: GateConfig, kind: str | None = None) -> Verdict
     checks = []
     for key, threshold in gate.applies_to(kind).items():
         metric, bound = key.rsplit("_", 1)
-        checks.append(Check(metric, bound, threshold, number(metrics.get(metric))))
+        value, spread = number(metrics.get(metric)), number(metrics.get(f"{metric}_sd"))
+        checks.append(Check(metric, bound, threshold, value, spread))
     return Verdict(kind, tuple(checks), bool(metrics))

@@ -10,6 +10,7 @@ from pathlib import Path
 # (key in eval.json, column title, format)
 COLUMNS = [
     ("fd_ratio", "FD / floor", "{:.2f}"),
+    ("fd_ratio_sd", "its sd over test sets", "{:.2f}"),
     ("kid", "KID", "{:.3f}"),
     ("kid_interval", "KID 95 % interval", "{}"),
     ("kid_floor", "KID floor", "{:.3f}"),

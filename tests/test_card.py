@@ -180,7 +180,9 @@ def test_readme_gives_the_gates_verdict_first(project, published):
                               ("memorisation", "<= 1", "memorisation_max")]:
         row = next(line for line in text.splitlines() if line.startswith(f"| ✅ | {metric} (")
                    or line.startswith(f"| ❌ | {metric} ("))
-        assert f"| {metrics[metric]:.4g} | {goal} (gate.{key}) |" in row
+        assert f"| {shown(metrics, metric)} | {goal} (gate.{key}) |" in row
+    # fd_ratio carries its spread over other test sets (the evaluate stage's fd_ratio_sd), and the card says what ± is
+    assert " ± " in shown(metrics, "fd_ratio") and "± one standard deviation over other real test sets" in text
     assert ">= 0.97" not in text and "gate.quality_min" not in text  # no table threshold for images
 
 
@@ -230,7 +232,7 @@ def test_report_reads_top_down(project, published):
     banner = page[order[0]:page.index("</section>")]
     assert f"verdict {'passed' if passed else 'missed'}'" in banner
     assert re.findall(r"<b>(\w+)</b>", banner) == ["fd_ratio", "utility", "label_consistency", "memorisation"]
-    assert f"<td>{metrics['fd_ratio']:.4g}</td><td>&lt;= 1000</td>" in banner  # params' gate, escaped
+    assert f"<td>{shown(metrics, 'fd_ratio')}</td><td>&lt;= 1000</td>" in banner  # params' gate, escaped
     details = page[order[3]:]
     assert f"<td>fd</td><td>{metrics['fd']:.4g}</td>" in details and "<td>kid</td>" in details
     # The selection curve marks the step the model holds.
@@ -374,10 +376,16 @@ def test_a_fetched_models_card_uses_its_own_curves_and_no_data_it_was_not_traine
     assert page.count("is not the data this model was trained on") == 2 and page.count("<img") == 10
 
 
+def shown(metrics: dict, metric: str) -> str:
+    """A gated metric as the verdict shows it: 4 significant digits, then ± its `_sd` where eval.json has one."""
+    spread = metrics.get(f"{metric}_sd")
+    return f"{metrics[metric]:.4g}" + ("" if spread is None else f" ± {spread:.2g}")
+
+
 def expected_verdict_lines(metrics: dict, params) -> list[str]:
     """Each image threshold of the tiny params' gate, met or missed as registry.check_gate says, then the verdict."""
     gated = registry.check_gate(metrics, params.gate)
-    lines = [f"gate: {metric} {metrics[metric]:.4g} (goal {goal}, gate.{key}): "
+    lines = [f"gate: {metric} {shown(metrics, metric)} (goal {goal}, gate.{key}): "
              f"{'missed' if any(m.startswith(metric + ' ') for m in gated.misses) else 'met'}"
              for metric, goal, key in [("fd_ratio", "<= 1000", "fd_ratio_max"), ("utility", ">= 0", "utility_min"),
                                        ("label_consistency", ">= 0", "label_consistency_min"),

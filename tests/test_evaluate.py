@@ -52,7 +52,7 @@ def as_generated(images: ImageSet) -> SampleBatch:
 def context(split, net, fake: ImageSet, tmp_path) -> EvalContext:
     params = tiny_params()
     return EvalContext(None, split.train, split.test, as_generated(fake), tmp_path, params.evaluate,
-                       params.generate.rejection, net)
+                       params.generate.rejection, net, other_held_out=split.validation)
 
 
 def test_copies_of_the_training_set_score_as_the_training_set(split, net, tmp_path):
@@ -60,6 +60,7 @@ def test_copies_of_the_training_set_score_as_the_training_set(split, net, tmp_pa
     ctx = context(split, net, train_set, tmp_path)
     frechet = EVALUATORS["frechet"](ctx)
     assert frechet["fd"] == pytest.approx(frechet["fd_floor"], rel=1e-9) and frechet["fd_ratio"] == pytest.approx(1.0)
+    assert frechet["fd_ratio_sd"] == pytest.approx(0.0, abs=1e-9)  # 1 on any other test set too
     assert EVALUATORS["memorisation"](ctx)["memorisation"] == 1.0
     assert EVALUATORS["utility"](ctx)["utility"] == 1.0
     _, predicted = net.embed(to_unit_range(train_set.images))
@@ -99,7 +100,8 @@ def test_wrong_labels_and_blank_images_score_badly(split, net, tmp_path):
     assert EVALUATORS["label_consistency"](ctx)["label_consistency"] < 0.3
     assert EVALUATORS["utility"](ctx)["utility"] < 0.3
     blank = context(split, net, ImageSet(np.zeros_like(test_set.images), test_set.labels), tmp_path)
-    assert EVALUATORS["frechet"](blank)["fd_ratio"] > 10
+    frechet = EVALUATORS["frechet"](blank)
+    assert frechet["fd_ratio"] > 10 and frechet["fd_ratio_sd"] > 0
     assert EVALUATORS["prdc"](blank)["precision"] == 0.0
 
 

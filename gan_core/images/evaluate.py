@@ -47,6 +47,9 @@ class EvalContext:
     rejection: RejectionConfig  # the generate stage's rejection settings, compared by the "rejection" evaluator
     features: FeatureNet
     baseline_cache: Path | None = None  # real-data baselines that every evaluation of this data shares
+    # The other held-out split (validation beside test): pooled with held_out only to measure how far
+    # fd_ratio would move over other real sets of held_out's size (metrics.fd_ratio_sd).
+    other_held_out: ImageSet | None = None
 
     @cached_property
     def train_features(self) -> np.ndarray:
@@ -122,10 +125,16 @@ def frechet(ctx: EvalContext) -> dict:
     The floor is the distance from the real training images to the test ones: what a generator
     that reproduced its training data's distribution exactly would score, finite-sample noise included.
     Generated samples are compared in chunks as large as the training split (same finite-sample
-    bias as the floor); `fd` is the mean over the chunks that evaluate.num_samples holds.
+    bias as the floor); `fd` is the mean over the chunks that evaluate.num_samples holds. `fd_ratio_sd`: how far
+    `fd_ratio` would move over other real sets as large as the test split (metrics.fd_ratio_sd).
     """
-    fd = chunked_fd(ctx, ctx.fake_features[0])
-    return {"fd": fd, "fd_floor": ctx.fd_floor, "fd_ratio": fd / ctx.fd_floor}
+    features = ctx.fake_features[0]
+    fd = chunked_fd(ctx, features)
+    other = ctx.other_held_out
+    spread = None if other is None or not len(other.labels) else m.fd_ratio_sd(
+        fake_chunks(ctx, features), ctx.train_features, ctx.held_out_features[0],
+        ctx.features.embed(to_unit_range(other.images))[0], seed=ctx.cfg.seed)
+    return {"fd": fd, "fd_floor": ctx.fd_floor, "fd_ratio": fd / ctx.fd_floor, "fd_ratio_sd": spread}
 
 
 def chunked_fd(ctx: EvalContext, features: np.ndarray) -> float:
@@ -354,9 +363,9 @@ def build_context(model: TrainedModel, prepared: Path, params: Params, plots_dir
     check_model_data(model, prepared, data)
     fake, _ = rejection_sample(model, None, cfg.seed, cfg.num_samples, BATCH_SIZE)
     features = load_or_train_feature_net(data.train, params.features, feature_cache).to(model.device)
-    held_out = data.splits()[cfg.split]
+    held_out, other = data.splits()[cfg.split], data.splits()["validation" if cfg.split == "test" else "test"]
     return EvalContext(model, data.train, held_out, fake, plots_dir, cfg, params.generate.rejection, features,
-                       baseline_cache)
+                       baseline_cache, other)
 
 
 def check_model_data(model: TrainedModel, prepared: Path, data: PreparedData) -> None:
