@@ -35,20 +35,10 @@ from gan_core.images.train import pick_device
 from gan_core.layout import Layout
 
 Ratio = Callable[[np.ndarray], float]
+Distances = Callable[[np.ndarray], tuple[float, float]]  # fd and fd_floor (metrics.fd_and_floor_against)
 
 
-def distances_against(chunks: list[np.ndarray], train: np.ndarray) -> Callable[[np.ndarray], tuple[float, float]]:
-    """fd and fd_floor as the frechet evaluator computes them, for any set of held-out features (the generated
-    chunks' and the training split's Gaussians fitted once: 51,000 rows each on Fashion-MNIST)."""
-    fakes, floor = [m.Gaussian.fit(chunk) for chunk in chunks], m.Gaussian.fit(train)
-    def distances(held_out: np.ndarray) -> tuple[float, float]:
-        held_out = np.asarray(held_out, np.float64)
-        mean, cov = held_out.mean(0), np.cov(held_out, rowvar=False)
-        return float(np.mean([fake.distance(mean, cov) for fake in fakes])), floor.distance(mean, cov)
-    return distances
-
-
-def ratio_of(distances: Callable[[np.ndarray], tuple[float, float]]) -> Ratio:
+def ratio_of(distances: Distances) -> Ratio:
     def ratio(held_out: np.ndarray) -> float:
         fd, floor = distances(held_out)
         return fd / floor
@@ -62,7 +52,7 @@ def bootstrap(ratio: Ratio, held_out: np.ndarray, draws: int, rng: np.random.Gen
 
 def pooled_sd(ratio: Ratio, pool: np.ndarray, n: int, draws: int, rng: np.random.Generator) -> float:
     spread = pooled_ratios([ratio], pool, n, draws, rng).std()
-    return float(spread * np.sqrt((len(pool) - 1) / (len(pool) - n)))
+    return float(spread * m.finite_population_correction(len(pool), n))
 
 
 def gaussian_check(ratio: Ratio, pool: np.ndarray, n: int, draws: int, rng: np.random.Generator) -> str:
@@ -90,12 +80,12 @@ def main() -> None:
                         "data: the spread of their difference from params.yaml's model over the same subsets")
     args = parser.parse_args()
     params, layout = override_params(load_params(args.params), {"evaluate.split": "test"}), Layout()
-    device, ratios = pick_device(params.train.device), []
+    device, distances = pick_device(params.train.device), []
     for folder in [layout.model(params), *(args.models or [])]:
         ctx = build_context(load_model(folder, device), layout.prepared(params), params, layout.plots,
                             layout.feature_cache)
-        ratios.append(distances_against(fake_chunks(ctx, ctx.fake_features[0]), ctx.train_features))
-    split_parts, ratios = ratios[0], [ratio_of(distances) for distances in ratios]
+        distances.append(m.fd_and_floor_against(fake_chunks(ctx, ctx.fake_features[0]), ctx.train_features))
+    ratios = [ratio_of(model_distances) for model_distances in distances]
     test, rng = ctx.held_out_features[0], np.random.default_rng(0)
     validation_images = load_prepared(layout.prepared(params)).splits()["validation"].images
     pool = np.r_[test, ctx.features.embed(to_unit_range(validation_images))[0]]
@@ -106,11 +96,12 @@ def main() -> None:
           f"{resampled.mean():.3f}), pooled with validation ({len(pool)}) "
           f"{pooled_sd(ratios[0], pool, len(test), args.draws, rng):.3f}")
     print(gaussian_check(ratios[0], pool, len(test), args.draws, rng))
-    parts = pooled_ratios([lambda rows: split_parts(rows)[0], lambda rows: split_parts(rows)[1]], pool, len(test),
+    parts = pooled_ratios([lambda rows: distances[0](rows)[0], lambda rows: distances[0](rows)[1]], pool, len(test),
                           args.draws, rng)
-    fpc = np.sqrt((len(pool) - 1) / (len(pool) - len(test)))
-    print("pooled sd of the parts: " + ", ".join(f"{name} {sd:.3g} (mean {mean:.3g}, {sd / mean:.1%})" for name, sd, mean
-                                                  in zip(("fd", "fd_floor"), parts.std(0) * fpc, parts.mean(0))))
+    fpc = m.finite_population_correction(len(pool), len(test))
+    print("pooled sd of the parts: " + ", ".join(f"{name} {sd:.3g} (mean {mean:.3g}, {sd / mean:.1%})"
+                                                  for name, sd, mean in zip(("fd", "fd_floor"), parts.std(0) * fpc,
+                                                                            parts.mean(0))))
     if len(ratios) > 1:
         values = pooled_ratios(ratios, pool, len(test), args.draws, rng)
         print("pooled sd of each model: " + " / ".join(f"{sd:.3f}" for sd in values.std(0) * fpc)

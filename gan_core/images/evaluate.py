@@ -61,6 +61,11 @@ class EvalContext:
         return self.features.embed(to_unit_range(self.held_out.images))
 
     @cached_property
+    def other_held_out_features(self) -> np.ndarray | None:
+        other = self.other_held_out
+        return None if other is None or not len(other.labels) else self.features.embed(to_unit_range(other.images))[0]
+
+    @cached_property
     def fake_features(self) -> tuple[np.ndarray, np.ndarray]:
         return self.features.embed(self.fake.images)
 
@@ -128,12 +133,10 @@ def frechet(ctx: EvalContext) -> dict:
     bias as the floor); `fd` is the mean over the chunks that evaluate.num_samples holds. `fd_ratio_sd`: how far
     `fd_ratio` would move over other real sets as large as the test split (metrics.fd_ratio_sd).
     """
-    features = ctx.fake_features[0]
+    features, other = ctx.fake_features[0], ctx.other_held_out_features
     fd = chunked_fd(ctx, features)
-    other = ctx.other_held_out
-    spread = None if other is None or not len(other.labels) else m.fd_ratio_sd(
-        fake_chunks(ctx, features), ctx.train_features, ctx.held_out_features[0],
-        ctx.features.embed(to_unit_range(other.images))[0], seed=ctx.cfg.seed)
+    spread = None if other is None else m.fd_ratio_sd(fake_chunks(ctx, features), ctx.train_features,
+                                                      ctx.held_out_features[0], other, seed=ctx.cfg.seed)
     return {"fd": fd, "fd_floor": ctx.fd_floor, "fd_ratio": fd / ctx.fd_floor, "fd_ratio_sd": spread}
 
 
