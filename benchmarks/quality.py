@@ -231,11 +231,14 @@ def report_budget(budget: float, runs: list[dict[str, dict]]) -> list[str]:
     """The three figures of one budget (medians over the rounds) and each contender's numbers behind them."""
     med = {name: {key: statistics.median(run[name][key] for run in runs) for key in runs[0][name]}
            for name in CONTENDERS}
-    for name, s in med.items():
-        planned = f" of {s['planned_steps']:.0f} planned" if name == "ganforge" else ""
-        info(f"{budget:g} CPU-s, {name}: FD {s['fd']:.3f} (floor {s['fd_floor']:.3f}), precision "
-             f"{s['precision']:.3f}, recall {s['recall']:.3f}; {s['steps']:.0f} steps{planned}, "
-             f"{s['cpu_seconds']:.1f} CPU-s, {s['wall_seconds']:.0f} s wall")
+    # Each seed's own line too: a median of two hides how far apart they are.
+    seeds = [(f", seed {seed}", run) for seed, run in enumerate(runs)] if len(runs) > 1 else []
+    for label, scores in [*seeds, (", median" if seeds else "", med)]:
+        for name, s in scores.items():
+            planned = f" of {s['planned_steps']:.0f} planned" if name == "ganforge" else ""
+            info(f"{budget:g} CPU-s{label}, {name}: FD {s['fd']:.3f} (floor {s['fd_floor']:.3f}), precision "
+                 f"{s['precision']:.3f}, recall {s['recall']:.3f}; {s['steps']:.0f} steps{planned}, "
+                 f"{s['cpu_seconds']:.1f} CPU-s, {s['wall_seconds']:.0f} s wall")
     ours, theirs = med["ganforge"], med["dcgan"]
     name = f"vs_dcgan_fashion_{budget:g}"
     return [report(f"quality_{name}", ratio(ours["fd"], theirs["fd"]), 0.5, higher_is_better=False),
