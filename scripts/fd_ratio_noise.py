@@ -66,8 +66,9 @@ def gaussian_check(ratio: Ratio, pool: np.ndarray, n: int, draws: int, rng: np.r
             + " / ".join(f"{b:.3f}" for b, _ in estimates) + ", pooled " + " / ".join(f"{p:.3f}" for _, p in estimates))
 
 
-def pooled_ratios(ratios: list[Ratio], pool: np.ndarray, n: int, draws: int, rng: np.random.Generator) -> np.ndarray:
-    """fd_ratio of every model on the same test-sized subsets of the pool: draws x models."""
+def pooled_ratios(ratios: list[Ratio] | list[Distances], pool: np.ndarray, n: int, draws: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """fd_ratio of every model (or its fd and fd_floor) on the same test-sized subsets of the pool: draws x models."""
     subsets = (pool[rng.permutation(len(pool))[:n]] for _ in range(draws))
     return np.array([[ratio(subset) for ratio in ratios] for subset in subsets])
 
@@ -96,8 +97,7 @@ def main() -> None:
           f"{resampled.mean():.3f}), pooled with validation ({len(pool)}) "
           f"{pooled_sd(ratios[0], pool, len(test), args.draws, rng):.3f}")
     print(gaussian_check(ratios[0], pool, len(test), args.draws, rng))
-    parts = pooled_ratios([lambda rows: distances[0](rows)[0], lambda rows: distances[0](rows)[1]], pool, len(test),
-                          args.draws, rng)
+    parts = pooled_ratios([distances[0]], pool, len(test), args.draws, rng)[:, 0]  # draws x (fd, fd_floor)
     fpc = m.finite_population_correction(len(pool), len(test))
     print("pooled sd of the parts: " + ", ".join(f"{name} {sd:.3g} (mean {mean:.3g}, {sd / mean:.1%})"
                                                   for name, sd, mean in zip(("fd", "fd_floor"), parts.std(0) * fpc,
