@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 UV_INSTALL = $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt
 export DVC_NO_ANALYTICS := 1
-# Prefect's ephemeral server needs 11-17 s to start on 2 busy cores; its 20 s default is too tight.
+# Prefect's ephemeral server needs 10-27 s to start on 2 busy cores; its 20 s default is too tight.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 # No network here but the package registries: telemetry would only log failures.
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
@@ -13,13 +13,13 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 STEP = @echo "make install: $(1)"; step_started=$$(date +%s);
 DONE = && echo "make install:   done in $$(( $$(date +%s) - step_started )) s"
 
-.PHONY: install install-test run test bench clean-s3 serve stop chromium
+.PHONY: install install-test run test bench serve stop chromium
 
 # Every version pinned in constraints.txt: the resolver has nothing to search or backtrack.
 # torch by pip, which takes a CPU wheel that pip's configuration finds on disk (uv does not look
 # there); everything else by uv, which installs in parallel. Compiled to bytecode as pip does: with
 # PYTHONDONTWRITEBYTECODE set (as here) nothing else writes .pyc files, and every process would compile its
-# imports again (make test 958 s instead of about 650). 64 s in all against pip's 135 s.
+# imports again (make test 1,005 s instead of 675 s on fresh clones, 2026-12-02). 64 s in all against pip's 135 s.
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(call STEP,[1/3] a virtual environment in $(VENV) (a few seconds)) $(PYTHON) -m venv $(VENV) $(DONE)
 	$(call STEP,[2/3] torch (CPU) and uv by pip (about a minute)) \

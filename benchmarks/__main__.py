@@ -42,7 +42,7 @@ def run_suite(name: str, options: dict) -> bool:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds per suite: a check, not figures")
     parser.add_argument("--rounds", type=int, help="rounds per figure (fewer: a check of the scripts)")
     parser.add_argument("suites", nargs="*", metavar="suite", help=f"of {', '.join(SUITES)} (default: all)")

@@ -1,7 +1,7 @@
 """A stage run from the command line (`python -m flows.X`, so `dvc repro` by hand): one local Prefect
 server for all stages, and a library error printed once, on one line, with exit code 1.
 
-Without PREFECT_API_URL every stage process would start an ephemeral server of its own (10-17 s each
+Without PREFECT_API_URL every stage process would start an ephemeral server of its own (10-27 s each
 on 2 cores, with telemetry errors where there is no network); instead the first stage starts
 `prefect server start` on 127.0.0.1, records it in .ganforge/prefect-server.pid and prefect.env (as
 `make serve` does, so either reuses the other's), and later stages reuse it. `make stop` stops it.
@@ -23,7 +23,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from gan_core.errors import readable_errors, setup_hint
 from gan_core.procs import alive, answers, cmdline, free_port, read_pid
 
-STARTUP_TIMEOUT = 120  # s: 11-27 s on 2 busy cores
+STARTUP_TIMEOUT = 120  # s: 10-27 s on 2 busy cores
 
 
 def state_dir() -> Path:

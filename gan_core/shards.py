@@ -1,4 +1,4 @@
-"""Seeds and shards both kinds share: every sample regenerates from its seed; shards are named by their seed range."""
+"""Seeds and shards both kinds share: every sample regenerates from its seed; a shard is named by its index, which owns a range of seeds."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 # Sourced by scripts/run.sh (and measured by benchmarks/pipeline.py): one local Prefect server for a
 # whole `dvc repro`. Without PREFECT_API_URL every stage's process starts an ephemeral server of its
-# own, 11-27 s each on 2 cores; with one running, a stage's flow costs about 1.3 s of Prefect.
+# own, 10-27 s each on 2 cores; with one running, a stage's flow costs about 1.3 s of Prefect.
 
 # Starts `prefect server start` on a free loopback port unless PREFECT_API_URL is already set,
 # exports PREFECT_API_URL, waits until it is healthy, and stops it (by its pid) when the shell exits.
