@@ -85,6 +85,8 @@ RECIPES = {
     "nosn_dbn_ms0": NOSN | {"model.d_norm": "batch", "train.mode_seeking": 0.0},
     "nosn_map01": NOSN | {"train.mapping_lr": 0.01},  # StyleGAN's mapping-network rate
     "nosn_map01_ms0": NOSN | {"train.mapping_lr": 0.01, "train.mode_seeking": 0.0},
+    "map01_ms015": NOSN | {"train.mapping_lr": 0.01, "train.mode_seeking": 0.15},  # recall at 1,500 CPU-s
+    "map01_ls0": NOSN | {"train.mapping_lr": 0.01, "train.label_smoothing": 0.0},
 }
 
 def recipe_params(name: str, seed: int, device: str) -> Params:
