@@ -51,6 +51,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     half = load_file(tmp_path / "half" / "generator.safetensors")
     assert max((half[k] - trained[k]).abs().max().item() for k in trained) > 10 * tolerance
 
+
 def _initial_generator(params) -> dict[str, torch.Tensor]:
     from gan_core.images.models import DataShape
     from gan_core.images.train import build_state
