@@ -6,6 +6,7 @@ hence the GPU path:
     python scripts/recipe_screen.py cost > cost.json           # CPU-s per step of each recipe and of DCGAN, here
     python scripts/recipe_screen.py screen cost.json 1500 OUT [RECIPE ...]  # on a GPU: 1500 / cost steps each
     python scripts/recipe_screen.py cpu 1500 OUT RECIPE[:SEED] ...  # here: 1500 CPU-s each, a core each
+    python scripts/recipe_screen.py cpu-curve RECIPE SEED 1500,3000,6000 OUT.json  # one run scored at each mark
 
 `screen` trains every recipe (fp32, TF32 off) in a process of its own, all at once, for as many steps as the
 budget buys it on one CPU thread, the learning-rate decay planned to end there; then scores its EMA generator on
@@ -18,6 +19,7 @@ process has used the budget) and scores it in the same way.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -40,7 +42,8 @@ from gan_core.images.data import load_prepared  # noqa: E402
 from gan_core.images.features import FeatureNet  # noqa: E402
 from gan_core.images.models import DataShape  # noqa: E402
 from gan_core.images.pixels import to_unit_range  # noqa: E402
-from gan_core.images.train import batch_index, build_state, set_learning_rates, train_step  # noqa: E402
+from gan_core.images.train import (  # noqa: E402
+    EMA_WARMUP, batch_index, build_state, resident_dataset, set_learning_rates, train_step)
 
 EXAMPLE = ROOT / "examples" / "fashion-mnist" / "params.yaml"
 SHAPE = DataShape(32, 1, 10)
@@ -87,7 +90,9 @@ RECIPES = {
     "nosn_map01_ms0": NOSN | {"train.mapping_lr": 0.01, "train.mode_seeking": 0.0},
     "map01_ms015": NOSN | {"train.mapping_lr": 0.01, "train.mode_seeking": 0.15},  # recall at 1,500 CPU-s
     "map01_ls0": NOSN | {"train.mapping_lr": 0.01, "train.label_smoothing": 0.0},
+    "map01_g192_d48": NOSN | {"train.mapping_lr": 0.01, "model.g_channels": 192, "model.d_channels": 48},
 }
+CURVE_EMAS = (0.999, 0.9995, 0.9999)  # EMA decays a curve job keeps side by side (the first is the example's)
 
 def recipe_params(name: str, seed: int, device: str) -> Params:
     changes = BEFORE | RECIPES[name] | {"train.seed": seed, "train.precision": "fp32", "train.device": device}
@@ -164,17 +169,47 @@ def cpu_job(name: str, seed: int, budget: float, out: Path) -> None:
                 torch.device("cpu"))
 
 
-def write_score(out: Path, row: dict, generator: torch.nn.Module, validation: np.ndarray,
-                device: torch.device) -> None:
-    """ROW plus the FD, precision and recall of 10,000 published-as samples against the validation images."""
+def cpu_curve(name: str, seed: int, marks: list[float], out: Path) -> None:
+    """As cpu_job, but scores at each of the CPU-second MARKS (the last is the budget) every EMA of CURVE_EMAS,
+    kept side by side on one training run; scoring's CPU is not counted in the budget."""
+    torch.set_num_threads(1)
+    prepared = load_prepared(Path(os.environ["PREPARED"]))
+    params = recipe_params(name, seed, "cpu")
+    state, cfg = build_state(params, SHAPE, torch.device("cpu")), params.train
+    images, labels = resident_dataset(prepared.train, SHAPE, torch.device("cpu"))
+    averages = {decay: copy.deepcopy(state.G_ema) for decay in CURVE_EMAS[1:]}
+    started, scoring, rows = time.process_time(), 0.0, []
+    for mark in marks:
+        while time.process_time() - started - scoring < mark:
+            index = batch_index(state, cfg, len(images))
+            train_step(state, images[index], labels[index], cfg)
+            for decay, average in averages.items():
+                rate = 1.0 - min(decay, (state.step - 1) / (state.step - 1 + EMA_WARMUP))  # as update_ema
+                torch._foreach_lerp_(list(average.parameters()), list(state.G.parameters()), rate)
+        scored_from = time.process_time()
+        with torch.random.fork_rng():
+            for decay, generator in {CURVE_EMAS[0]: state.G_ema, **averages}.items():
+                rows.append({"name": name, "seed": seed, "cpu_seconds": mark, "steps": state.step, "ema": decay}
+                            | score(generator, prepared.validation.images))
+        scoring += time.process_time() - scored_from
+        out.write_text(json.dumps(rows, indent=1))
+
+
+def score(generator: torch.nn.Module, validation: np.ndarray,
+          device: torch.device = torch.device("cpu")) -> dict[str, float]:
+    """FD, precision and recall of 10,000 published-as samples against the validation images."""
     samples, _ = published_samples(generator, SHAPE.num_classes, SAMPLES, device)
     net = FeatureNet(1, 10, load_params(EXAMPLE).features)
     net.load_state_dict(ckpt.load_tensors(Path(os.environ["FEATURES"]), "features"))
     net = net.eval().to(device)
     real, fake = embed(net, validation, device), embed(net, samples, device)
     quality = m.prdc(real, fake[:len(real)], 5)
-    out.write_text(json.dumps(row | {"fd": m.frechet_distance(fake, real), "precision": quality["precision"],
-                                     "recall": quality["recall"]}))
+    return {"fd": m.frechet_distance(fake, real), "precision": quality["precision"], "recall": quality["recall"]}
+
+
+def write_score(out: Path, row: dict, generator: torch.nn.Module, validation: np.ndarray,
+                device: torch.device) -> None:
+    out.write_text(json.dumps(row | score(generator, validation, device)))
 
 
 def screen(costs: dict[str, float], budget: float, out: Path, seeds: dict[str, int]) -> None:
@@ -217,6 +252,8 @@ if __name__ == "__main__":
         job(args[0], int(args[1]), int(args[2]), Path(args[3]))
     elif command == "cpu-job":
         cpu_job(args[0], int(args[1]), float(args[2]), Path(args[3]))
+    elif command == "cpu-curve":
+        cpu_curve(args[0], int(args[1]), [float(mark) for mark in args[2].split(",")], Path(args[3]))
     elif command == "cpu":
         cpu_screen(float(args[0]), Path(args[1]), args[2:])
     else:
