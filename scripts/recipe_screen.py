@@ -6,7 +6,7 @@ hence the GPU path:
     python scripts/recipe_screen.py cost > cost.json           # CPU-s per step of each recipe and of DCGAN, here
     python scripts/recipe_screen.py screen cost.json 1500 OUT [RECIPE ...]  # on a GPU: 1500 / cost steps each
     python scripts/recipe_screen.py cpu 1500 OUT RECIPE[:SEED] ...  # here: 1500 CPU-s each, a core each
-    python scripts/recipe_screen.py cpu-curve RECIPE SEED 1500,3000,6000 OUT.json  # one run scored at each mark
+    python scripts/recipe_screen.py cpu-curve RECIPE SEED 1500,3000,6000 OUT.json [EMA,...]  # scored at each mark
 
 `screen` trains every recipe (fp32, TF32 off) in a process of its own, all at once, for as many steps as the
 budget buys it on one CPU thread, the learning-rate decay planned to end there; then scores its EMA generator on
@@ -92,7 +92,7 @@ RECIPES = {
     "map01_ls0": NOSN | {"train.mapping_lr": 0.01, "train.label_smoothing": 0.0},
     "map01_g192_d48": NOSN | {"train.mapping_lr": 0.01, "model.g_channels": 192, "model.d_channels": 48},
 }
-CURVE_EMAS = (0.999, 0.9995, 0.9999)  # EMA decays a curve job keeps side by side (the first is the example's)
+CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
 
 def recipe_params(name: str, seed: int, device: str) -> Params:
     changes = BEFORE | RECIPES[name] | {"train.seed": seed, "train.precision": "fp32", "train.device": device}
@@ -169,15 +169,15 @@ def cpu_job(name: str, seed: int, budget: float, out: Path) -> None:
                 torch.device("cpu"))
 
 
-def cpu_curve(name: str, seed: int, marks: list[float], out: Path) -> None:
-    """As cpu_job, but scores at each of the CPU-second MARKS (the last is the budget) every EMA of CURVE_EMAS,
-    kept side by side on one training run; scoring's CPU is not counted in the budget."""
+def cpu_curve(name: str, seed: int, marks: list[float], out: Path, emas: tuple[float, ...] = CURVE_EMAS) -> None:
+    """As cpu_job, but scores at each of the CPU-second MARKS (the last is the budget) the recipe's EMA generator
+    and one of each decay in EMAS, kept side by side on one training run; scoring's CPU is not counted."""
     torch.set_num_threads(1)
     prepared = load_prepared(Path(os.environ["PREPARED"]))
     params = recipe_params(name, seed, "cpu")
     state, cfg = build_state(params, SHAPE, torch.device("cpu")), params.train
     images, labels = resident_dataset(prepared.train, SHAPE, torch.device("cpu"))
-    averages = {decay: copy.deepcopy(state.G_ema) for decay in CURVE_EMAS[1:]}
+    averages = {decay: copy.deepcopy(state.G_ema) for decay in emas}
     started, scoring, rows = time.process_time(), 0.0, []
     for mark in marks:
         while time.process_time() - started - scoring < mark:
@@ -188,7 +188,7 @@ def cpu_curve(name: str, seed: int, marks: list[float], out: Path) -> None:
                 torch._foreach_lerp_(list(average.parameters()), list(state.G.parameters()), rate)
         scored_from = time.process_time()
         with torch.random.fork_rng():
-            for decay, generator in {CURVE_EMAS[0]: state.G_ema, **averages}.items():
+            for decay, generator in {cfg.ema_decay: state.G_ema, **averages}.items():
                 rows.append({"name": name, "seed": seed, "cpu_seconds": mark, "steps": state.step, "ema": decay}
                             | score(generator, prepared.validation.images))
         scoring += time.process_time() - scored_from
@@ -253,7 +253,8 @@ if __name__ == "__main__":
     elif command == "cpu-job":
         cpu_job(args[0], int(args[1]), float(args[2]), Path(args[3]))
     elif command == "cpu-curve":
-        cpu_curve(args[0], int(args[1]), [float(mark) for mark in args[2].split(",")], Path(args[3]))
+        emas = tuple(float(decay) for decay in args[4].split(",")) if len(args) > 4 else CURVE_EMAS
+        cpu_curve(args[0], int(args[1]), [float(mark) for mark in args[2].split(",")], Path(args[3]), emas)
     elif command == "cpu":
         cpu_screen(float(args[0]), Path(args[1]), args[2:])
     else:
