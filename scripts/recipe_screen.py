@@ -94,6 +94,7 @@ RECIPES = {
 }
 CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
 
+
 def recipe_params(name: str, seed: int, device: str) -> Params:
     changes = BEFORE | RECIPES[name] | {"train.seed": seed, "train.precision": "fp32", "train.device": device}
     return override_params(load_params(EXAMPLE), changes)
@@ -177,7 +178,7 @@ def cpu_curve(name: str, seed: int, marks: list[float], out: Path, emas: tuple[f
     params = recipe_params(name, seed, "cpu")
     state, cfg = build_state(params, SHAPE, torch.device("cpu")), params.train
     images, labels = resident_dataset(prepared.train, SHAPE, torch.device("cpu"))
-    averages = {decay: copy.deepcopy(state.G_ema) for decay in emas}
+    averages = {decay: copy.deepcopy(state.G_ema) for decay in emas if decay != cfg.ema_decay}
     started, scoring, rows = time.process_time(), 0.0, []
     for mark in marks:
         while time.process_time() - started - scoring < mark:
