@@ -131,6 +131,8 @@ class TrainConfig(Section):
     lr_decay: float = Field(1.0, ge=0.0, le=1.0)  # share of the run, at its end, over which both rates fall linearly to 0
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=0.5)
+    r1_gamma: float = Field(0.0, ge=0.0)  # weight of the R1 gradient penalty on real images in D's loss; 0: off
+    r1_every: int = Field(16, ge=1)  # steps between R1 evaluations (lazy regularisation), each at this times the weight
     augment: bool = True
     cutout: float = Field(0.25, ge=0.0, lt=1.0)  # side of DiffAugment's cutout square, as a share of the image's
     mode_seeking: float = Field(0.05, ge=0.0)  # weight of the MSGAN diversity term in the G loss; 0: off

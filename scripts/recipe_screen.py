@@ -91,6 +91,8 @@ RECIPES = {
     "map01_ms015": NOSN | {"train.mapping_lr": 0.01, "train.mode_seeking": 0.15},  # recall at 1,500 CPU-s
     "map01_ls0": NOSN | {"train.mapping_lr": 0.01, "train.label_smoothing": 0.0},
     "map01_g192_d48": NOSN | {"train.mapping_lr": 0.01, "model.g_channels": 192, "model.d_channels": 48},
+    "map01_r1": NOSN | {"train.mapping_lr": 0.01, "train.r1_gamma": 0.1},  # lazy R1, 10x ADA's CIFAR-10 gamma
+    "map01_r1g1": NOSN | {"train.mapping_lr": 0.01, "train.r1_gamma": 1.0},
 }
 CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
 

@@ -17,8 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # 19 steps of 64 = 2 x 32, with the default train settings otherwise (mode seeking on: its pairs are
 # samples 2i, 2i+1 of the global batch and its means are summed over ranks, so slicing cannot change it).
 # The minibatch-std layer is off: each rank takes it over its own part of the batch (models.MinibatchStd),
-# so with it two processes train a model of their own, as ProGAN's and StyleGAN's groups do.
-OVERRIDES = {"train__epochs": 1, "train__batch_size": 64, "train__threads": 1, "model__minibatch_std": False}
+# so with it two processes train a model of their own, as ProGAN's and StyleGAN's groups do. Lazy R1 is on
+# (off by default): its double backward goes through DDP, and each rank's mean over its reals, averaged, is the mean.
+OVERRIDES = {"train__epochs": 1, "train__batch_size": 64, "train__threads": 1, "model__minibatch_std": False,
+             "train__r1_gamma": 1.0, "train__r1_every": 4}
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):

@@ -257,3 +257,51 @@ def test_the_mapping_network_learns_at_its_own_share_of_the_rate_through_the_sch
     state.step = 3  # the decay scales both groups alike
     set_learning_rates(state, params.train, total_steps=4)
     assert [g["lr"] for g in state.opt_g.param_groups] == pytest.approx([0.25 * 2e-4, 0.25 * 2e-6])
+
+
+def test_r1_penalty_is_the_squared_input_gradient_and_stays_differentiable():
+    from gan_core.images.train import r1_penalty
+
+    weight = torch.tensor([[[[1.0, -2.0], [0.5, 3.0]]]], requires_grad=True)
+    inputs = torch.rand(5, 1, 2, 2, requires_grad=True)
+    logits = (inputs * weight).sum((1, 2, 3)) ** 2 / 2  # d logit / d x = (w . x) w, per sample
+    expected = ((inputs * weight).sum((1, 2, 3)) ** 2 * weight.square().sum()).mean()
+    penalty = r1_penalty(logits, inputs)
+    torch.testing.assert_close(penalty, expected)
+    # The penalty's own gradient reaches the weights, so D's step can lower it.
+    (from_penalty,) = torch.autograd.grad(penalty, weight)
+    (from_expected,) = torch.autograd.grad(expected, weight)
+    torch.testing.assert_close(from_penalty, from_expected)
+
+
+def test_lazy_r1_changes_only_the_steps_it_runs_on():
+    from gan_core.images.models import DataShape
+    from gan_core.images.train import build_state, d_step
+
+    real, labels = torch.rand(16, 1, 8, 8) * 2 - 1, torch.arange(16) % 10
+
+    def d_after_one_step(step: int, gamma: float) -> tuple[dict, dict]:
+        params = tiny_params(train__r1_gamma=gamma, train__r1_every=4, train__augment=False)
+        state = build_state(params, DataShape(8, 1, 10), torch.device("cpu"))
+        state.step = step
+        stats = d_step(state, real, labels, params.train)
+        return stats, {name: p.detach().clone() for name, p in state.D.named_parameters()}
+
+    plain_stats, plain = d_after_one_step(4, 0.0)
+    stats, penalised = d_after_one_step(4, 10.0)
+    assert "train/r1" not in plain_stats and stats["train/r1"] > 0
+    assert max((penalised[k] - plain[k]).abs().max().item() for k in plain) > 1e-6
+    stats, between = d_after_one_step(5, 10.0)
+    _, plain = d_after_one_step(5, 0.0)
+    assert "train/r1" not in stats
+    assert all(between[k].equal(plain[k]) for k in plain)
+
+
+def test_a_run_with_r1_logs_its_penalty_beside_the_losses(prepared, tmp_path):
+    import csv
+
+    params = tiny_params(train__r1_gamma=1.0, train__r1_every=2, train__epochs=1)
+    train(params, prepared, tmp_path / "model", loss_log=tmp_path / "losses.csv", progress=False)
+    with open(tmp_path / "losses.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(float(row["r1"]) > 0 and float(row["d_loss"]) > 0 for row in rows)

@@ -160,16 +160,30 @@ def d_step(state: GanState, real: torch.Tensor, labels: torch.Tensor | None, cfg
             fake, fake_labels = state.G(z, labels), labels
     else:
         fake, fake_labels = generated.images.detach(), generated.labels
+    regularise = cfg.r1_gamma > 0 and state.step % cfg.r1_every == 0
+    seen_real = _maybe_augment(real, state, cfg).detach().requires_grad_(regularise)
     with state.D.observing_real():
-        logits_real = state.D(_maybe_augment(real, state, cfg), labels)
+        logits_real = state.D(seen_real, labels)
     logits_fake = state.D(_maybe_augment(fake, state, cfg), fake_labels)
     loss = (F.binary_cross_entropy_with_logits(logits_real, torch.full_like(logits_real, 1 - cfg.label_smoothing))
             + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
+    stats = {"train/d_loss": loss.item(), "train/d_real": torch.sigmoid(logits_real).mean().item(),
+             "train/d_fake": torch.sigmoid(logits_fake).mean().item()}
+    if regularise:
+        # Lazy R1 (StyleGAN2): every r1_every steps, at r1_every times the weight, on the images D judged.
+        penalty = r1_penalty(logits_real, seen_real)
+        loss = loss + 0.5 * cfg.r1_gamma * cfg.r1_every * penalty
+        stats["train/r1"] = penalty.item()
     state.opt_d.zero_grad(set_to_none=True)
     loss.backward()
     state.opt_d.step()
-    return {"train/d_loss": loss.item(), "train/d_real": torch.sigmoid(logits_real).mean().item(),
-            "train/d_fake": torch.sigmoid(logits_fake).mean().item()}
+    return stats
+
+
+def r1_penalty(logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Mescheder et al. 2018's R1: the mean over the batch of |d logit / d input|^2, kept differentiable."""
+    (gradient,) = torch.autograd.grad(logits.float().sum(), inputs, create_graph=True)
+    return gradient.float().square().flatten(1).sum(1).mean()
 
 
 def g_step(state: GanState, labels: torch.Tensor | None, batch_size: int, cfg: TrainConfig,
@@ -471,7 +485,7 @@ def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path
     if not distributed.is_main(shard):
         return {"steps": state.step, "rank": shard.rank}
     if loss_log:
-        _write_csv(loss_log, log, LOG_COLUMNS)
+        _write_csv(loss_log, log, LOG_COLUMNS + (["r1"] if params.train.r1_gamma else []))
     if selection_log:
         _write_csv(selection_log, state.selection, SELECTION_COLUMNS)
     summary = {"steps": state.step, "total_steps": run.total, "device": device.type, "seconds": round(seconds, 1),
@@ -486,6 +500,15 @@ def train(params: Params, prepared: Path, out_dir: Path, *, checkpoint_dir: Path
     return summary
 
 
+def _window_means(window: list[dict[str, float]]) -> dict[str, float]:
+    """Each statistic's mean over the steps of the window that report it (R1's only on its lazy steps)."""
+    means = {}
+    for name in dict.fromkeys(name for stats in window for name in stats):
+        values = [stats[name] for stats in window if name in stats]
+        means[name.split("/")[1]] = round(sum(values) / len(values), 5)
+    return means
+
+
 def _run_steps(state: GanState, run: Run, log: list, stop_after: int | None, progress: bool) -> None:
     cfg = run.params.train
     end = run.total if stop_after is None else min(run.total, stop_after)
@@ -498,8 +521,7 @@ def _run_steps(state: GanState, run: Run, log: list, stop_after: int | None, pro
             window.append(stats)
             last = state.step == run.total
             if state.step % LOG_EVERY == 0 or last:
-                row = {"step": state.step} | {k.split("/")[1]: round(sum(w[k] for w in window) / len(window), 5)
-                                              for k in window[0]}
+                row = {"step": state.step} | _window_means(window)
                 log.append(row)
                 window.clear()
                 bar.set_postfix(d=row["d_loss"], g=row["g_loss"])
