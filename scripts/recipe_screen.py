@@ -20,6 +20,7 @@ process has used the budget) and scores it in the same way.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import subprocess
@@ -97,9 +98,15 @@ RECIPES = {
 CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
 
 
+@functools.cache
+def example_params() -> Params:
+    """The example's params, read once: a screen scores hours after it starts, and the file may change meanwhile."""
+    return load_params(EXAMPLE)
+
+
 def recipe_params(name: str, seed: int, device: str) -> Params:
     changes = BEFORE | RECIPES[name] | {"train.seed": seed, "train.precision": "fp32", "train.device": device}
-    return override_params(load_params(EXAMPLE), changes)
+    return override_params(example_params(), changes)
 
 
 def cost(rounds: int = 2, steps: int = 12) -> dict[str, float]:
@@ -202,7 +209,7 @@ def score(generator: torch.nn.Module, validation: np.ndarray,
           device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """FD, precision and recall of 10,000 published-as samples against the validation images."""
     samples, _ = published_samples(generator, SHAPE.num_classes, SAMPLES, device)
-    net = FeatureNet(1, 10, load_params(EXAMPLE).features)
+    net = FeatureNet(1, 10, example_params().features)
     net.load_state_dict(ckpt.load_tensors(Path(os.environ["FEATURES"]), "features"))
     net = net.eval().to(device)
     real, fake = embed(net, validation, device), embed(net, samples, device)
