@@ -267,10 +267,11 @@ def run_ganforge(splits: dict, schema: TableSchema, steps: int | None, n: int, s
 
     with tempfile.TemporaryDirectory(prefix="ganforge-bench-tables-") as out:
         wall, cpu = time.perf_counter(), time.process_time()
-        history = train_table_gan(splits["train"], splits["validation"], schema, cfg, Path(out), seed=seed,
-                                  progress=stamp)
+        # The resume state inside the temporary folder too (its default is the folder's sibling, which outlived it).
+        history = train_table_gan(splits["train"], splits["validation"], schema, cfg, Path(out) / "model", seed=seed,
+                                  checkpoint_dir=Path(out) / "checkpoint", progress=stamp)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        rows, _ = sample_rows(load_table_model(Path(out)), seed * 10**6 + np.arange(n, dtype=np.int64))
+        rows, _ = sample_rows(load_table_model(Path(out) / "model"), seed * 10**6 + np.arange(n, dtype=np.int64))
     curve = [(stamps[s["step"]], s["score"]) for s in history["selection"] if s["step"] in stamps]
     return Contender(cpu, rows, f"{history['steps']} steps, checkpoint of step {history['best_step']}, "
                                 f"{wall:.0f} s wall", curve, cpu)

@@ -43,9 +43,14 @@ def bench_env(tmp_path) -> dict:
 
 @pytest.mark.slow
 def test_every_suite_prints_its_figures_in_quick_mode(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick"], cwd=ROOT, env=bench_env(tmp_path),
+    scratch = tmp_path / "tmp"  # the suites' temporary files, which must be gone when they end
+    scratch.mkdir()
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick"], cwd=ROOT,
+                          env=bench_env(tmp_path) | {"TMPDIR": str(scratch),
+                                                     "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")},
                           capture_output=True, text=True, timeout=900)
     output = f"{done.stdout[-6000:]}\n{done.stderr[-6000:]}"
+    assert not list(scratch.iterdir()), f"left behind in the temporary folder: {sorted(scratch.iterdir())}"
     sections = suite_sections(done.stdout)
     for suite in SUITES:
         lines = [m for m in map(BENCH_LINE.match, sections.get(suite, [])) if m]
