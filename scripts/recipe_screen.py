@@ -49,9 +49,11 @@ from gan_core.images.train import (  # noqa: E402
 EXAMPLE = ROOT / "examples" / "fashion-mnist" / "params.yaml"
 SHAPE = DataShape(32, 1, 10)
 SAMPLES = 10_000
-# The example's architecture before this screen; every recipe is a change of it.
+# The example before this screen began; every recipe is a change of it, so a recipe means what it meant when
+# it ran whatever the example has adopted since (the mapping rate, R1 and the 0.998 EMA came later).
 BEFORE = {"model.grow_kernel": 3, "model.refine": True, "model.d_stem": True, "train.reuse_fake": False,
-          "model.d_spectral_norm": True, "train.lr_decay": 1.0}
+          "model.d_spectral_norm": True, "train.lr_decay": 1.0, "train.mapping_lr": 1.0, "train.r1_gamma": 0.0,
+          "train.ema_decay": 0.999}
 LIGHT = {"train.reuse_fake": True, "model.d_stem": False, "model.grow_kernel": 1, "model.refine": False}
 LIGHT_CONST = LIGHT | {"train.lr_decay": 0.0}  # rates never decay: the EMA alone averages
 NOSN = LIGHT_CONST | {"model.d_spectral_norm": False}  # the example since 0444cf8
@@ -94,6 +96,7 @@ RECIPES = {
     "map01_g192_d48": NOSN | {"train.mapping_lr": 0.01, "model.g_channels": 192, "model.d_channels": 48},
     "map01_r1": NOSN | {"train.mapping_lr": 0.01, "train.r1_gamma": 0.1},  # lazy R1, 10x ADA's CIFAR-10 gamma
     "map01_r1g1": NOSN | {"train.mapping_lr": 0.01, "train.r1_gamma": 1.0},
+    "example": NOSN | {"train.mapping_lr": 0.01, "train.r1_gamma": 0.1, "train.ema_decay": 0.998},  # since bbbebb7
 }
 CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
 
