@@ -121,8 +121,8 @@ class SeaweedServer:
 
     def command(self) -> list[str]:
         # -logdir: weed's glog files go beside its data, not into the system's temporary folder at every start.
-        args = [str(weed_binary()), f"-logdir={self.data_dir}", "mini", f"-dir={self.data_dir}", f"-ip={HOST}", f"-ip.bind={HOST}",
-                "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false",
+        args = [str(weed_binary()), f"-logdir={self.data_dir}", "mini", f"-dir={self.data_dir}", f"-ip={HOST}",
+                f"-ip.bind={HOST}", "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false",
                 "-master.telemetry=false"]
         if self.max_volumes:
             args.append(f"-volume.max={self.max_volumes}")
