@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -246,8 +247,10 @@ def report_budget(budget: float, runs: list[dict[str, dict]]) -> list[str]:
             report(f"quality_recall_{name}", ratio(ours["recall"], theirs["recall"]), 1.0)]
 
 
-def run(rounds: int = 1, quick: bool = False, budgets: tuple[float, ...] = BUDGETS) -> list[str]:
-    """Each budget `rounds` times (seeds 0, 1, ...), both contenders side by side; medians over the rounds."""
+def run(rounds: int = 1, quick: bool = False, budgets: tuple[float, ...] = BUDGETS,
+        keep: Path | None = None) -> list[str]:
+    """Each budget `rounds` times (seeds 0, 1, ...), both contenders side by side; medians over the rounds.
+    keep: a folder to copy each contender's samples into (CONTENDER-BUDGET-SEED.npz: images, labels, counters)."""
     if quick:
         info(f"quick: scikit-learn's 8x8 digits for Fashion-MNIST, {QUICK['seconds']:g} CPU-s for each budget")
     lines = []
@@ -261,6 +264,10 @@ def run(rounds: int = 1, quick: bool = False, budgets: tuple[float, ...] = BUDGE
             runs = []
             for seed in range(rounds):
                 samples = train_side_by_side(prepared, budget, seed, work, quick)
+                if keep is not None:
+                    keep.mkdir(parents=True, exist_ok=True)
+                    for path in samples.values():
+                        shutil.copy2(path, keep / path.name)
                 runs.append({name: score(path, ref) for name, path in samples.items()})
             lines += report_budget(budget, runs)
     return lines
@@ -289,8 +296,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true", help="digits, seconds: a check, not figures")
     parser.add_argument("--rounds", type=int, default=1, help="seeds per budget (medians reported)")
     parser.add_argument("--budgets", type=float, nargs="+", default=BUDGETS, help="CPU seconds per contender")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="copy each contender's samples here (to look at, or to score with another evaluator)")
     args = parser.parse_args(argv)
-    run(args.rounds, args.quick, tuple(args.budgets))
+    run(args.rounds, args.quick, tuple(args.budgets), args.keep)
 
 
 if __name__ == "__main__":

@@ -88,3 +88,19 @@ def test_dcgan_samples_do_not_depend_on_their_batch():
         batch, alone = generator(z, labels), generator(z[:1], labels[:1])
     assert batch.shape == (8, 1, 32, 32) and batch.abs().max() <= 1
     torch.testing.assert_close(alone, batch[:1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_quality_keeps_the_samples_it_scored(tmp_path, capsys):
+    from benchmarks import quality
+    from gan_core.images.data import load_prepared
+
+    quality.run(quick=True, budgets=(1500,), keep=tmp_path / "kept")
+    printed = dict(re.findall(r"1500 CPU-s, (\w+): FD (\d+\.\d+)", capsys.readouterr().out))
+    kept = {path.name: path for path in (tmp_path / "kept").iterdir()}
+    assert sorted(kept) == ["dcgan-1500-0.npz", "ganforge-1500-0.npz"]
+    # Scored again, the kept files give the distances the suite printed: they are the samples it scored.
+    samples = quality.QUICK["samples_per_class"] * 10  # the digits' classes
+    ref = quality.reference(load_prepared(quality.prepare(tmp_path, quick=True)), samples, quick=True)
+    for name in quality.CONTENDERS:
+        assert f"{quality.score(kept[f'{name}-1500-0.npz'], ref)['fd']:.3f}" == printed[name]
