@@ -254,6 +254,8 @@ def run(rounds: int = 1, quick: bool = False, budgets: tuple[float, ...] = BUDGE
     if quick:
         info(f"quick: scikit-learn's 8x8 digits for Fashion-MNIST, {QUICK['seconds']:g} CPU-s for each budget")
     lines = []
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ganforge-bench-quality-") as folder:
         work = Path(folder)
         prepared = prepare(work, quick)
@@ -265,7 +267,6 @@ def run(rounds: int = 1, quick: bool = False, budgets: tuple[float, ...] = BUDGE
             for seed in range(rounds):
                 samples = train_side_by_side(prepared, budget, seed, work, quick)
                 if keep is not None:
-                    keep.mkdir(parents=True, exist_ok=True)
                     for path in samples.values():
                         shutil.copy2(path, keep / path.name)
                 runs.append({name: score(path, ref) for name, path in samples.items()})
