@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,24 @@ def test_quality_keeps_the_samples_it_scored(tmp_path, capsys):
     ref = quality.reference(load_prepared(quality.prepare(tmp_path, quick=True)), samples, quick=True)
     for name in quality.CONTENDERS:
         assert f"{quality.score(kept[f'{name}-1500-0.npz'], ref)['fd']:.3f}" == printed[name]
+
+
+def test_bench_breakdown_splits_the_distance_and_counts_ink_outside_the_real_area(tmp_path):
+    from benchmarks import quality
+    from gan_core.images.data import load_prepared
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_breakdown
+
+    data = load_prepared(quality.prepare(tmp_path, quick=True))
+    ref = quality.reference(data, len(data.test.labels), quick=True)
+    images, labels = data.test.images.copy(), data.test.labels
+    blank = np.zeros(images.shape[2:], bool)
+    blank[0, 0] = True
+    images[:, :, 0, 0] = 0
+    same = bench_breakdown.breakdown(images, labels, ref, labels, blank)
+    assert same["stray"] == 0 and same["fd"] < 1e-6 and same["mean_term"] < 1e-9  # the test split against itself
+    assert same["consistency"] == pytest.approx(np.mean(same["class_consistency"]), abs=0.05)
+    images[::4, :, 0, 0] = 255  # a quarter of the samples ink the one pixel real images leave blank
+    inked = bench_breakdown.breakdown(images, labels, ref, labels, blank)
+    assert inked["stray"] == pytest.approx(len(images[::4]) / len(images))
+    assert inked["fd"] > 0 and inked["mean_term"] > 0

@@ -1,0 +1,75 @@
+"""Where a quality benchmark's distance comes from, for the samples `python -m benchmarks.quality --keep DIR` kept.
+
+    python scripts/bench_breakdown.py DIR BUDGET-SEED [--prepared PREPARED.npz]
+
+For each contender (DIR/CONTENDER-BUDGET-SEED.npz) and for as many real training images, against the test split
+with the benchmark's evaluator: the Frechet distance split into its mean term and its covariance term, the
+distance within each class, label consistency (the evaluator's class agrees with the requested one) per class,
+and the share of samples that draw where real training images almost never do (under 0.1 %) (the padding around Fashion-MNIST's
+28x28 garments), a defect a person sees on the grids' edges that the distance hardly weighs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.quality import CONTENDERS, Reference, prepare, reference  # noqa: E402
+from gan_core.images import metrics as m  # noqa: E402
+from gan_core.images.data import load_prepared  # noqa: E402
+from gan_core.images.pixels import to_unit_range  # noqa: E402
+
+INK = 20  # of 255: a pixel darker than this reads as background on a grid
+RARE = 0.001  # a pixel inked by fewer than this share of real training images counts as outside their area
+
+
+def breakdown(images: np.ndarray, labels: np.ndarray, ref: Reference, test_labels: np.ndarray,
+              blank: np.ndarray) -> dict:
+    """The figures of one set of samples (uint8 images, N x C x H x W) against the reference's test features."""
+    features, predicted = ref.net.embed(to_unit_range(images))
+    distance = m.frechet_distance(features, ref.test)
+    mean_term = float(((features.mean(0) - ref.test.mean(0)) ** 2).sum())
+    classes = range(int(test_labels.max()) + 1)
+    return {"fd": distance, "mean_term": mean_term, "covariance_term": distance - mean_term,
+            "consistency": float((predicted == labels).mean()),
+            "stray": float((images[:, :, blank] > INK).any(axis=(1, 2)).mean()),
+            "class_fd": [m.frechet_distance(features[labels == c], ref.test[test_labels == c]) for c in classes],
+            "class_consistency": [float((predicted[labels == c] == c).mean()) for c in classes]}
+
+
+def describe(name: str, b: dict) -> str:
+    return (f"{name:10s} FD {b['fd']:6.3f} = mean {b['mean_term']:.3f} + covariance {b['covariance_term']:.3f}; "
+            f"label consistency {b['consistency']:.3f}; ink outside the real images' area {b['stray']:.1%} of "
+            f"samples\n{'':10s} per class FD  " + " ".join(f"{v:6.2f}" for v in b["class_fd"])
+            + f"\n{'':10s} per class LC  " + " ".join(f"{v:6.3f}" for v in b["class_consistency"]))
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("keep", type=Path, help="the folder given to benchmarks.quality --keep")
+    parser.add_argument("tag", help="BUDGET-SEED of the round, as in the file names (6000-0)")
+    parser.add_argument("--prepared", type=Path, help="the prepared Fashion-MNIST .npz (default: prepare it)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        data = load_prepared(args.prepared or prepare(Path(folder), quick=False))
+    ref = reference(data, len(data.test.labels), quick=False)
+    blank = ((data.train.images > INK).mean(axis=0) < RARE).all(axis=0)  # H x W
+    real = data.train.images[:len(data.test.labels)], data.train.labels[:len(data.test.labels)]
+    print(f"floor {ref.fd_floor:.3f}; {blank.mean():.1%} of the pixels are inked by under {RARE:.1%} of the real "
+          "training images")
+    print("classes:", ", ".join(data.class_names))
+    print(describe("real train", breakdown(*real, ref, data.test.labels, blank)))
+    for name in CONTENDERS:
+        with np.load(args.keep / f"{name}-{args.tag}.npz") as saved:
+            print(describe(name, breakdown(saved["images"], saved["labels"], ref, data.test.labels, blank)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
