@@ -30,6 +30,16 @@ INK = 20  # of 255: a pixel darker than this reads as background on a grid
 RARE = 0.001  # a pixel inked by fewer than this share of real training images counts as outside their area
 
 
+def blank_area(real: np.ndarray) -> np.ndarray:
+    """H x W: the pixels inked by under RARE of these real uint8 images, in every channel."""
+    return ((real > INK).mean(axis=0) < RARE).all(axis=0)
+
+
+def ink_outside(images: np.ndarray, blank: np.ndarray) -> float:
+    """The share of uint8 images (N x C x H x W) that ink a pixel of the blank area."""
+    return float((images[:, :, blank] > INK).any(axis=(1, 2)).mean())
+
+
 def breakdown(images: np.ndarray, labels: np.ndarray, ref: Reference, test_labels: np.ndarray,
               blank: np.ndarray) -> dict:
     """The figures of one set of samples (uint8 images, N x C x H x W) against the reference's test features."""
@@ -39,7 +49,7 @@ def breakdown(images: np.ndarray, labels: np.ndarray, ref: Reference, test_label
     classes = range(int(test_labels.max()) + 1)
     return {"fd": distance, "mean_term": mean_term, "covariance_term": distance - mean_term,
             "consistency": float((predicted == labels).mean()),
-            "stray": float((images[:, :, blank] > INK).any(axis=(1, 2)).mean()),
+            "stray": ink_outside(images, blank),
             "class_fd": [m.frechet_distance(features[labels == c], ref.test[test_labels == c]) for c in classes],
             "class_consistency": [float((predicted[labels == c] == c).mean()) for c in classes]}
 
@@ -60,7 +70,7 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         data = load_prepared(args.prepared or prepare(Path(folder), quick=False))
     ref = reference(data, len(data.test.labels), quick=False)
-    blank = ((data.train.images > INK).mean(axis=0) < RARE).all(axis=0)  # H x W
+    blank = blank_area(data.train.images)
     real = data.train.images[:len(data.test.labels)], data.train.labels[:len(data.test.labels)]
     print(f"floor {ref.fd_floor:.3f}; {blank.mean():.1%} of the pixels are inked by under {RARE:.1%} of the real "
           "training images")

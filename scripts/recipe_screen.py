@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.dcgan import BATCH_SIZE, Dcgan  # noqa: E402
 from benchmarks.quality import CALIBRATION, dcgan_steps, published_samples, train_dcgan, train_ganforge  # noqa: E402
+from scripts.bench_breakdown import blank_area, ink_outside  # noqa: E402
 from gan_core import checkpoint as ckpt  # noqa: E402
 from gan_core.config import Params, load_params, override_params  # noqa: E402
 from gan_core.images import metrics as m  # noqa: E402
@@ -99,6 +100,7 @@ RECIPES = {
     "map01_r1g1": NOSN | {"train.mapping_lr": 0.01, "train.r1_gamma": 1.0},
     "example": EXAMPLE_NOW,
     "example_d48": EXAMPLE_NOW | {"model.d_channels": 48},  # D's convolutions 1.5x as wide: 1.49x the CPU a step
+    "example_reflect": EXAMPLE_NOW | {"train.translate_pad": "reflect"},  # StyleGAN2-ADA's padding, not mid-grey
 }
 CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
 
@@ -219,7 +221,8 @@ def score(generator: torch.nn.Module, validation: np.ndarray,
     net = net.eval().to(device)
     real, fake = embed(net, validation, device), embed(net, samples, device)
     quality = m.prdc(real, fake[:len(real)], 5)
-    return {"fd": m.frechet_distance(fake, real), "precision": quality["precision"], "recall": quality["recall"]}
+    return {"fd": m.frechet_distance(fake, real), "precision": quality["precision"], "recall": quality["recall"],
+            "ink_outside": ink_outside(samples, blank_area(validation))}
 
 
 def write_score(out: Path, row: dict, generator: torch.nn.Module, validation: np.ndarray,

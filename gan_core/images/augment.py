@@ -6,14 +6,17 @@ import torch
 import torch.nn.functional as F
 
 
-def translate(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.125) -> torch.Tensor:
-    """Shift each image by up to `ratio` of its side, filling with zeros (mid-grey)."""
+def translate(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.125, pad: str = "zeros") -> torch.Tensor:
+    """Shift each image by up to `ratio` of its side. pad "zeros" fills the shifted-in band with zeros (mid-grey), as
+    DiffAugment does; "reflect" mirrors the image's own edge into it, as StyleGAN2-ADA's geometric augmentations do,
+    so that the band looks like the data's border (black around Fashion-MNIST's garments) and not like a new edge."""
     n, _, h, w = x.shape
     limit = max(1, int(h * ratio + 0.5))
     shift = torch.randint(-limit, limit + 1, (2, n, 1, 1), generator=generator, device=x.device)
-    rows = (torch.arange(h, device=x.device).view(1, h, 1) + shift[0] + 1).clamp(0, h + 1)
-    cols = (torch.arange(w, device=x.device).view(1, 1, w) + shift[1] + 1).clamp(0, w + 1)
-    padded = F.pad(x, (1, 1, 1, 1))
+    margin = limit if pad == "reflect" else 1
+    rows = (torch.arange(h, device=x.device).view(1, h, 1) + shift[0] + margin).clamp(0, h + 2 * margin - 1)
+    cols = (torch.arange(w, device=x.device).view(1, 1, w) + shift[1] + margin).clamp(0, w + 2 * margin - 1)
+    padded = F.pad(x, (margin,) * 4, mode="reflect" if pad == "reflect" else "constant")
     batch = torch.arange(n, device=x.device).view(n, 1, 1)
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
@@ -29,6 +32,7 @@ def cutout(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.5) -> t
     return x * (~inside).unsqueeze(1).to(x.dtype)
 
 
-def diff_augment(x: torch.Tensor, generator: torch.Generator, cutout_ratio: float = 0.5) -> torch.Tensor:
-    shifted = translate(x, generator)
+def diff_augment(x: torch.Tensor, generator: torch.Generator, cutout_ratio: float = 0.5,
+                 pad: str = "zeros") -> torch.Tensor:
+    shifted = translate(x, generator, pad=pad)
     return cutout(shifted, generator, cutout_ratio) if cutout_ratio else shifted

@@ -1,0 +1,42 @@
+"""DiffAugment's translation: what it shifts in at the edges."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gan_core.images.augment import diff_augment, translate
+from tests.helpers import tiny_params
+
+
+def one_dot_on_black(n: int = 64, side: int = 32) -> torch.Tensor:
+    images = -torch.ones(n, 1, side, side)  # black in [-1, 1]
+    images[:, :, side // 2, side // 2] = 1.0
+    return images
+
+
+def test_reflect_translation_moves_the_image_and_shifts_in_only_its_own_border():
+    images = one_dot_on_black()
+    shifted = translate(images, torch.Generator().manual_seed(0), pad="reflect")
+    assert set(shifted.unique().tolist()) == {-1.0, 1.0}  # black and the dot: nothing mid-grey
+    rows, cols = torch.nonzero(shifted[:, 0] == 1.0)[:, 1:].T
+    assert len(rows) == len(images)  # each dot kept, once
+    offsets = torch.stack([rows - 16, cols - 16])
+    assert offsets.abs().max() == 4 and (offsets != 0).any()  # 0.125 of 32 pixels, drawn per image
+
+
+def test_zero_translation_fills_with_mid_grey_as_diffaugment_does():
+    shifted = translate(one_dot_on_black(), torch.Generator().manual_seed(0))
+    grey = (shifted == 0.0).flatten(1).any(1)
+    assert 0.5 < grey.float().mean() < 1.0  # every image but those drawn with no shift in either axis
+
+
+def test_the_two_paddings_draw_the_same_shifts():
+    images = one_dot_on_black()
+    zeros, reflect = (diff_augment(images, torch.Generator().manual_seed(5), 0.25, pad) for pad in ("zeros", "reflect"))
+    assert torch.equal(zeros == 1.0, reflect == 1.0)
+
+
+def test_an_unknown_padding_is_refused_by_name():
+    with pytest.raises(ValueError, match="translate_pad"):
+        tiny_params(train__translate_pad="wrap")
