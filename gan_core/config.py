@@ -166,7 +166,7 @@ class EvaluateConfig(Section):
     seed: int = Field(1, ge=0)
     grid_rows: int = Field(10, ge=1)  # samples per class in the sample grid
     evaluators: list[str] = ["discriminator", "frechet", "kid", "prdc", "label_consistency", "utility", "cas",
-                             "memorisation", "near_twins", "rejection"]
+                             "memorisation", "near_twins", "stray_ink", "rejection"]
     knn: int = Field(5, ge=1)  # k of precision / recall / density / coverage
     memorisation_ratio: float = Field(0.5, gt=0.0, le=1.0)
     near_twin_ratio: float = Field(0.5, gt=0.0, le=1.0)  # of the class's median real NN distance

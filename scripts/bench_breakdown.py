@@ -5,8 +5,8 @@
 For each contender (DIR/CONTENDER-BUDGET-SEED.npz) and for as many real training images, against the test split
 with the benchmark's evaluator: the Frechet distance split into its mean term and its covariance term, the
 distance within each class, label consistency (the evaluator's class agrees with the requested one) per class,
-and the share of samples that draw where real training images almost never do (under 0.1 %) (the padding around Fashion-MNIST's
-28x28 garments), a defect a person sees on the grids' edges that the distance hardly weighs.
+and the share of samples that ink where real training images almost never do (`metrics.stray_ink`: the padding
+around Fashion-MNIST's 28x28 garments), a defect a person sees on the grids' edges that the distance hardly weighs.
 """
 
 from __future__ import annotations
@@ -23,33 +23,25 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality import CONTENDERS, Reference, prepare, reference  # noqa: E402
 from gan_core.images import metrics as m  # noqa: E402
-from gan_core.images.data import load_prepared  # noqa: E402
+from gan_core.images.data import PreparedData, load_prepared  # noqa: E402
 from gan_core.images.pixels import to_unit_range  # noqa: E402
 
-INK = 20  # of 255: a pixel darker than this reads as background on a grid
-RARE = 0.001  # a pixel inked by fewer than this share of real training images counts as outside their area
+
+def rows(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1)
 
 
-def blank_area(real: np.ndarray) -> np.ndarray:
-    """H x W: the pixels inked by under RARE of these real uint8 images, in every channel."""
-    return ((real > INK).mean(axis=0) < RARE).all(axis=0)
-
-
-def ink_outside(images: np.ndarray, blank: np.ndarray) -> float:
-    """The share of uint8 images (N x C x H x W) that ink a pixel of the blank area."""
-    return float((images[:, :, blank] > INK).any(axis=(1, 2)).mean())
-
-
-def breakdown(images: np.ndarray, labels: np.ndarray, ref: Reference, test_labels: np.ndarray,
-              blank: np.ndarray) -> dict:
-    """The figures of one set of samples (uint8 images, N x C x H x W) against the reference's test features."""
+def breakdown(images: np.ndarray, labels: np.ndarray, ref: Reference, data: PreparedData) -> dict:
+    """The figures of one set of uint8 samples (N x C x H x W) against the test split, as the benchmark scores."""
     features, predicted = ref.net.embed(to_unit_range(images))
     distance = m.frechet_distance(features, ref.test)
     mean_term = float(((features.mean(0) - ref.test.mean(0)) ** 2).sum())
+    test_labels = data.test.labels
     classes = range(int(test_labels.max()) + 1)
+    stray = m.stray_ink(rows(images), rows(data.train.images), rows(data.test.images))
     return {"fd": distance, "mean_term": mean_term, "covariance_term": distance - mean_term,
             "consistency": float((predicted == labels).mean()),
-            "stray": ink_outside(images, blank),
+            "stray": stray["stray_ink"], "stray_area": stray["stray_ink_area"],
             "class_fd": [m.frechet_distance(features[labels == c], ref.test[test_labels == c]) for c in classes],
             "class_consistency": [float((predicted[labels == c] == c).mean()) for c in classes]}
 
@@ -70,15 +62,13 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         data = load_prepared(args.prepared or prepare(Path(folder), quick=False))
     ref = reference(data, len(data.test.labels), quick=False)
-    blank = blank_area(data.train.images)
     real = data.train.images[:len(data.test.labels)], data.train.labels[:len(data.test.labels)]
-    print(f"floor {ref.fd_floor:.3f}; {blank.mean():.1%} of the pixels are inked by under {RARE:.1%} of the real "
-          "training images")
-    print("classes:", ", ".join(data.class_names))
-    print(describe("real train", breakdown(*real, ref, data.test.labels, blank)))
+    own = breakdown(*real, ref, data)
+    print(f"floor {ref.fd_floor:.3f}; {own['stray_area']:.1%} of the pixels are inked by under 0.1 % of the real "
+          f"training images\nclasses: {', '.join(data.class_names)}\n{describe('real train', own)}")
     for name in CONTENDERS:
         with np.load(args.keep / f"{name}-{args.tag}.npz") as saved:
-            print(describe(name, breakdown(saved["images"], saved["labels"], ref, data.test.labels, blank)))
+            print(describe(name, breakdown(saved["images"], saved["labels"], ref, data)))
 
 
 if __name__ == "__main__":

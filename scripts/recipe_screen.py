@@ -36,7 +36,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.dcgan import BATCH_SIZE, Dcgan  # noqa: E402
 from benchmarks.quality import CALIBRATION, dcgan_steps, published_samples, train_dcgan, train_ganforge  # noqa: E402
-from scripts.bench_breakdown import blank_area, ink_outside  # noqa: E402
 from gan_core import checkpoint as ckpt  # noqa: E402
 from gan_core.config import Params, load_params, override_params  # noqa: E402
 from gan_core.images import metrics as m  # noqa: E402
@@ -220,9 +219,9 @@ def score(generator: torch.nn.Module, validation: np.ndarray,
     net.load_state_dict(ckpt.load_tensors(Path(os.environ["FEATURES"]), "features"))
     net = net.eval().to(device)
     real, fake = embed(net, validation, device), embed(net, samples, device)
-    quality = m.prdc(real, fake[:len(real)], 5)
+    quality, flat = m.prdc(real, fake[:len(real)], 5), samples.reshape(len(samples), -1)
     return {"fd": m.frechet_distance(fake, real), "precision": quality["precision"], "recall": quality["recall"],
-            "ink_outside": ink_outside(samples, blank_area(validation))}
+            "stray_ink": m.stray_ink(flat, validation.reshape(len(validation), -1), flat[:1])["stray_ink"]}
 
 
 def write_score(out: Path, row: dict, generator: torch.nn.Module, validation: np.ndarray,

@@ -93,6 +93,14 @@ def test_held_out_images_as_generated(split, net, tmp_path):
     assert consistency["label_consistency"] == consistency["evaluator_accuracy"]
 
 
+def test_stray_ink_reads_generated_images_as_their_pngs(split, net, tmp_path):
+    images = split.test.images.copy()
+    assert EVALUATORS["stray_ink"](context(split, net, split.test, tmp_path))["stray_ink"] == 0.0
+    images[::2, :, 0, 0] = 255  # the digits' top-left pixel, blank in every real one, inked by half
+    inked = EVALUATORS["stray_ink"](context(split, net, ImageSet(images, split.test.labels), tmp_path))
+    assert inked["stray_ink"] == pytest.approx(0.5, abs=0.01) and inked["stray_ink_real"] == 0.0
+
+
 def test_wrong_labels_and_blank_images_score_badly(split, net, tmp_path):
     test_set = split.test
     relabelled = ImageSet(test_set.images, (test_set.labels + 1) % 10)

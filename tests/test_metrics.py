@@ -58,6 +58,32 @@ def test_memorisation_of_copies_and_of_fresh_samples():
     assert copies["memorisation_threshold"] == pytest.approx(0.5 * median)
 
 
+def centred_images(rng: np.random.Generator, n: int, side: int = 8) -> np.ndarray:
+    """uint8 rows of side x side images inked only inside a one-pixel black frame, as padded garments are."""
+    images = np.zeros((n, side, side), np.uint8)
+    images[:, 1:-1, 1:-1] = rng.integers(0, 256, (n, side - 2, side - 2))
+    return images.reshape(n, -1)
+
+
+def test_stray_ink_counts_the_samples_that_ink_where_real_images_never_do():
+    rng = np.random.default_rng(4)
+    train, held_out, fake = centred_images(rng, 500, 8), centred_images(rng, 100, 8), centred_images(rng, 200, 8)
+    fake[:50, 0] = 200  # a quarter ink a frame pixel
+    fake[50:60, 7] = 10  # faint, under the level: background to a person
+    result = m.stray_ink(fake, train, held_out)
+    assert result["stray_ink"] == 0.25 and result["stray_ink_real"] == 0.0
+    assert result["stray_ink_area"] == 28 / 64  # the frame of an 8x8 image
+    train[0, 0] = 255  # one training image in 500 (0.2 %, over the 0.1 % rare share) inks a frame pixel
+    assert m.stray_ink(fake, train, held_out)["stray_ink_area"] == 27 / 64
+
+
+def test_stray_ink_is_zero_where_the_real_images_ink_every_pixel():
+    rng = np.random.default_rng(5)
+    train = rng.integers(0, 256, (300, 64), dtype=np.uint8)
+    result = m.stray_ink(train[:100], train, train[100:])
+    assert result == {"stray_ink": 0.0, "stray_ink_real": 0.0, "stray_ink_area": 0.0}
+
+
 def test_utility_is_one_for_real_data_and_low_for_shuffled_labels():
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(3, 8)) * 4

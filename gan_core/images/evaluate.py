@@ -178,11 +178,16 @@ def label_consistency(ctx: EvalContext) -> dict:
             "evaluator_accuracy": float((ctx.held_out_features[1] == ctx.held_out.labels).mean())}
 
 
-def _pixels(images: np.ndarray | torch.Tensor) -> np.ndarray:
-    """uint8 0..255 or float -1..1 images -> flat rows in 0..1, generated ones quantised as their PNGs are."""
+def _uint8_rows(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """uint8 0..255 or float -1..1 images -> flat uint8 rows, generated ones quantised as their PNGs are."""
     if isinstance(images, torch.Tensor):
         images = quantise(images).numpy()
-    return images.reshape(len(images), -1) / 255.0
+    return images.reshape(len(images), -1)
+
+
+def _pixels(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """As _uint8_rows, in 0..1."""
+    return _uint8_rows(images) / 255.0
 
 
 @register("utility")
@@ -221,6 +226,12 @@ def memorisation(ctx: EvalContext) -> dict:
     """Share of generated samples much nearer a training image than test ones are (pixel space)."""
     return m.memorisation(_pixels(ctx.fake.images), _pixels(ctx.train.images), _pixels(ctx.held_out.images),
                           ctx.cfg.memorisation_ratio)
+
+
+@register("stray_ink")
+def stray_ink(ctx: EvalContext) -> dict:
+    """Share of generated samples that ink pixels the real training images leave blank (metrics.stray_ink)."""
+    return m.stray_ink(_uint8_rows(ctx.fake.images), _uint8_rows(ctx.train.images), _uint8_rows(ctx.held_out.images))
 
 
 @register("kid")
