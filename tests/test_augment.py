@@ -40,3 +40,5 @@ def test_the_two_paddings_draw_the_same_shifts():
 def test_an_unknown_padding_is_refused_by_name():
     with pytest.raises(ValueError, match="translate_pad"):
         tiny_params(train__translate_pad="wrap")
+    with pytest.raises(ValueError, match="'wrap'"):
+        translate(one_dot_on_black(), torch.Generator(), pad="wrap")

@@ -10,6 +10,8 @@ def translate(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.125,
     """Shift each image by up to `ratio` of its side. pad "zeros" fills the shifted-in band with zeros (mid-grey), as
     DiffAugment does; "reflect" mirrors the image's own edge into it, as StyleGAN2-ADA's geometric augmentations do,
     so that the band looks like the data's border (black around Fashion-MNIST's garments) and not like a new edge."""
+    if pad not in ("zeros", "reflect"):
+        raise ValueError(f"translate: pad must be 'zeros' or 'reflect' (got {pad!r})")
     n, _, h, w = x.shape
     limit = max(1, int(h * ratio + 0.5))
     shift = torch.randint(-limit, limit + 1, (2, n, 1, 1), generator=generator, device=x.device)
