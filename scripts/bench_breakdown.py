@@ -31,17 +31,17 @@ def rows(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1)
 
 
-def breakdown(images: np.ndarray, labels: np.ndarray, ref: Reference, data: PreparedData) -> dict:
-    """The figures of one set of uint8 samples (N x C x H x W) against the test split, as the benchmark scores."""
+def breakdown(images: np.ndarray, labels: np.ndarray, ref: Reference, data: PreparedData, blank: np.ndarray) -> dict:
+    """The figures of one set of uint8 samples (N x C x H x W) against the test split, as the benchmark scores;
+    `blank`: the pixels real training images almost never ink (metrics.blank_pixels)."""
     features, predicted = ref.net.embed(to_unit_range(images))
     distance = m.frechet_distance(features, ref.test)
     mean_term = float(((features.mean(0) - ref.test.mean(0)) ** 2).sum())
     test_labels = data.test.labels
     classes = range(int(test_labels.max()) + 1)
-    stray = m.stray_ink(rows(images), rows(data.train.images), rows(data.test.images))
     return {"fd": distance, "mean_term": mean_term, "covariance_term": distance - mean_term,
             "consistency": float((predicted == labels).mean()),
-            "stray": stray["stray_ink"], "stray_area": stray["stray_ink_area"],
+            "stray": m.inked_share(rows(images), blank),
             "class_fd": [m.frechet_distance(features[labels == c], ref.test[test_labels == c]) for c in classes],
             "class_consistency": [float((predicted[labels == c] == c).mean()) for c in classes]}
 
@@ -63,12 +63,13 @@ def main(argv: list[str]) -> None:
         data = load_prepared(args.prepared or prepare(Path(folder), quick=False))
     ref = reference(data, len(data.test.labels), quick=False)
     real = data.train.images[:len(data.test.labels)], data.train.labels[:len(data.test.labels)]
-    own = breakdown(*real, ref, data)
-    print(f"floor {ref.fd_floor:.3f}; {own['stray_area']:.1%} of the pixels are inked by under 0.1 % of the real "
+    blank = m.blank_pixels(rows(data.train.images))
+    own = breakdown(*real, ref, data, blank)
+    print(f"floor {ref.fd_floor:.3f}; {blank.mean():.1%} of the pixels are inked by under 0.1 % of the real "
           f"training images\nclasses: {', '.join(data.class_names)}\n{describe('real train', own)}")
     for name in CONTENDERS:
         with np.load(args.keep / f"{name}-{args.tag}.npz") as saved:
-            print(describe(name, breakdown(saved["images"], saved["labels"], ref, data)))
+            print(describe(name, breakdown(saved["images"], saved["labels"], ref, data, blank)))
 
 
 if __name__ == "__main__":

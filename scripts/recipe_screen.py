@@ -100,6 +100,8 @@ RECIPES = {
     "example": EXAMPLE_NOW,
     "example_d48": EXAMPLE_NOW | {"model.d_channels": 48},  # D's convolutions 1.5x as wide: 1.49x the CPU a step
     "example_reflect": EXAMPLE_NOW | {"train.translate_pad": "reflect"},  # StyleGAN2-ADA's padding, not mid-grey
+    "example_noaug": EXAMPLE_NOW | {"train.augment": False},  # where the stray ink comes from: no DiffAugment
+    "example_translate": EXAMPLE_NOW | {"train.cutout": 0.0},  # translation only, no mid-grey cutout squares
 }
 CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
 
@@ -221,7 +223,7 @@ def score(generator: torch.nn.Module, validation: np.ndarray,
     real, fake = embed(net, validation, device), embed(net, samples, device)
     quality, flat = m.prdc(real, fake[:len(real)], 5), samples.reshape(len(samples), -1)
     return {"fd": m.frechet_distance(fake, real), "precision": quality["precision"], "recall": quality["recall"],
-            "stray_ink": m.stray_ink(flat, validation.reshape(len(validation), -1), flat[:1])["stray_ink"]}
+            "stray_ink": m.inked_share(flat, m.blank_pixels(validation.reshape(len(validation), -1)))}
 
 
 def write_score(out: Path, row: dict, generator: torch.nn.Module, validation: np.ndarray,

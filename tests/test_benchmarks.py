@@ -112,15 +112,17 @@ def test_bench_breakdown_splits_the_distance_and_counts_ink_outside_the_real_are
     from gan_core.images.data import load_prepared
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench_breakdown
+    from gan_core.images import metrics as m
 
     data = load_prepared(quality.prepare(tmp_path, quick=True))
     ref = quality.reference(data, len(data.test.labels), quick=True)
     images, labels = data.test.images.copy(), data.test.labels
-    same = bench_breakdown.breakdown(images, labels, ref, data)
+    blank = m.blank_pixels(bench_breakdown.rows(data.train.images))
+    same = bench_breakdown.breakdown(images, labels, ref, data, blank)
     assert same["stray"] == 0 and same["fd"] < 1e-6 and same["mean_term"] < 1e-9  # the test split against itself
     assert same["consistency"] == pytest.approx(np.mean(same["class_consistency"]), abs=0.05)
     assert (data.train.images[:, :, 0, 0] <= 20).all()  # the digits' top-left pixel is always blank
     images[::4, :, 0, 0] = 255  # a quarter of the samples ink it
-    inked = bench_breakdown.breakdown(images, labels, ref, data)
+    inked = bench_breakdown.breakdown(images, labels, ref, data, blank)
     assert inked["stray"] == pytest.approx(len(images[::4]) / len(images))
     assert inked["fd"] > 0 and inked["mean_term"] > 0

@@ -209,6 +209,16 @@ def memorisation(fake: np.ndarray, train: np.ndarray, holdout: np.ndarray, ratio
             "memorisation_threshold": threshold}
 
 
+def blank_pixels(train: np.ndarray, level: int = 20, rare: float = 0.001) -> np.ndarray:
+    """The pixels (uint8 rows' columns) that under `rare` of the real training images ink above `level` of 255."""
+    return (train > level).mean(axis=0) < rare
+
+
+def inked_share(images: np.ndarray, blank: np.ndarray, level: int = 20) -> float:
+    """The share of uint8 rows that ink (above `level`) any of the `blank` pixels; 0 where none is blank."""
+    return float((images[:, blank] > level).any(axis=1).mean()) if blank.any() else 0.0
+
+
 def stray_ink(fake: np.ndarray, train: np.ndarray, held_out: np.ndarray, level: int = 20,
               rare: float = 0.001) -> dict[str, float]:
     """The share of generated images that ink (above `level` of 255) a pixel the real training images almost
@@ -216,12 +226,9 @@ def stray_ink(fake: np.ndarray, train: np.ndarray, held_out: np.ndarray, level: 
     Fashion-MNIST's centred garments, which a person sees on a grid and a feature-space distance hardly weighs.
     Images are uint8 rows; `stray_ink_real` is the held-out real images' own share, `stray_ink_area` the share of
     pixels (channels apart) that count. Where the training images ink every pixel, nothing counts."""
-    blank = (train > level).mean(axis=0) < rare
-
-    def share(images: np.ndarray) -> float:
-        return float((images[:, blank] > level).any(axis=1).mean()) if blank.any() else 0.0
-
-    return {"stray_ink": share(fake), "stray_ink_real": share(held_out), "stray_ink_area": float(blank.mean())}
+    blank = blank_pixels(train, level, rare)
+    return {"stray_ink": inked_share(fake, blank, level), "stray_ink_real": inked_share(held_out, blank, level),
+            "stray_ink_area": float(blank.mean())}
 
 
 def classifier_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
