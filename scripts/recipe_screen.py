@@ -102,6 +102,8 @@ RECIPES = {
     "example_reflect": EXAMPLE_NOW | {"train.translate_pad": "reflect"},  # StyleGAN2-ADA's padding, not mid-grey
     "example_noaug": EXAMPLE_NOW | {"train.augment": False},  # where the stray ink comes from: no DiffAugment
     "example_translate": EXAMPLE_NOW | {"train.cutout": 0.0},  # translation only, no mid-grey cutout squares
+    "example_cutout": EXAMPLE_NOW | {"train.translate": 0.0},  # cutout only: the padding ring stays black in D's view
+    "example_shift2": EXAMPLE_NOW | {"train.translate": 0.0625},  # shifts of up to 2 pixels: the ring's width
 }
 CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
 

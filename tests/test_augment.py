@@ -42,3 +42,14 @@ def test_an_unknown_padding_is_refused_by_name():
         tiny_params(train__translate_pad="wrap")
     with pytest.raises(ValueError, match="'wrap'"):
         translate(one_dot_on_black(), torch.Generator(), pad="wrap")
+
+
+def test_translation_ratio_bounds_the_shift_and_zero_turns_it_off():
+    images = one_dot_on_black()
+    dots = diff_augment(images, torch.Generator().manual_seed(1), 0.0, "reflect", 0.0625) == 1.0
+    rows, cols = torch.nonzero(dots[:, 0])[:, 1:].T
+    assert len(rows) == len(images) and torch.stack([rows - 16, cols - 16]).abs().max() == 2  # 1/16 of 32 pixels
+    assert torch.equal(diff_augment(images, torch.Generator(), 0.0, "zeros", 0.0), images)
+    cut = diff_augment(images, torch.Generator().manual_seed(2), 0.25, "zeros", 0.0)
+    assert ((cut == images) | (cut == 0.0)).all()  # nothing moved: only cutout's mid-grey squares changed pixels
+    assert ((cut == 0.0).flatten(1).sum(1) == 64).all()  # one 8x8 square (0.25 of 32) in each image

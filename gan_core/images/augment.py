@@ -35,6 +35,7 @@ def cutout(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.5) -> t
 
 
 def diff_augment(x: torch.Tensor, generator: torch.Generator, cutout_ratio: float = 0.5,
-                 pad: str = "zeros") -> torch.Tensor:
-    shifted = translate(x, generator, pad=pad)
+                 pad: str = "zeros", translate_ratio: float = 0.125) -> torch.Tensor:
+    """Translation by up to `translate_ratio` of the side, then cutout of `cutout_ratio`; a ratio of 0 skips one."""
+    shifted = translate(x, generator, translate_ratio, pad) if translate_ratio else x
     return cutout(shifted, generator, cutout_ratio) if cutout_ratio else shifted
