@@ -77,9 +77,24 @@ def code_version(module: str) -> str:
     return _sources_digest(module_closure(module))
 
 
-def source_digest(modules: tuple[str, ...]) -> str:
-    """sha256 over the source of exactly these gan_core modules, not what they import."""
-    return _sources_digest(_module_path(name) for name in modules)
+def source_digest(parts: tuple[str, ...]) -> str:
+    """sha256 over the source of exactly these gan_core modules, not what they import; "module:function" takes
+    one top-level function's source only, so that the rest of its module can change without changing the digest."""
+    digest = hashlib.sha256()
+    for part in parts:
+        name, _, function = part.partition(":")
+        path = _module_path(name)
+        text = path.read_text()
+        source = _function_source(text, function) if function else text
+        digest.update(f"{path.name}|{function}|".encode() + source.encode())
+    return digest.hexdigest()
+
+
+def _function_source(text: str, function: str) -> str:
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return ast.get_source_segment(text, node)
+    raise LookupError(f"no top-level function {function!r}")
 
 
 def _sources_digest(paths) -> str:

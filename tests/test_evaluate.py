@@ -303,7 +303,15 @@ def test_evaluator_cache_key_follows_its_code(split, tmp_path, monkeypatch):
     for unrelated in ("images/train.py", "checkpoint.py", "layout.py"):  # not, or not for the weights, used by features.py
         (copy / unrelated).write_text((copy / unrelated).read_text() + "\n# a change elsewhere\n")
     assert cache_key(split.train, cfg) == before
-    (copy / "images/augment.py").write_text((copy / "images/augment.py").read_text() + "\n# imported by features.py\n")
+    augment = copy / "images/augment.py"
+
+    def edit(old: str, new: str) -> None:
+        assert old in augment.read_text()
+        augment.write_text(augment.read_text().replace(old, new))
+
+    edit("def cutout(", "def cutout(  # not called by features.py\n    ")
+    assert cache_key(split.train, cfg) == before
+    edit("limit = max(1,", "limit = max(2,")  # in translate, which it calls
     assert cache_key(split.train, cfg) != before
 
 
