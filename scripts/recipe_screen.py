@@ -50,14 +50,15 @@ EXAMPLE = ROOT / "examples" / "fashion-mnist" / "params.yaml"
 SHAPE = DataShape(32, 1, 10)
 SAMPLES = 10_000
 # The example before this screen began; every recipe is a change of it, so a recipe means what it meant when
-# it ran whatever the example has adopted since (the mapping rate, R1 and the 0.998 EMA came later).
-BEFORE = {"model.grow_kernel": 3, "model.refine": True, "model.d_stem": True, "train.reuse_fake": False,
+# it ran whatever the example has adopted since (the mapping rate, R1, the 0.998 EMA and no DiffAugment came later).
+BEFORE = {"train.augment": True, "model.grow_kernel": 3, "model.refine": True, "model.d_stem": True, "train.reuse_fake": False,
           "model.d_spectral_norm": True, "train.lr_decay": 1.0, "train.mapping_lr": 1.0, "train.r1_gamma": 0.0,
           "train.ema_decay": 0.999}
 LIGHT = {"train.reuse_fake": True, "model.d_stem": False, "model.grow_kernel": 1, "model.refine": False}
 LIGHT_CONST = LIGHT | {"train.lr_decay": 0.0}  # rates never decay: the EMA alone averages
 NOSN = LIGHT_CONST | {"model.d_spectral_norm": False}  # the example since 0444cf8
-EXAMPLE_NOW = NOSN | {"train.mapping_lr": 0.01, "train.r1_gamma": 0.1, "train.ema_decay": 0.998}  # since bbbebb7
+EXAMPLE_AUG = NOSN | {"train.mapping_lr": 0.01, "train.r1_gamma": 0.1, "train.ema_decay": 0.998}  # bbbebb7 on
+EXAMPLE_NOW = EXAMPLE_AUG | {"train.augment": False}  # since DiffAugment was dropped (docs/experiments.md)
 RECIPES = {
     "before": {},
     "reuse": {"train.reuse_fake": True},
@@ -98,12 +99,13 @@ RECIPES = {
     "map01_r1": NOSN | {"train.mapping_lr": 0.01, "train.r1_gamma": 0.1},  # lazy R1, 10x ADA's CIFAR-10 gamma
     "map01_r1g1": NOSN | {"train.mapping_lr": 0.01, "train.r1_gamma": 1.0},
     "example": EXAMPLE_NOW,
-    "example_d48": EXAMPLE_NOW | {"model.d_channels": 48},  # D's convolutions 1.5x as wide: 1.49x the CPU a step
-    "example_reflect": EXAMPLE_NOW | {"train.translate_pad": "reflect"},  # StyleGAN2-ADA's padding, not mid-grey
-    "example_noaug": EXAMPLE_NOW | {"train.augment": False},  # where the stray ink comes from: no DiffAugment
-    "example_translate": EXAMPLE_NOW | {"train.cutout": 0.0},  # translation only, no mid-grey cutout squares
-    "example_cutout": EXAMPLE_NOW | {"train.translate": 0.0},  # cutout only: the padding ring stays black in D's view
-    "example_shift2": EXAMPLE_NOW | {"train.translate": 0.0625},  # shifts of up to 2 pixels: the ring's width
+    "example_aug": EXAMPLE_AUG,  # the example with DiffAugment (translation and cutout), as until it was dropped
+    "example_d48": EXAMPLE_AUG | {"model.d_channels": 48},  # D's convolutions 1.5x as wide: 1.49x the CPU a step
+    "example_reflect": EXAMPLE_AUG | {"train.translate_pad": "reflect"},  # StyleGAN2-ADA's padding, not mid-grey
+    "example_noaug": EXAMPLE_NOW,  # the screen that dropped DiffAugment ran under this name
+    "example_translate": EXAMPLE_AUG | {"train.cutout": 0.0},  # translation only, no mid-grey cutout squares
+    "example_cutout": EXAMPLE_AUG | {"train.translate": 0.0},  # cutout only: the padding ring stays black in D's view
+    "example_shift2": EXAMPLE_AUG | {"train.translate": 0.0625},  # shifts of up to 2 pixels: the ring's width
 }
 CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
 
