@@ -51,9 +51,9 @@ SHAPE = DataShape(32, 1, 10)
 SAMPLES = 10_000
 # The example before this screen began; every recipe is a change of it, so a recipe means what it meant when
 # it ran whatever the example has adopted since (the mapping rate, R1, the 0.998 EMA and no DiffAugment came later).
-BEFORE = {"train.augment": True, "model.grow_kernel": 3, "model.refine": True, "model.d_stem": True, "train.reuse_fake": False,
+BEFORE = {"model.grow_kernel": 3, "model.refine": True, "model.d_stem": True, "train.reuse_fake": False,
           "model.d_spectral_norm": True, "train.lr_decay": 1.0, "train.mapping_lr": 1.0, "train.r1_gamma": 0.0,
-          "train.ema_decay": 0.999}
+          "train.ema_decay": 0.999, "train.augment": True}
 LIGHT = {"train.reuse_fake": True, "model.d_stem": False, "model.grow_kernel": 1, "model.refine": False}
 LIGHT_CONST = LIGHT | {"train.lr_decay": 0.0}  # rates never decay: the EMA alone averages
 NOSN = LIGHT_CONST | {"model.d_spectral_norm": False}  # the example since 0444cf8
