@@ -50,7 +50,7 @@ EXAMPLE = ROOT / "examples" / "fashion-mnist" / "params.yaml"
 SHAPE = DataShape(32, 1, 10)
 SAMPLES = 10_000
 # The example before this screen began; every recipe is a change of it, so a recipe means what it meant when
-# it ran whatever the example has adopted since (the mapping rate, R1, the 0.998 EMA and no DiffAugment came later).
+# it ran whatever the example has adopted since (the mapping rate, R1, no DiffAugment and the EMAs came later).
 BEFORE = {"model.grow_kernel": 3, "model.refine": True, "model.d_stem": True, "train.reuse_fake": False,
           "model.d_spectral_norm": True, "train.lr_decay": 1.0, "train.mapping_lr": 1.0, "train.r1_gamma": 0.0,
           "train.ema_decay": 0.999, "train.augment": True}
@@ -58,7 +58,8 @@ LIGHT = {"train.reuse_fake": True, "model.d_stem": False, "model.grow_kernel": 1
 LIGHT_CONST = LIGHT | {"train.lr_decay": 0.0}  # rates never decay: the EMA alone averages
 NOSN = LIGHT_CONST | {"model.d_spectral_norm": False}  # the example since 0444cf8
 EXAMPLE_AUG = NOSN | {"train.mapping_lr": 0.01, "train.r1_gamma": 0.1, "train.ema_decay": 0.998}  # bbbebb7 on
-EXAMPLE_NOW = EXAMPLE_AUG | {"train.augment": False}  # since DiffAugment was dropped (docs/experiments.md)
+EXAMPLE_NOAUG = EXAMPLE_AUG | {"train.augment": False}  # d2a322b: DiffAugment dropped (docs/experiments.md)
+EXAMPLE_NOW = EXAMPLE_NOAUG | {"train.ema_decay": 0.999}  # back to the 0.999 EMA
 RECIPES = {
     "before": {},
     "reuse": {"train.reuse_fake": True},
@@ -102,7 +103,7 @@ RECIPES = {
     "example_aug": EXAMPLE_AUG,  # the example with DiffAugment (translation and cutout), as until it was dropped
     "example_d48": EXAMPLE_AUG | {"model.d_channels": 48},  # D's convolutions 1.5x as wide: 1.49x the CPU a step
     "example_reflect": EXAMPLE_AUG | {"train.translate_pad": "reflect"},  # StyleGAN2-ADA's padding, not mid-grey
-    "example_noaug": EXAMPLE_NOW,  # the screen that dropped DiffAugment ran under this name
+    "example_noaug": EXAMPLE_NOAUG,  # the screen that dropped DiffAugment ran under this name
     "example_translate": EXAMPLE_AUG | {"train.cutout": 0.0},  # translation only, no mid-grey cutout squares
     "example_cutout": EXAMPLE_AUG | {"train.translate": 0.0},  # cutout only: the padding ring stays black in D's view
     "example_shift2": EXAMPLE_AUG | {"train.translate": 0.0625},  # shifts of up to 2 pixels: the ring's width
