@@ -175,7 +175,7 @@ def job(name: str, seed: int, steps: int, out: Path) -> None:
     started = time.time()
     generator, done = train_recipe(name, seed, steps, images, labels, float(os.environ.get("SCREEN_DEADLINE", "1e9")))
     write_score(out, {"name": name, "seed": seed, "steps": steps, "done": done,
-                      "train_seconds": round(time.time() - started, 1)}, generator, validation, device)
+                      "train_seconds": round(time.time() - started, 1)}, generator, validation, train_images, device)
 
 
 def cpu_job(name: str, seed: int, budget: float, out: Path) -> None:
@@ -189,7 +189,7 @@ def cpu_job(name: str, seed: int, budget: float, out: Path) -> None:
         generator, stats = train_ganforge(recipe_params(name, seed, "cpu"), prepared.train, budget, CALIBRATION)
     write_score(out, {"name": name, "seed": seed, "steps": int(stats["planned_steps"]), "done": int(stats["steps"]),
                       "train_seconds": round(stats["wall_seconds"], 1)}, generator, prepared.validation.images,
-                torch.device("cpu"))
+                prepared.train.images, torch.device("cpu"))
 
 
 def cpu_curve(name: str, seed: int, marks: list[float], out: Path, emas: tuple[float, ...] = CURVE_EMAS) -> None:
@@ -213,27 +213,34 @@ def cpu_curve(name: str, seed: int, marks: list[float], out: Path, emas: tuple[f
         with torch.random.fork_rng():
             for decay, generator in {cfg.ema_decay: state.G_ema, **averages}.items():
                 rows.append({"name": name, "seed": seed, "cpu_seconds": mark, "steps": state.step, "ema": decay}
-                            | score(generator, prepared.validation.images))
+                            | score(generator, prepared.validation.images, prepared.train.images))
         scoring += time.process_time() - scored_from
         out.write_text(json.dumps(rows, indent=1))
 
 
-def score(generator: torch.nn.Module, validation: np.ndarray,
+def score(generator: torch.nn.Module, validation: np.ndarray, train: np.ndarray,
           device: torch.device = torch.device("cpu")) -> dict[str, float]:
-    """FD, precision and recall of 10,000 published-as samples against the validation images."""
+    """FD, precision and recall of 10,000 published-as samples against the validation images; their stray ink, and
+    memorisation against the training images with validation as the held-out reference (the evaluate stage's
+    pixel-space rule, on the test split there)."""
     samples, _ = published_samples(generator, SHAPE.num_classes, SAMPLES, device)
-    net = FeatureNet(1, 10, example_params().features)
+    params = example_params()
+    net = FeatureNet(1, 10, params.features)
     net.load_state_dict(ckpt.load_tensors(Path(os.environ["FEATURES"]), "features"))
     net = net.eval().to(device)
     real, fake = embed(net, validation, device), embed(net, samples, device)
     quality, flat = m.prdc(real, fake[:len(real)], 5), samples.reshape(len(samples), -1)
+    held_out = validation.reshape(len(validation), -1)
+    copied = m.memorisation(flat / 255.0, train.reshape(len(train), -1) / 255.0, held_out / 255.0,
+                            params.evaluate.memorisation_ratio)
     return {"fd": m.frechet_distance(fake, real), "precision": quality["precision"], "recall": quality["recall"],
-            "stray_ink": m.inked_share(flat, m.blank_pixels(validation.reshape(len(validation), -1)))}
+            "stray_ink": m.inked_share(flat, m.blank_pixels(held_out)), "memorisation": copied["memorisation"],
+            "memorisation_real": copied["memorisation_real"]}
 
 
-def write_score(out: Path, row: dict, generator: torch.nn.Module, validation: np.ndarray,
+def write_score(out: Path, row: dict, generator: torch.nn.Module, validation: np.ndarray, train: np.ndarray,
                 device: torch.device) -> None:
-    out.write_text(json.dumps(row | score(generator, validation, device)))
+    out.write_text(json.dumps(row | score(generator, validation, train, device)))
 
 
 def screen(costs: dict[str, float], budget: float, out: Path, seeds: dict[str, int]) -> None:
@@ -265,7 +272,8 @@ def print_scores(out: Path) -> None:
     rows = sorted((json.loads(f.read_text()) for f in out.glob("*-s*.json")), key=lambda r: r["fd"])
     for r in rows:
         print(f"{r['name']:18s} seed {r['seed']} steps {r['done']:6d} of {r['steps']:6d}  FD {r['fd']:.3f}  "
-              f"precision {r['precision']:.3f}  recall {r['recall']:.3f}  ({r['train_seconds']:.0f} s)")
+              f"precision {r['precision']:.3f}  recall {r['recall']:.3f}  stray ink {r['stray_ink']:.1%}  "
+              f"memorised {r['memorisation']:.2%}  ({r['train_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":
