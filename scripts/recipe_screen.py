@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,7 @@ def cpu_curve(name: str, seed: int, marks: list[float], out: Path, emas: tuple[f
     state, cfg = build_state(params, SHAPE, torch.device("cpu")), params.train
     images, labels = resident_dataset(prepared.train, SHAPE, torch.device("cpu"))
     averages = {decay: copy.deepcopy(state.G_ema) for decay in emas if decay != cfg.ema_decay}
+    reference = validation_reference(prepared.validation.images, prepared.train.images)
     started, scoring, rows = time.process_time(), 0.0, []
     for mark in marks:
         while time.process_time() - started - scoring < mark:
@@ -213,34 +215,52 @@ def cpu_curve(name: str, seed: int, marks: list[float], out: Path, emas: tuple[f
         with torch.random.fork_rng():
             for decay, generator in {cfg.ema_decay: state.G_ema, **averages}.items():
                 rows.append({"name": name, "seed": seed, "cpu_seconds": mark, "steps": state.step, "ema": decay}
-                            | score(generator, prepared.validation.images, prepared.train.images))
+                            | score(generator, reference))
         scoring += time.process_time() - scored_from
         out.write_text(json.dumps(rows, indent=1))
 
 
-def score(generator: torch.nn.Module, validation: np.ndarray, train: np.ndarray,
+@dataclass(frozen=True)
+class ValidationReference:
+    """What every score compares samples with, from the real images alone: built once per run, not per score."""
+
+    net: FeatureNet
+    features: np.ndarray  # the validation images' evaluator features
+    train_rows: np.ndarray  # the training images as rows in [0, 1], for memorisation
+    blank: np.ndarray  # pixels the validation images leave blank, for stray ink
+    memorisation: dict[str, float]  # metrics.memorisation_reference, validation as the held-out images
+
+
+def validation_reference(validation: np.ndarray, train: np.ndarray,
+                         device: torch.device = torch.device("cpu")) -> ValidationReference:
+    params = example_params()
+    net = FeatureNet(1, 10, params.features)
+    net.load_state_dict(ckpt.load_tensors(Path(os.environ["FEATURES"]), "features"))
+    net = net.eval().to(device)
+    held_out, train_rows = validation.reshape(len(validation), -1), train.reshape(len(train), -1) / 255.0
+    return ValidationReference(net, embed(net, validation, device), train_rows, m.blank_pixels(held_out),
+                               m.memorisation_reference(train_rows, held_out / 255.0,
+                                                        params.evaluate.memorisation_ratio))
+
+
+def score(generator: torch.nn.Module, ref: ValidationReference,
           device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """FD, precision and recall of 10,000 published-as samples against the validation images; their stray ink, and
     memorisation against the training images with validation as the held-out reference (the evaluate stage's
     pixel-space rule, on the test split there)."""
     samples, _ = published_samples(generator, SHAPE.num_classes, SAMPLES, device)
-    params = example_params()
-    net = FeatureNet(1, 10, params.features)
-    net.load_state_dict(ckpt.load_tensors(Path(os.environ["FEATURES"]), "features"))
-    net = net.eval().to(device)
-    real, fake = embed(net, validation, device), embed(net, samples, device)
-    quality, flat = m.prdc(real, fake[:len(real)], 5), samples.reshape(len(samples), -1)
-    held_out = validation.reshape(len(validation), -1)
-    copied = m.memorisation(flat / 255.0, train.reshape(len(train), -1) / 255.0, held_out / 255.0,
-                            params.evaluate.memorisation_ratio)
-    return {"fd": m.frechet_distance(fake, real), "precision": quality["precision"], "recall": quality["recall"],
-            "stray_ink": m.inked_share(flat, m.blank_pixels(held_out)), "memorisation": copied["memorisation"],
-            "memorisation_real": copied["memorisation_real"]}
+    fake, flat = embed(ref.net, samples, device), samples.reshape(len(samples), -1)
+    quality = m.prdc(ref.features, fake[:len(ref.features)], 5)
+    threshold = ref.memorisation["memorisation_threshold"]
+    return {"fd": m.frechet_distance(fake, ref.features), "precision": quality["precision"],
+            "recall": quality["recall"], "stray_ink": m.inked_share(flat, ref.blank),
+            "memorisation": m.memorised_share(flat / 255.0, ref.train_rows, threshold),
+            "memorisation_real": ref.memorisation["memorisation_real"]}
 
 
 def write_score(out: Path, row: dict, generator: torch.nn.Module, validation: np.ndarray, train: np.ndarray,
                 device: torch.device) -> None:
-    out.write_text(json.dumps(row | score(generator, validation, train, device)))
+    out.write_text(json.dumps(row | score(generator, validation_reference(validation, train, device), device)))
 
 
 def screen(costs: dict[str, float], budget: float, out: Path, seeds: dict[str, int]) -> None:

@@ -58,6 +58,16 @@ def test_memorisation_of_copies_and_of_fresh_samples():
     assert copies["memorisation_threshold"] == pytest.approx(0.5 * median)
 
 
+def test_memorisation_reference_computed_once_scores_as_memorisation_does():
+    rng = np.random.default_rng(3)
+    train, holdout = rng.random((200, 16)), rng.random((100, 16))
+    half_copies = np.concatenate([train[:40], rng.random((40, 16))])
+    reference = m.memorisation_reference(train, holdout, ratio=0.5)
+    share = m.memorised_share(half_copies, train, reference["memorisation_threshold"])
+    assert share == 0.5
+    assert m.memorisation(half_copies, train, holdout, ratio=0.5) == {"memorisation": share} | reference
+
+
 def centred_images(rng: np.random.Generator, n: int, side: int = 8) -> np.ndarray:
     """uint8 rows of side x side images inked only inside a one-pixel black frame, as padded garments are."""
     images = np.zeros((n, side, side), np.uint8)

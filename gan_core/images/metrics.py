@@ -202,11 +202,22 @@ def memorisation(fake: np.ndarray, train: np.ndarray, holdout: np.ndarray, ratio
     applied to the held-out images themselves gives the share expected by chance
     (`memorisation_real`), the reference for the generated share.
     """
+    reference = memorisation_reference(train, holdout, ratio)
+    return {"memorisation": memorised_share(fake, train, reference["memorisation_threshold"])} | reference
+
+
+def memorisation_reference(train: np.ndarray, holdout: np.ndarray, ratio: float) -> dict[str, float]:
+    """What memorisation compares generated samples with, from the real images alone: the threshold
+    (`ratio` times the held-out images' median distance to their nearest training image) and the held-out
+    images' own share under it. Scoring many generators against one split computes it once."""
     holdout_nn = nearest_distances(holdout, train)
     threshold = ratio * float(np.median(holdout_nn))
-    return {"memorisation": float((nearest_distances(fake, train) < threshold).mean()),
-            "memorisation_real": float((holdout_nn < threshold).mean()),
-            "memorisation_threshold": threshold}
+    return {"memorisation_real": float((holdout_nn < threshold).mean()), "memorisation_threshold": threshold}
+
+
+def memorised_share(fake: np.ndarray, train: np.ndarray, threshold: float) -> float:
+    """The share of generated rows whose nearest training row is closer than `threshold`."""
+    return float((nearest_distances(fake, train) < threshold).mean())
 
 
 def blank_pixels(train: np.ndarray, level: int = 20, rare: float = 0.001) -> np.ndarray:
