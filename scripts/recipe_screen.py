@@ -108,6 +108,8 @@ RECIPES = {
     "example_translate": EXAMPLE_AUG | {"train.cutout": 0.0},  # translation only, no mid-grey cutout squares
     "example_cutout": EXAMPLE_AUG | {"train.translate": 0.0},  # cutout only: the padding ring stays black in D's view
     "example_shift2": EXAMPLE_AUG | {"train.translate": 0.0625},  # shifts of up to 2 pixels: the ring's width
+    # Cutout only on today's example: D never sees a training image whole (memorisation), the ring stays black.
+    "example_now_cutout": EXAMPLE_NOW | {"train.augment": True, "train.translate": 0.0},
 }
 CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
 
