@@ -137,6 +137,7 @@ class TrainConfig(Section):
     cutout: float = Field(0.25, ge=0.0, lt=1.0)  # side of DiffAugment's cutout square, as a share of the image's
     translate: float = Field(0.125, ge=0.0, lt=0.5)  # DiffAugment's largest shift, as a share of the side; 0: off
     translate_pad: Literal["zeros", "reflect"] = "zeros"  # what DiffAugment's translation shifts in
+    augment_p: float = Field(1.0, gt=0.0, le=1.0)  # chance that DiffAugment augments each image; 1: every image
     mode_seeking: float = Field(0.05, ge=0.0)  # weight of the MSGAN diversity term in the G loss; 0: off
     reuse_fake: bool = False  # the G step trains on the D step's generated batch: one G forward a step, not two
     checkpoint_every: int = Field(1000, ge=1)  # steps

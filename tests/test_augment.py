@@ -53,3 +53,21 @@ def test_translation_ratio_bounds_the_shift_and_zero_turns_it_off():
     cut = diff_augment(images, torch.Generator().manual_seed(2), 0.25, "zeros", 0.0)
     assert ((cut == images) | (cut == 0.0)).all()  # nothing moved: only cutout's mid-grey squares changed pixels
     assert ((cut == 0.0).flatten(1).sum(1) == 64).all()  # one 8x8 square (0.25 of 32) in each image
+
+
+def test_augmentation_probability_leaves_the_other_images_whole():
+    images = one_dot_on_black(n=400)
+    some = diff_augment(images, torch.Generator().manual_seed(3), 0.0, "reflect", 0.125, probability=0.3)
+    moved = (some != images).flatten(1).any(1)
+    # Drawn per image: about 0.3 of 400 augmented, less the few whose shift came out as (0, 0) (1 in 81).
+    assert 80 <= int(moved.sum()) <= 160
+    assert torch.equal(some[~moved], images[~moved])
+    every = diff_augment(images, torch.Generator().manual_seed(3), 0.0, "reflect", 0.125)
+    assert torch.equal(every, diff_augment(images, torch.Generator().manual_seed(3), 0.0, "reflect", 0.125, 1.0))
+    assert (every != images).flatten(1).any(1).float().mean() > 0.9
+
+
+def test_augmentation_probability_is_a_share():
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="augment_p"):
+            tiny_params(train__augment_p=bad)

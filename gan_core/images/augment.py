@@ -35,7 +35,13 @@ def cutout(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.5) -> t
 
 
 def diff_augment(x: torch.Tensor, generator: torch.Generator, cutout_ratio: float = 0.5,
-                 pad: str = "zeros", translate_ratio: float = 0.125) -> torch.Tensor:
-    """Translation by up to `translate_ratio` of the side, then cutout of `cutout_ratio`; a ratio of 0 skips one."""
+                 pad: str = "zeros", translate_ratio: float = 0.125, probability: float = 1.0) -> torch.Tensor:
+    """Translation by up to `translate_ratio` of the side, then cutout of `cutout_ratio`; a ratio of 0 skips one.
+    `probability` < 1 augments each image with that chance and leaves the rest as they are (StyleGAN2-ADA's p,
+    fixed): D then still sees some images whole, and what the augmentation draws leaks less into G."""
     shifted = translate(x, generator, translate_ratio, pad) if translate_ratio else x
-    return cutout(shifted, generator, cutout_ratio) if cutout_ratio else shifted
+    augmented = cutout(shifted, generator, cutout_ratio) if cutout_ratio else shifted
+    if probability >= 1.0:
+        return augmented
+    chosen = torch.rand(len(x), generator=generator, device=x.device) < probability
+    return torch.where(chosen.view(-1, *[1] * (x.dim() - 1)), augmented, x)

@@ -117,11 +117,11 @@ def _maybe_augment(x: torch.Tensor, state: GanState, cfg: TrainConfig) -> torch.
     if not cfg.augment:
         return x
     if state.shard is None:
-        return diff_augment(x, state.noise, cfg.cutout, cfg.translate_pad, cfg.translate)
+        return diff_augment(x, state.noise, cfg.cutout, cfg.translate_pad, cfg.translate, cfg.augment_p)
     # Augment the whole global batch (zeros beside this rank's rows) so that every rank draws,
     # and one process would draw, the same random numbers for the same sample.
     return state.shard.local(diff_augment(state.shard.spread(x), state.noise, cfg.cutout, cfg.translate_pad,
-                                         cfg.translate))
+                                         cfg.translate, cfg.augment_p))
 
 
 def _latents(state: GanState, count: int, device: torch.device) -> torch.Tensor:
