@@ -20,21 +20,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import recipe_screen as screen  # noqa: E402
-from gan_core import checkpoint as ckpt  # noqa: E402
 from gan_core.images.data import load_prepared  # noqa: E402
-from gan_core.images.models import Generator  # noqa: E402
+from gan_core.images.sampling import load_model  # noqa: E402
 
 
 def main(checkpoints: Path, steps: list[int]) -> None:
     torch.set_num_threads(1)
     prepared = load_prepared(Path(os.environ["PREPARED"]))
     reference = screen.validation_reference(prepared.validation.images, prepared.train.images)
-    model = screen.example_params().model
     for step in steps:
-        generator = Generator(model, screen.SHAPE)
-        generator.load_state_dict(ckpt.load_tensors(checkpoints / f"step-{step:09d}", "ema"))
+        # A training checkpoint loads as an exported model does: its own model config, every file's sha256 checked.
+        generator = load_model(checkpoints / f"step-{step:09d}").generator
         with torch.no_grad():
-            print(json.dumps({"step": step} | screen.score(generator.eval(), reference)), flush=True)
+            print(json.dumps({"step": step} | screen.score(generator, reference)), flush=True)
 
 
 if __name__ == "__main__":
