@@ -110,7 +110,7 @@ RECIPES = {
     "example_shift2": EXAMPLE_AUG | {"train.translate": 0.0625},  # shifts of up to 2 pixels: the ring's width
     # Cutout only on today's example: D never sees a training image whole (memorisation), the ring stays black.
     "example_now_cutout": EXAMPLE_NOW | {"train.augment": True, "train.translate": 0.0},
-    # DiffAugment on a fifth of D's images (StyleGAN2-ADA's p, fixed): memorisation against stray ink, not yet run.
+    # DiffAugment on a fifth of D's images (StyleGAN2-ADA's p, fixed): lost at 1,500 CPU-s (docs/experiments.md).
     "example_now_aug_p20": EXAMPLE_NOW | {"train.augment": True, "train.augment_p": 0.2},
 }
 CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
