@@ -113,7 +113,7 @@ RECIPES = {
     # DiffAugment on a fifth of D's images (StyleGAN2-ADA's p, fixed): lost at 1,500 CPU-s (docs/experiments.md).
     "example_now_aug_p20": EXAMPLE_NOW | {"train.augment": True, "train.augment_p": 0.2},
     "example_now_b0": EXAMPLE_NOW | {"train.beta1": 0.0, "train.beta2": 0.99},  # StyleGAN2-ADA's Adam
-    "example_now_ttur": EXAMPLE_NOW | {"train.lr_d": 4e-4},  # D at twice G's rate (TTUR, as SAGAN / BigGAN)
+    "example_now_ttur": EXAMPLE_NOW | {"train.lr_d": 4e-4},  # D at twice G's rate (TTUR; SAGAN and BigGAN: 4x)
 }
 CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
 
