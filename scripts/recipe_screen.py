@@ -115,6 +115,7 @@ RECIPES = {
     "example_now_b0": EXAMPLE_NOW | {"train.beta1": 0.0, "train.beta2": 0.99},  # StyleGAN2-ADA's Adam
     "example_now_ttur": EXAMPLE_NOW | {"train.lr_d": 4e-4},  # D at twice G's rate (TTUR; SAGAN and BigGAN: 4x)
     "example_now_ttur4": EXAMPLE_NOW | {"train.lr_d": 8e-4},  # D at four times G's rate, G's unchanged
+    "example_now_d64": EXAMPLE_NOW | {"model.d_channels": 64},  # DCGAN's discriminator widths, no augmentation
 }
 CURVE_EMAS = (0.9995, 0.9999)  # EMA decays a curve job keeps beside the recipe's own (train.ema_decay)
 
