@@ -112,7 +112,7 @@ RECIPES = {
     "example_now_cutout": EXAMPLE_NOW | {"train.augment": True, "train.translate": 0.0},
     # DiffAugment on a fifth of D's images (StyleGAN2-ADA's p, fixed): lost at 1,500 CPU-s (docs/experiments.md).
     "example_now_aug_p20": EXAMPLE_NOW | {"train.augment": True, "train.augment_p": 0.2},
-    "example_now_b0": EXAMPLE_NOW | {"train.beta1": 0.0, "train.beta2": 0.99},  # StyleGAN2-ADA's Adam
+    "example_now_b0": EXAMPLE_NOW | {"train.beta1": 0.0, "train.beta2": 0.99},  # StyleGAN2-ADA's Adam: no better
     "example_now_ttur": EXAMPLE_NOW | {"train.lr_d": 4e-4},  # D at twice G's rate (TTUR): lost on seed 2
     "example_now_ttur4": EXAMPLE_NOW | {"train.lr_d": 8e-4},  # SAGAN's and BigGAN's 4x: even at 3,000 CPU-s
     "example_now_d64": EXAMPLE_NOW | {"model.d_channels": 64},  # DCGAN's D widths: 2.2x the CPU a step, lost
