@@ -6,7 +6,8 @@ For each contender (DIR/CONTENDER-BUDGET-SEED.npz) and for as many real training
 with the benchmark's evaluator: the Frechet distance split into its mean term and its covariance term, the
 distance within each class, label consistency (the evaluator's class agrees with the requested one) per class,
 and the share of samples that ink where real training images almost never do (`metrics.stray_ink`: the padding
-around Fashion-MNIST's 28x28 garments), a defect a person sees on the grids' edges that the distance hardly weighs.
+around Fashion-MNIST's 28x28 garments), a defect a person sees on the grids' edges that the distance hardly weighs;
+and memorisation by the evaluate stage's rule (`metrics.memorisation`, the test split as the held-out images).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.quality import CONTENDERS, Reference, prepare, reference  # noqa: E402
+from benchmarks.quality import CONTENDERS, EXAMPLE_PARAMS, Reference, prepare, reference  # noqa: E402
+from gan_core.config import load_params  # noqa: E402
 from gan_core.images import metrics as m  # noqa: E402
 from gan_core.images.data import PreparedData, load_prepared  # noqa: E402
 from gan_core.images.pixels import to_unit_range  # noqa: E402
@@ -29,6 +31,11 @@ from gan_core.images.pixels import to_unit_range  # noqa: E402
 
 def rows(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1)
+
+
+def pixels(images: np.ndarray) -> np.ndarray:
+    """uint8 images as the evaluate stage's memorisation compares them: float rows in [0, 1]."""
+    return rows(images).astype(np.float32) / 255.0
 
 
 def breakdown(images: np.ndarray, labels: np.ndarray, ref: Reference, data: PreparedData, blank: np.ndarray) -> dict:
@@ -65,11 +72,17 @@ def main(argv: list[str]) -> None:
     real = data.train.images[:len(data.test.labels)], data.train.labels[:len(data.test.labels)]
     blank = m.blank_pixels(rows(data.train.images))
     own = breakdown(*real, ref, data, blank)
+    train = pixels(data.train.images)
+    ratio = load_params(EXAMPLE_PARAMS).evaluate.memorisation_ratio
+    memo = m.memorisation_reference(train, pixels(data.test.images), ratio)
     print(f"floor {ref.fd_floor:.3f}; {blank.mean():.1%} of the pixels are inked by under 0.1 % of the real "
-          f"training images\nclasses: {', '.join(data.class_names)}\n{describe('real train', own)}")
+          f"training images; memorisation of the real test images {memo['memorisation_real']:.2%}\n"
+          f"classes: {', '.join(data.class_names)}\n{describe('real train', own)}")
     for name in CONTENDERS:
         with np.load(args.keep / f"{name}-{args.tag}.npz") as saved:
             print(describe(name, breakdown(saved["images"], saved["labels"], ref, data, blank)))
+            memorised = m.memorised_share(pixels(saved["images"]), train, memo["memorisation_threshold"])
+            print(f"{'':10s} memorisation {memorised:.2%}")
 
 
 if __name__ == "__main__":
